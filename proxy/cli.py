@@ -1,0 +1,78 @@
+"""Command line: `perg-proxy serve`, `perg-proxy local-model`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from .config import ConfigError, Settings, load_settings, parse_settings
+
+DEFAULT_UPSTREAM = "http://127.0.0.1:8081/v1"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="perg-proxy", description="OpenAI-compatible personalization proxy.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", help="YAML configuration file (default: $PERG_CONFIG)")
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=int, help="override server.port")
+    serve.add_argument(
+        "--with-local-model",
+        action="store_true",
+        help="also start the embedded SmolLM2 model on the first upstream's loopback port",
+    )
+
+    local = commands.add_parser("local-model", help="serve the embedded SmolLM2-135M-Instruct model")
+    local.add_argument("--host", default="127.0.0.1")
+    local.add_argument("--port", type=int, default=8081)
+    local.add_argument("--alias", default=None, help="model name to answer to (default: smollm2-135m-instruct)")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "local-model":
+            from .local_model import run_local_model
+
+            return run_local_model(args.host, args.port, args.alias)
+    except ConfigError as error:
+        print(f"perg-proxy: {error}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    path = args.config or os.environ.get("PERG_CONFIG")
+    if path:
+        settings = load_settings(path)
+    else:
+        settings = parse_settings({"upstreams": [{"name": "local", "base_url": DEFAULT_UPSTREAM, "structured_output": "json_object_schema"}]})
+    server = settings.server.model_copy(
+        update={key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
+    )
+    return settings.model_copy(update={"server": server})
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    from .logs import configure_logging
+    from .server import serve
+
+    configure_logging(settings.logging)
+    return _run(serve(settings, with_local_model=args.with_local_model))
+
+
+def _run(coroutine) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Settings: the only reader of YAML and of the environment.
+
+Strict: unknown keys are rejected, values validated at start, and every error names the key
+(``upstreams.0.timeouts.connect``). ``${VAR}`` and ``${VAR:-default}`` are expanded from the
+environment in every string of the file before validation.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+Strategy = Literal["off", "naive", "pref_aligner"]
+StructuredOutput = Literal["json_schema", "json_object_schema", "json_object", "none"]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    heartbeat_seconds: PositiveFloat = 5.0
+    workers: int = Field(1, ge=1, le=64)
+    pre_stop_seconds: float = Field(0.0, ge=0)
+    grace_seconds: float = Field(30.0, ge=0)
+
+
+class Timeouts(Section):
+    connect: PositiveFloat = 5.0
+    first_byte: PositiveFloat = 120.0
+    idle: PositiveFloat = 120.0
+    total: PositiveFloat = 600.0
+
+
+class Retries(Section):
+    max_attempts: int = Field(1, ge=1, le=10)
+    backoff_seconds: float = Field(0.5, ge=0)
+    max_backoff_seconds: float = Field(20.0, ge=0)
+    retry_on: tuple[int, ...] = (429, 500, 502, 503, 504)
+
+
+class UpstreamSettings(Section):
+    name: str = Field(min_length=1)
+    base_url: str
+    api_key: str = ""
+    models: tuple[str, ...] = ()
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeouts: Timeouts = Timeouts()
+    retries: Retries = Retries()
+    structured_output: StructuredOutput = "json_schema"
+    max_connections: int = Field(256, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    def serves(self, model: str) -> bool:
+        return any(fnmatchcase(model, pattern) for pattern in self.models)
+
+
+class StageSettings(Section):
+    upstream: str | None = None
+    model: str | None = None
+    timeout_seconds: PositiveFloat = 60.0
+    max_tokens: int | None = Field(None, gt=0)
+
+
+class GateSettings(StageSettings):
+    mode: Literal["llm", "aligner", "off"] = "llm"
+    timeout_seconds: PositiveFloat = 20.0
+
+
+class PromptFiles(Section):
+    aligner: Path | None = None
+    naive: Path | None = None
+    gate: Path | None = None
+
+
+class PersonalizationSettings(Section):
+    default_strategy: Strategy = "pref_aligner"
+    aligner: StageSettings = StageSettings()
+    relevance_gate: GateSettings = GateSettings()
+    max_preferences: int = Field(32, ge=1)
+    max_preference_chars: int = Field(1000, ge=1)
+    prompts: PromptFiles = PromptFiles()
+
+
+class ProfileSettings(Section):
+    backend: Literal["sqlite", "postgres", "memory"] = "sqlite"
+    path: Path = Path(".perg/profiles.db")
+    dsn: str | None = None
+
+    @model_validator(mode="after")
+    def _dsn_for_postgres(self) -> ProfileSettings:
+        if self.backend == "postgres" and not self.dsn:
+            raise ValueError("profiles.dsn is required when backend is postgres")
+        return self
+
+
+class ClientKey(Section):
+    key: str = Field(min_length=1)
+    name: str | None = None
+    user_id: str | None = None
+    strategy: Strategy | None = None
+
+
+class AuthSettings(Section):
+    client_keys: tuple[ClientKey, ...] = ()
+    admin_key: str = ""
+
+    @field_validator("client_keys", mode="before")
+    @classmethod
+    def _plain_strings(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return [{"key": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("client_keys")
+    @classmethod
+    def _named(cls, value: tuple[ClientKey, ...]) -> tuple[ClientKey, ...]:
+        """Every key gets a name for logs and metrics: its own, else `client-<position>`."""
+        return tuple(key if key.name else key.model_copy(update={"name": f"client-{i + 1}"}) for i, key in enumerate(value))
+
+
+class LoggingSettings(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+    log_content: bool = False
+
+
+class Settings(Section):
+    server: ServerSettings = ServerSettings()
+    upstreams: tuple[UpstreamSettings, ...] = Field(min_length=1)
+    personalization: PersonalizationSettings = PersonalizationSettings()
+    profiles: ProfileSettings = ProfileSettings()
+    auth: AuthSettings = AuthSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @model_validator(mode="after")
+    def _unique_upstreams(self) -> Settings:
+        names = [upstream.name for upstream in self.upstreams]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"upstream names must be unique: {', '.join(duplicates)}")
+        known = set(names)
+        for section, stage in (
+            ("personalization.aligner", self.personalization.aligner),
+            ("personalization.relevance_gate", self.personalization.relevance_gate),
+        ):
+            if stage.upstream is not None and stage.upstream not in known:
+                raise ValueError(f"{section}.upstream: no upstream named {stage.upstream!r}")
+        return self
+
+
+
+def expand_env(value: Any, environ: dict[str, str] | None = None) -> Any:
+    """Expand ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML tree."""
+    env = os.environ if environ is None else environ
+    if isinstance(value, str):
+        return ENV_PATTERN.sub(lambda match: _lookup(match, env), value)
+    if isinstance(value, list):
+        return [expand_env(item, env) for item in value]
+    if isinstance(value, dict):
+        return {key: expand_env(item, env) for key, item in value.items()}
+    return value
+
+
+def _lookup(match: re.Match[str], env: Any) -> str:
+    name, default = match.group(1), match.group(2)
+    if name in env and (env[name] != "" or default is None):
+        return env[name]
+    if default is not None:
+        return default
+    raise ConfigError(f"environment variable {name} is not set (referenced as ${{{name}}})")
+
+
+def describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"{key}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def parse_settings(data: Any) -> Settings:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a YAML mapping at the top level")
+    try:
+        return Settings.model_validate(expand_env(data))
+    except ValidationError as error:
+        raise ConfigError(f"invalid configuration: {describe(error)}") from None
+
+
+def load_settings(path: str | Path) -> Settings:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read configuration file {path}: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    return parse_settings(data)

@@ -1,0 +1,148 @@
+"""Exceptions and the one map from an exception to OpenAI's error JSON and status code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class ProxyError(Exception):
+    """An error a client sees. Raised, never returned."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequest(ProxyError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationFailed(ProxyError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(ProxyError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class NotFound(ProxyError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(ProxyError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(ProxyError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimited(ProxyError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class ServiceUnavailable(ProxyError):
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+
+class UpstreamUnreachable(ProxyError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(ProxyError):
+    status = 504
+    type = "upstream_error"
+    code = "upstream_timeout"
+
+
+class UpstreamProtocolError(ProxyError):
+    """The upstream answered something that is not what the protocol promises."""
+
+    status = 502
+    type = "upstream_error"
+    code = "bad_upstream_response"
+
+
+class UpstreamStatusError(ProxyError):
+    """The upstream answered with an error status: kept, with its error body when it has one."""
+
+    type = "upstream_error"
+
+    def __init__(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
+        self.status = status
+        self.upstream_body = _openai_error(payload)
+        message = (
+            self.upstream_body["error"].get("message")
+            if self.upstream_body
+            else f"upstream returned HTTP {status}: {payload[:200].decode('utf-8', 'replace')}"
+        )
+        super().__init__(str(message), code=f"upstream_http_{status}", headers=headers)
+
+    def body(self) -> dict[str, Any]:
+        return self.upstream_body or super().body()
+
+
+def _openai_error(payload: bytes) -> dict[str, Any] | None:
+    """The upstream's body when it already is an OpenAI error object, else None."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        error = data["error"]
+        return {
+            "error": {
+                "message": error.get("message") or "upstream error",
+                "type": error.get("type"),
+                "param": error.get("param"),
+                "code": error.get("code"),
+            }
+        }
+    return None
+
+
+INTERNAL_MESSAGE = "The proxy failed to handle the request; the request id identifies it in the logs."
+
+
+def error_payload(error: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, OpenAI error body, extra headers) for any exception; unknown ones become a bare 500."""
+    if isinstance(error, ProxyError):
+        return error.status, error.body(), error.headers
+    return 500, {"error": {"message": INTERNAL_MESSAGE, "type": "server_error", "param": None, "code": "internal_error"}}, {}

@@ -1,0 +1,144 @@
+"""Thin HTTP handlers: read and check the request, call the pipeline, write the reply.
+
+Nothing below this layer sees an aiohttp type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .errors import InvalidRequest, NotFound, ProxyError
+from .headers import upstream_request_headers
+from .middleware import TURN
+from .pipeline.forward import forward
+from .pipeline.strategies import STRATEGIES
+from .pipeline.turn import Reply, StreamReply, Turn
+from .protocol import check_chat_request, parse_json_object
+from .services import SERVICES, Services
+from .sse import send_stream
+from .upstream import UpstreamClient
+
+READY_TIMEOUT = 2.0
+
+
+async def respond(request: web.Request, turn: Turn, reply: Reply | StreamReply) -> web.StreamResponse:
+    if isinstance(reply, StreamReply):
+        return await send_stream(request, turn, reply)
+    headers = reply.headers
+    if "Content-Type" not in headers:
+        headers["Content-Type"] = "application/json"
+    return web.Response(status=reply.status, body=reply.body, headers=headers)
+
+
+def json_response(payload: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json")
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    turn = request[TURN]
+    services = request.app[SERVICES]
+    payload = await request.read()
+    data = parse_json_object(payload)
+    check_chat_request(data)
+    turn.body = data
+    turn.raw_body = payload
+    turn.model = data["model"]
+    turn.stream = data.get("stream") is True
+    turn.strategy = "off"
+    reply = await STRATEGIES[turn.strategy](turn, services.upstreams)
+    return await respond(request, turn, reply)
+
+
+async def list_models(request: web.Request) -> web.StreamResponse:
+    turn = request[TURN]
+    upstreams = request.app[SERVICES].upstreams.all
+    if len(upstreams) == 1:
+        return await _forward_request(request, turn, upstreams[0], "/models", None)
+    listings = await asyncio.gather(*(_model_listing(turn, upstream) for upstream in upstreams), return_exceptions=True)
+    merged: dict[str, Any] = {}
+    for listing in listings:
+        if isinstance(listing, BaseException):
+            continue
+        for model in listing:
+            merged.setdefault(model.get("id"), model)
+    if not merged and isinstance(listings[0], ProxyError):
+        raise listings[0]
+    return json_response({"object": "list", "data": list(merged.values())})
+
+
+async def _model_listing(turn: Turn, upstream: UpstreamClient) -> list[dict[str, Any]]:
+    headers = upstream_request_headers(turn.headers, turn.request_id, upstream.settings.api_key, upstream.settings.headers)
+    async with upstream.open("GET", "/models", headers=headers, stage="models") as response:
+        body = await response.read()
+    turn.upstream_wait += response.waited
+    data = orjson.loads(body)
+    return [item for item in data.get("data", []) if isinstance(item, dict) and "id" in item]
+
+
+async def passthrough(request: web.Request) -> web.StreamResponse:
+    """Any other `/v1/*` route: method, path, query and body forwarded, the response streamed back."""
+    turn = request[TURN]
+    segments = request.path.split("/")
+    if "." in segments or ".." in segments:
+        raise NotFound(f"Unknown route: {request.method} {request.path}")
+    body = await request.read() if request.body_exists else None
+    upstream = _route(request, body)
+    return await _forward_request(request, turn, upstream, request.raw_path.split("?", 1)[0][3:], body)
+
+
+def _route(request: web.Request, body: bytes | None) -> UpstreamClient:
+    upstreams = request.app[SERVICES].upstreams
+    if len(upstreams.all) == 1:
+        return upstreams.all[0]
+    model = request.match_info.get("model")
+    if model is None and body and request.content_type == "application/json":
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from None
+        model = data.get("model") if isinstance(data, dict) and isinstance(data.get("model"), str) else None
+    return upstreams.for_model(model or "")
+
+
+async def _forward_request(request: web.Request, turn: Turn, upstream: UpstreamClient, path: str, body: bytes | None) -> web.StreamResponse:
+    settings = upstream.settings
+    headers = upstream_request_headers(request.headers, turn.request_id, settings.api_key, settings.headers)
+    reply = await forward(turn, upstream, request.method, path, data=body, headers=headers, query=request.rel_url.raw_query_string)
+    return await respond(request, turn, reply)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    services: Services = request.app[SERVICES]
+    checks = await asyncio.gather(*(_probe(upstream) for upstream in services.upstreams.all))
+    upstreams = {upstream.name: result for upstream, result in zip(services.upstreams.all, checks)}
+    ready = all(result == "ok" for result in upstreams.values()) and not services.draining
+    status = "draining" if services.draining else ("ready" if ready else "not_ready")
+    return json_response({"status": status, "upstreams": upstreams}, 200 if ready else 503)
+
+
+async def _probe(upstream: UpstreamClient) -> str:
+    headers = upstream_request_headers({}, "readyz", upstream.settings.api_key, upstream.settings.headers)
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            async with upstream.open("GET", "/models", headers=headers, stage="readyz") as response:
+                await response.read()
+    except ProxyError as error:
+        return error.code or "error"
+    except TimeoutError:
+        return "upstream_timeout"
+    return "ok"
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[SERVICES].metrics.registry
+    return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+

@@ -1,0 +1,1 @@
+"""Per-request object (`Turn`) and the strategies that turn a chat request into a reply."""

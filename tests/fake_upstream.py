@@ -1,0 +1,314 @@
+"""A scripted OpenAI-compatible upstream on 127.0.0.1 that records what it receives.
+
+Behaviour is chosen by the request's `model` (chat) or path:
+
+  echo (any unknown model)  the last user message back; streams it in 3 chunks; usage; extra fields
+  tool-call                 an assistant message with two tool calls (streamed as argument deltas)
+  error-<status>            that HTTP status with an OpenAI error body (429 adds retry-after: 7)
+  error-html                502 with an HTML body (not OpenAI-shaped)
+  slow-<ms>                 waits <ms> before answering, then echoes
+  delay-<ms>                like slow; used by the benchmarks
+  stream-break              streams two chunks, then drops the connection
+  stream-stall              streams one chunk, then sends nothing more
+  stream-no-done            streams chunks, then ends cleanly without data: [DONE]
+  hang                      never answers; records when the proxy gives up (cancellation)
+  flaky-<n>                 the first <n> requests get 503 (retry-after: 0), later ones echo
+  script:<name>             answers from `FakeUpstream.scripts[name]` (tests register callables)
+
+Other routes: GET /v1/models, POST /v1/embeddings, GET /v1/files/{id}/content (a large streamed
+body), and any other /v1/* path echoes method, path, query, headers and body as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+CHUNK_ID = "chatcmpl-fake"
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.body) if self.body else None
+
+
+@dataclass
+class FakeUpstream:
+    received: list[Received] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+    scripts: dict[str, Callable[[dict[str, Any]], Any]] = field(default_factory=dict)
+    record: bool = True
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[upstream_request_id])
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_get("/v1/files/{file_id}/content", self.file_content)
+        app.router.add_route("*", "/v1/{tail:.*}", self.echo_route)
+        return app
+
+    def clear(self) -> None:
+        self.received.clear()
+        self.cancelled.clear()
+        self.counters.clear()
+
+    def chat_bodies(self) -> list[dict[str, Any]]:
+        return [item.json for item in self.received if item.path == "/v1/chat/completions"]
+
+    async def _record(self, request: web.Request) -> bytes:
+        body = await request.read()
+        if self.record:
+            self.received.append(
+                Received(request.method, request.path, request.query_string, dict(request.headers), body)
+            )
+        return body
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await self._record(request))
+        model = str(body.get("model", "echo"))
+        kind, _, arg = model.partition("-")
+        if model.startswith("script:"):
+            return await self._scripted(request, body, model[len("script:") :])
+        if kind == "error":
+            return error_response(arg)
+        if kind in ("slow", "delay"):
+            await asyncio.sleep(int(arg) / 1000)
+        if kind == "hang":
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                self.cancelled.append(model)
+                raise
+        if kind == "flaky":
+            seen = self.counters.get(model, 0)
+            self.counters[model] = seen + 1
+            if seen < int(arg):
+                return error_response("503", retry_after="0")
+        message = tool_call_message() if model == "tool-call" else {"role": "assistant", "content": last_user_text(body)}
+        if body.get("stream"):
+            return await self._stream(request, body, message, model)
+        return json_body(completion(body, message))
+
+    async def _scripted(self, request: web.Request, body: dict[str, Any], name: str) -> web.StreamResponse:
+        answer = self.scripts[name](body)
+        if isinstance(answer, web.StreamResponse):
+            return answer
+        if isinstance(answer, BaseException):
+            raise answer
+        if asyncio.iscoroutine(answer):
+            answer = await answer
+        message = {"role": "assistant", "content": answer}
+        if body.get("stream"):
+            return await self._stream(request, body, message, "script")
+        return json_body(completion(body, message))
+
+    async def _stream(self, request: web.Request, body: dict[str, Any], message: dict[str, Any], model: str) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "x-request-id": "up-stream"})
+        await response.prepare(request)
+        chunks = stream_chunks(body, message)
+        if model == "stream-break":
+            for chunk in chunks[:2]:
+                await response.write(sse(chunk))
+            await asyncio.sleep(0.05)
+            request.transport.abort()
+            return response
+        if model == "stream-stall":
+            await response.write(sse(chunks[0]))
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                self.cancelled.append(model)
+                raise
+        for chunk in chunks:
+            await response.write(sse(chunk))
+        if model != "stream-no-done":
+            await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def models(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        names = ["echo", "tool-call", "slow-100"]
+        return json_body({"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "fake"} for n in names]})
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await self._record(request))
+        return json_body(
+            {
+                "object": "list",
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.1, -0.2, 0.3]}],
+                "model": body.get("model"),
+                "usage": {"prompt_tokens": 2, "total_tokens": 2},
+            }
+        )
+
+    async def file_content(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        size = int(request.query.get("size", str(4 * 1024 * 1024)))
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        block = bytes(range(256)) * 256
+        sent = 0
+        while sent < size:
+            part = block[: min(len(block), size - sent)]
+            await response.write(part)
+            sent += len(part)
+            if request.query.get("break") and sent >= size // 2:
+                request.transport.abort()
+                return response
+        await response.write_eof()
+        return response
+
+    async def echo_route(self, request: web.Request) -> web.Response:
+        body = await self._record(request)
+        status = int(request.query.get("status", "200"))
+        return json_body(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": request.query_string,
+                "headers": dict(request.headers),
+                "body": body.decode("utf-8", "replace"),
+            },
+            status=status,
+        )
+
+
+@web.middleware
+async def upstream_request_id(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Like OpenAI, answer with a request id of the upstream's own (derived from the one received)."""
+    request_id = "up-" + request.headers.get("X-Client-Request-Id", "none")
+    response = await handler(request)
+    if not response.prepared:
+        response.headers["x-request-id"] = request_id
+    return response
+
+
+def json_body(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json", headers=headers)
+
+
+def error_response(arg: str, retry_after: str | None = None) -> web.Response:
+    if arg == "html":
+        return web.Response(status=502, text="<html><body>Bad gateway</body></html>", content_type="text/html")
+    status = int(arg)
+    headers = {"x-ratelimit-remaining-requests": "0"}
+    if status == 429:
+        headers["retry-after"] = retry_after or "7"
+    elif retry_after is not None:
+        headers["retry-after"] = retry_after
+    body = {"error": {"message": f"scripted error {status}", "type": "fake_error", "param": None, "code": f"fake_{status}"}}
+    return json_body(body, status=status, headers=headers)
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    for message in reversed(body.get("messages") or []):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+            return str(content)
+    return ""
+
+
+def tool_call_message() -> dict[str, Any]:
+    return {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+            {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": '{"tz": "CET"}'}},
+        ],
+    }
+
+
+def usage(body: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
+    prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+    completion_tokens = len(str(message.get("content") or "").split()) or 1
+    return {"prompt_tokens": prompt, "completion_tokens": completion_tokens, "total_tokens": prompt + completion_tokens}
+
+
+def completion(body: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
+    n = body.get("n") or 1
+    finish = "tool_calls" if message.get("tool_calls") else "stop"
+    choices = [{"index": i, "message": message, "logprobs": None, "finish_reason": finish} for i in range(n)]
+    if body.get("logprobs"):
+        for choice in choices:
+            choice["logprobs"] = {"content": [{"token": "hi", "logprob": -0.1, "bytes": [104, 105], "top_logprobs": []}]}
+    return {
+        "id": CHUNK_ID,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model"),
+        "choices": choices,
+        "usage": usage(body, message),
+        "system_fingerprint": "fp_fake",
+        "service_tier": "default",
+        "x_fake_extension": {"kept": True},
+    }
+
+
+def stream_chunks(body: dict[str, Any], message: dict[str, Any]) -> list[dict[str, Any]]:
+    base = {"id": CHUNK_ID, "object": "chat.completion.chunk", "created": 0, "model": body.get("model"), "system_fingerprint": "fp_fake"}
+    deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+    if message.get("tool_calls"):
+        for index, call in enumerate(message["tool_calls"]):
+            args = call["function"]["arguments"]
+            head = {"index": index, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": ""}}
+            deltas.append({"tool_calls": [head]})
+            half = len(args) // 2
+            for part in (args[:half], args[half:]):
+                deltas.append({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
+    else:
+        text = message.get("content") or ""
+        third = max(1, len(text) // 3)
+        for start in range(0, len(text), third):
+            deltas.append({"content": text[start : start + third]})
+    finish = "tool_calls" if message.get("tool_calls") else "stop"
+    chunks = [{**base, "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}]} for d in deltas]
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]})
+    if (body.get("stream_options") or {}).get("include_usage"):
+        chunks.append({**base, "choices": [], "usage": usage(body, message)})
+    return chunks
+
+
+def sse(payload: Any) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def main() -> None:
+    """Run standalone (benchmarks): python -m tests.fake_upstream --port N."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=18081)
+    args = parser.parse_args()
+    fake = FakeUpstream(record=False)
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    web.run_app(fake.app(), host=args.host, port=args.port, print=None, access_log=None, loop=loop)
+
+
+if __name__ == "__main__":
+    main()
