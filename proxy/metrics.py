@@ -97,3 +97,74 @@ class Metrics:
             ["strategy", "outcome"],
             registry=r,
         )
+        # online PERG monitor (issue: monitor); labels model, strategy, role, relevance
+        monitor_labels = ["model", "strategy", "role", "relevance"]
+        self.monitor_judged = Counter(
+            "perg_monitor_judged", "Samples judged (consistency verdict comparable).", monitor_labels, registry=r
+        )
+        self.monitor_broken = Counter(
+            "perg_monitor_broken", "Judged samples whose answer contradicts the reference.", monitor_labels, registry=r
+        )
+        self.monitor_not_followed = Counter(
+            "perg_monitor_not_followed",
+            "Judged samples with a relevant preference whose follow score is under the threshold.",
+            monitor_labels,
+            registry=r,
+        )
+        self.monitor_not_robust = Counter(
+            "perg_monitor_not_robust", "Judged samples that are broken, or relevant and not followed.", monitor_labels, registry=r
+        )
+        self.monitor_uncomparable = Counter(
+            "perg_monitor_uncomparable",
+            "Samples the consistency judge could not compare (excluded from the ratios).",
+            monitor_labels,
+            registry=r,
+        )
+        self.monitor_follow_score = Histogram(
+            "perg_monitor_follow_score",
+            "Likert follow scores (1-5) of samples with a relevant preference.",
+            ["model", "strategy", "role"],
+            buckets=(1, 2, 3, 4, 5),
+            registry=r,
+        )
+        self.monitor_queue_depth = Gauge(
+            "perg_monitor_queue_depth", "Samples waiting for the monitor's workers.", registry=r, multiprocess_mode="livesum"
+        )
+        self.monitor_enqueued = Counter("perg_monitor_enqueued", "Samples put on the monitor queue.", ["role"], registry=r)
+        self.monitor_dropped = Counter(
+            "perg_monitor_dropped", "Samples dropped: queue full, or abandoned at shutdown.", ["reason"], registry=r
+        )
+        self.monitor_judge_errors = Counter(
+            "perg_monitor_judge_errors", "Judge calls that failed or returned an invalid verdict.", ["judge", "reason"], registry=r
+        )
+        self.monitor_judge_duration = Histogram(
+            "perg_monitor_judge_duration_seconds", "Judge call duration, retries included.", ["judge"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        # canary probes: labelled items through the served pipeline, with and without preferences
+        canary_labels = ["model", "strategy", "setting"]
+        self.canary_probes = Counter("perg_canary_probes", "Canary items probed (with and without preferences).", canary_labels, registry=r)
+        self.canary_correct = Counter(
+            "perg_canary_correct",
+            "Canary answers equal to the gold letter, by condition (with_preferences | without_preferences).",
+            [*canary_labels, "condition"],
+            registry=r,
+        )
+        self.canary_broken = Counter(
+            "perg_canary_broken", "Canary items right without preferences and wrong with them.", canary_labels, registry=r
+        )
+        self.canary_not_followed = Counter(
+            "perg_canary_not_followed",
+            "Canary items right without preferences whose relevant preference was not followed.",
+            canary_labels,
+            registry=r,
+        )
+        self.canary_not_robust = Counter(
+            "perg_canary_not_robust", "Canary items right without preferences and not robust with them.", canary_labels, registry=r
+        )
+        self.canary_both_correct = Counter(
+            "perg_canary_both_correct", "Canary items right both with and without preferences.", canary_labels, registry=r
+        )
+        self.canary_either_correct = Counter(
+            "perg_canary_either_correct", "Canary items right with or without preferences (PVR denominator).", canary_labels, registry=r
+        )
+        self.canary_errors = Counter("perg_canary_errors", "Canary probes that failed.", ["reason"], registry=r)
