@@ -9,6 +9,7 @@ import asyncio
 from typing import Any
 
 import orjson
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -24,6 +25,7 @@ from .sse import send_stream
 from .upstream import UpstreamClient
 
 READY_TIMEOUT = 2.0
+log = structlog.get_logger("perg.content")
 
 
 async def respond(request: web.Request, turn: Turn, reply: Reply | StreamReply) -> web.StreamResponse:
@@ -50,6 +52,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     turn.model = data["model"]
     turn.stream = data.get("stream") is True
     turn.strategy = "off"
+    if services.settings.logging.log_content:
+        log.info("chat_content", messages=data.get("messages"))
     reply = await STRATEGIES[turn.strategy](turn, services.upstreams)
     return await respond(request, turn, reply)
 

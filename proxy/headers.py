@@ -46,8 +46,12 @@ RESPONSE_DROP = HOP_BY_HOP | {"content-length", "content-encoding", "date", "ser
 
 
 def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
-    value = headers.get("connection", "")
-    return {token.strip().lower() for token in value.split(",") if token.strip()}
+    """Header names listed in `Connection` (hop-by-hop by declaration)."""
+    tokens: set[str] = set()
+    for name, value in headers.items():
+        if name.lower() == "connection":
+            tokens.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return tokens
 
 
 def upstream_request_headers(incoming: Mapping[str, str], request_id: str, api_key: str, extra: Mapping[str, str]) -> CIMultiDict[str]:

@@ -126,6 +126,16 @@ class UpstreamClient:
         if self._session is not None:
             await self._session.close()
 
+    def count_usage(self, model: str | None, stage: str, usage: Any) -> None:
+        """Token usage reported by the upstream (gen_ai.client.token.usage), by stage."""
+        if not isinstance(usage, dict):
+            return
+        label = self._metrics.model_label(model)
+        for kind, key in (("input", "prompt_tokens"), ("output", "completion_tokens")):
+            value = usage.get(key)
+            if isinstance(value, int) and value >= 0:
+                self._metrics.tokens.labels(label, stage, kind).inc(value)
+
     def url(self, path: str, query: str = "") -> URL:
         """The upstream URL for a path below its base URL, the client's encoding kept as sent."""
         return URL(self.settings.base_url + path + ("?" + query if query else ""), encoded=True)

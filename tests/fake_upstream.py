@@ -75,7 +75,7 @@ class FakeUpstream:
         body = await request.read()
         if self.record:
             self.received.append(
-                Received(request.method, request.path, request.query_string, dict(request.headers), body)
+                Received(request.method, request.path, request.rel_url.raw_query_string, {str(k): v for k, v in request.headers.items()}, body)
             )
         return body
 
@@ -182,8 +182,8 @@ class FakeUpstream:
             {
                 "method": request.method,
                 "path": request.path,
-                "query": request.query_string,
-                "headers": dict(request.headers),
+                "query": request.rel_url.raw_query_string,
+                "headers": {str(name): value for name, value in request.headers.items()},
                 "body": body.decode("utf-8", "replace"),
             },
             status=status,

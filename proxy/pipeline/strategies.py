@@ -22,8 +22,9 @@ async def serve_off(turn: Turn, upstreams: Upstreams) -> Reply | StreamReply:
     headers = upstream_request_headers(turn.headers, turn.request_id, settings.api_key, settings.headers)
     headers["Content-Type"] = "application/json"
     reply = await forward(turn, upstream, "POST", "/chat/completions", data=turn.forward_body(), headers=headers)
-    if isinstance(reply, Reply):
+    if isinstance(reply, Reply) and reply.status == 200:
         turn.usage = usage_of(reply.body)
+        upstream.count_usage(turn.model, "forward", turn.usage)
     return reply
 
 
