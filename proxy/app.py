@@ -8,11 +8,14 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from . import handlers
+from . import admin, handlers
 from .auth import Authenticator
-from .config import Settings
+from .config import ConfigError, Settings
 from .metrics import Metrics
 from .middleware import request_middleware
+from .pipeline.context import PipelineContext
+from .pipeline.prompts import Prompts
+from .preferences.handle import StoreHandle
 from .services import SERVICES, Services
 from .upstream import Upstreams
 
@@ -20,15 +23,28 @@ log = structlog.get_logger("perg.app")
 
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> web.Application:
+    """The proxy as an aiohttp application; resources open when it starts, close when it stops."""
     app = web.Application(middlewares=[request_middleware], client_max_size=settings.server.max_body_bytes)
     metrics = Metrics(registry)
+    upstreams = Upstreams(settings.upstreams, metrics)
     app[SERVICES] = Services(
         settings=settings,
         metrics=metrics,
         auth=Authenticator(settings.auth),
-        upstreams=Upstreams(settings.upstreams, metrics),
+        upstreams=upstreams,
+        store=StoreHandle(settings.profiles),
+        pipeline=PipelineContext(
+            settings=settings.personalization,
+            upstreams=upstreams,
+            metrics=metrics,
+            prompts=load_prompts(settings),
+            heartbeat_seconds=settings.server.heartbeat_seconds,
+            log_content=settings.logging.log_content,
+        ),
     )
     app.cleanup_ctx.append(_upstreams)
+    app.cleanup_ctx.append(_store)
+    admin.add_routes(app)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_route("*", "/v1/models/{model}", handlers.passthrough)
@@ -46,6 +62,20 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     await services.upstreams.start()
     yield
     await services.upstreams.close()
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    store = app[SERVICES].store
+    await store.start()
+    yield
+    await store.close()
+
+
+def load_prompts(settings: Settings) -> Prompts:
+    try:
+        return Prompts.load(settings.personalization.prompts)
+    except OSError as error:
+        raise ConfigError(f"personalization.prompts: cannot read {error.filename}: {error.strerror}") from None
 
 
 def make_runner(app: web.Application) -> web.AppRunner:

@@ -17,7 +17,8 @@ from .errors import InvalidRequest, NotFound, ProxyError
 from .headers import upstream_request_headers
 from .middleware import TURN
 from .pipeline.forward import forward
-from .pipeline.strategies import STRATEGIES
+from .pipeline.strategies import serve_chat
+from .preferences.resolve import resolve
 from .pipeline.turn import Reply, StreamReply, Turn
 from .protocol import check_chat_request, parse_json_object
 from .services import SERVICES, Services
@@ -47,15 +48,22 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     payload = await request.read()
     data = parse_json_object(payload)
     check_chat_request(data)
+    had_extension = "personalization" in data
+    wanted = await resolve(data, request.headers, turn.client, services.settings.personalization, services.store, services.metrics)
     turn.body = data
-    turn.raw_body = payload
+    turn.raw_body = None if had_extension else payload
     turn.model = data["model"]
     turn.stream = data.get("stream") is True
-    turn.strategy = "off"
+    turn.strategy = wanted.strategy
+    turn.preferences = wanted.preferences
+    turn.preference_source = wanted.source
+    turn.user_id = wanted.user_id
+    turn.return_draft = wanted.return_draft
     if services.settings.logging.log_content:
-        log.info("chat_content", messages=data.get("messages"))
-    reply = await STRATEGIES[turn.strategy](turn, services.upstreams)
+        log.info("chat_content", messages=data.get("messages"), preferences=list(wanted.preferences))
+    reply = await serve_chat(turn, services.pipeline)
     return await respond(request, turn, reply)
+
 
 
 async def list_models(request: web.Request) -> web.StreamResponse:

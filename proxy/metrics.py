@@ -97,6 +97,18 @@ class Metrics:
             ["strategy", "outcome"],
             registry=r,
         )
+        self.gate_outcomes = Counter(
+            "perg_gate_outcomes",
+            "Relevance gate decisions: relevant, irrelevant, unparseable or error (both fail open).",
+            ["outcome"],
+            registry=r,
+        )
+        self.profile_errors = Counter(
+            "perg_profile_lookup_errors",
+            "Requests answered without stored preferences because the profile store failed.",
+            ["reason"],
+            registry=r,
+        )
         # online PERG monitor (issue: monitor); labels model, strategy, role, relevance
         monitor_labels = ["model", "strategy", "role", "relevance"]
         self.monitor_judged = Counter(

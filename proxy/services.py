@@ -9,6 +9,8 @@ from aiohttp import web
 from .auth import Authenticator
 from .config import Settings
 from .metrics import Metrics
+from .pipeline.context import PipelineContext
+from .preferences.handle import StoreHandle
 from .upstream import Upstreams
 
 
@@ -18,6 +20,8 @@ class Services:
     metrics: Metrics
     auth: Authenticator
     upstreams: Upstreams
+    store: StoreHandle
+    pipeline: PipelineContext
     draining: bool = False
 
 

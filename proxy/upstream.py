@@ -22,6 +22,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -88,6 +89,12 @@ class UpstreamResponse:
             if not chunk:
                 return
             yield chunk
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    data: dict[str, Any]
+    headers: CIMultiDict[str]
 
 
 class UpstreamClient:
@@ -209,8 +216,9 @@ class UpstreamClient:
             raw.close()
         return UpstreamStatusError(raw.status, payload, client_response_headers(raw.headers))
 
-    async def chat(self, body: dict[str, Any], *, request_id: str, timeout: float, stage: str) -> dict[str, Any]:
-        """One non-streaming chat completion through the SDK; the upstream's JSON object, untouched."""
+    async def chat(self, body: dict[str, Any], *, request_id: str, timeout: float, stage: str) -> ChatResult:
+        """One non-streaming chat completion through the SDK: the upstream's JSON object, untouched,
+        and its response headers (as a client would get them)."""
         assert self._sdk is not None, "UpstreamClient.start() was not awaited"
         started = time.perf_counter()
         outcome = "ok"
@@ -225,7 +233,8 @@ class UpstreamClient:
             data = orjson.loads(response.content)
             if not isinstance(data, dict):
                 raise UpstreamProtocolError(f"upstream {self.name} answered a chat completion with a non-object")
-            return data
+            self.count_usage(body.get("model"), stage, data.get("usage"))
+            return ChatResult(data, client_response_headers(response.headers))
         except orjson.JSONDecodeError as error:
             outcome = "bad_upstream_response"
             raise UpstreamProtocolError(f"upstream {self.name} answered with invalid JSON") from error
@@ -262,6 +271,8 @@ class UpstreamClient:
                             chunk = await iterator.__anext__()
                         except StopAsyncIteration:
                             return
+                    if chunk.get("usage"):
+                        self.count_usage(body.get("model"), stage, chunk["usage"])
                     yield chunk
         except BaseException as error:
             mapped = self._map_sdk_error(error, streaming=True)

@@ -40,6 +40,12 @@ class Received:
     query: str
     headers: dict[str, str]
     body: bytes
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def role(self) -> str:
+        """Which pipeline call this was: gate, aligner, or chat (stage 1 / naive / off)."""
+        return pipeline_role(self.json) if self.path == "/v1/chat/completions" else "other"
 
     @property
     def json(self) -> Any:
@@ -68,8 +74,9 @@ class FakeUpstream:
         self.cancelled.clear()
         self.counters.clear()
 
-    def chat_bodies(self) -> list[dict[str, Any]]:
-        return [item.json for item in self.received if item.path == "/v1/chat/completions"]
+    def chat_bodies(self, role: str | None = None) -> list[dict[str, Any]]:
+        """Bodies of the chat calls received, optionally only one role (chat, gate, aligner)."""
+        return [item.json for item in self.received if item.path == "/v1/chat/completions" and role in (None, item.role)]
 
     async def _record(self, request: web.Request) -> bytes:
         body = await request.read()
@@ -100,20 +107,18 @@ class FakeUpstream:
             self.counters[model] = seen + 1
             if seen < int(arg):
                 return error_response("503", retry_after="0")
-        message = tool_call_message() if model == "tool-call" else {"role": "assistant", "content": last_user_text(body)}
+        message = tool_call_message() if model == "tool-call" else {"role": "assistant", "content": scripted_reply(body)}
         if body.get("stream"):
             return await self._stream(request, body, message, model)
         return json_body(completion(body, message))
 
     async def _scripted(self, request: web.Request, body: dict[str, Any], name: str) -> web.StreamResponse:
         answer = self.scripts[name](body)
-        if isinstance(answer, web.StreamResponse):
-            return answer
-        if isinstance(answer, BaseException):
-            raise answer
         if asyncio.iscoroutine(answer):
             answer = await answer
-        message = {"role": "assistant", "content": answer}
+        if isinstance(answer, web.StreamResponse):
+            return answer
+        message = answer if isinstance(answer, dict) else {"role": "assistant", "content": answer}
         if body.get("stream"):
             return await self._stream(request, body, message, "script")
         return json_body(completion(body, message))
@@ -215,6 +220,39 @@ def error_response(arg: str, retry_after: str | None = None) -> web.Response:
         headers["retry-after"] = retry_after
     body = {"error": {"message": f"scripted error {status}", "type": "fake_error", "param": None, "code": f"fake_{status}"}}
     return json_body(body, status=status, headers=headers)
+
+
+ALIGNER_MARK = "You are an editor."
+GATE_MARK = "You decide which user preferences apply"
+
+
+def pipeline_role(body: dict[str, Any]) -> str:
+    messages = body.get("messages") or []
+    system = messages[0].get("content", "") if messages and messages[0].get("role") == "system" else ""
+    if isinstance(system, str) and system.startswith(ALIGNER_MARK):
+        return "aligner"
+    if isinstance(system, str) and system.startswith(GATE_MARK):
+        return "gate"
+    return "chat"
+
+
+def scripted_reply(body: dict[str, Any]) -> str:
+    """What the echo model says: the last user text, or, to the proxy's own pipeline prompts, a
+    rewrite ("Personalized: <answer>") or a gate verdict (preferences about "I"/"my" life are
+    irrelevant, every other one relevant)."""
+    role = pipeline_role(body)
+    text = last_user_text(body)
+    if role == "aligner":
+        answer = text.split("### Answer to rewrite\n", 1)[-1].split("\n\n### Preferences", 1)[0]
+        return f"Personalized: {answer}"
+    if role == "gate":
+        verdicts = {}
+        for line in text.splitlines():
+            key, sep, preference = line.partition(": ")
+            if sep and key[:1] == "p" and key[1:].isdigit():
+                verdicts[key] = not preference.lower().startswith(("i ", "my "))
+        return orjson.dumps(verdicts).decode()
+    return text
 
 
 def last_user_text(body: dict[str, Any]) -> str:

@@ -1,23 +1,43 @@
-"""The strategies: what the proxy does with a chat request once it knows the preferences.
+"""The strategies, and which one serves a chat request.
 
-`off` forwards the client's request untouched (its very bytes when nothing was taken out of it).
+* `off`: the client's request goes upstream untouched (its very bytes when nothing was taken out).
+* `naive`: the paper's baseline: the preferences go into a system message; one call.
+* `pref_aligner`: stage 1 without preferences, then the rewrite (`aligner`, `aligner_stream`).
+
+A request without preferences is forwarded as `off` whatever its strategy: there is nothing to
+personalize (`x-perg-aligned: false`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..headers import upstream_request_headers
-from ..upstream import Upstreams
+from .aligner import serve_pref_aligner
+from .aligner_stream import serve_pref_aligner_stream
+from .context import PipelineContext
 from .forward import forward, usage_of
+from .prompts import preference_lines
 from .turn import Reply, StreamReply, Turn
 
-Strategy = Callable[[Turn, Upstreams], Awaitable[Reply | StreamReply]]
+
+async def serve_chat(turn: Turn, ctx: PipelineContext) -> Reply | StreamReply:
+    if turn.strategy == "off":
+        return await forward_chat(turn, ctx)
+    if not turn.preferences:
+        ctx.metrics.aligner_outcomes.labels(turn.strategy or "off", "no_preferences").inc()
+        return await forward_chat(turn, ctx)
+    if turn.strategy == "naive":
+        return await serve_naive(turn, ctx)
+    if turn.stream:
+        return await serve_pref_aligner_stream(turn, ctx)
+    return await serve_pref_aligner(turn, ctx)
 
 
-async def serve_off(turn: Turn, upstreams: Upstreams) -> Reply | StreamReply:
-    turn.aligned = "false"
-    upstream = upstreams.for_model(turn.model or "")
+async def forward_chat(turn: Turn, ctx: PipelineContext) -> Reply | StreamReply:
+    """One call upstream with the (possibly rewritten) request body, streamed through as is."""
+    turn.aligned = turn.aligned or "false"
+    upstream = ctx.upstreams.for_model(turn.model or "")
     settings = upstream.settings
     headers = upstream_request_headers(turn.headers, turn.request_id, settings.api_key, settings.headers)
     headers["Content-Type"] = "application/json"
@@ -28,4 +48,19 @@ async def serve_off(turn: Turn, upstreams: Upstreams) -> Reply | StreamReply:
     return reply
 
 
-STRATEGIES: dict[str, Strategy] = {"off": serve_off}
+async def serve_naive(turn: Turn, ctx: PipelineContext) -> Reply | StreamReply:
+    assert turn.body is not None
+    turn.body = {**turn.body, "messages": with_preferences(turn.body["messages"], ctx, turn.preferences)}
+    turn.raw_body = None
+    turn.aligned = "true"
+    ctx.metrics.aligner_outcomes.labels("naive", "aligned").inc()
+    return await forward_chat(turn, ctx)
+
+
+def with_preferences(messages: list[dict[str, Any]], ctx: PipelineContext, preferences: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The messages with a system message of preferences after the leading system/developer ones."""
+    note = {"role": "system", "content": ctx.prompts.naive.render_system(preferences=preference_lines(preferences))}
+    lead = 0
+    while lead < len(messages) and messages[lead].get("role") in ("system", "developer"):
+        lead += 1
+    return [*messages[:lead], note, *messages[lead:]]

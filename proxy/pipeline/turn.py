@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,15 @@ class Turn:
     def overhead(self) -> float:
         """Seconds spent in the proxy itself: elapsed minus upstream and client waits."""
         return max(0.0, self.elapsed() - self.upstream_wait - self.client_wait)
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Count the time spent in this block as upstream wait (excluded from the overhead)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.upstream_wait += time.perf_counter() - started
 
     def forward_body(self) -> bytes:
         """The request body to send upstream: the client's bytes when nothing was taken out."""

@@ -1,0 +1,192 @@
+"""Pref-Aligner: stage 1 answers without preferences; stage 2 rewrites that answer to fit them.
+
+Stage 1 gets the client's request exactly (minus streaming), with no preference anywhere. The
+relevance gate runs at the same time. Stage 2 gets only the last user query, the stage-1 answer and
+the relevant preferences, never the client's system prompt. The client never loses the stage-1
+answer because of stage 2: any failure of it serves the draft (`x-perg-aligned: fallback`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+from multidict import CIMultiDict
+
+from ..errors import ProxyError
+from .chat import add_usage, first_content, keep_as_is, last_user_query
+from .context import PipelineContext
+from .gate import relevant_preferences
+from .prompts import preference_lines
+from .rewrite import parse_rewrite
+from .turn import Reply, Turn
+
+log = structlog.get_logger("perg.aligner")
+HEADER_PRIORITY = ("fallback", "true", "skipped", "false")
+
+
+@dataclass(slots=True)
+class Plan:
+    """Stage 1 is done: the draft completion, the relevant preferences, usage so far."""
+
+    draft: dict[str, Any]
+    headers: CIMultiDict[str]
+    query: str
+    relevant: tuple[str, ...]
+    usage: dict[str, int] | None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What is served for one choice."""
+
+    text: str
+    outcome: str  # aligned | skipped | unchanged | fallback
+    header: str  # true | skipped | false | fallback
+    finish_reason: str | None = None
+    usage: Any = None
+    reason: str | None = None
+    draft: str = field(default="")
+
+
+def stage1_body(body: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
+
+
+async def plan(turn: Turn, ctx: PipelineContext) -> Plan:
+    """Run stage 1 and, concurrently, the relevance gate."""
+    assert turn.body is not None
+    query = last_user_query(turn.body["messages"])
+    gate = None
+    if ctx.settings.relevance_gate.mode == "llm":
+        gate = asyncio.create_task(relevant_preferences(turn, ctx, query))
+    upstream = ctx.upstreams.for_model(turn.model or "")
+    try:
+        with turn.waiting():
+            stage1 = await upstream.chat(stage1_body(turn.body), request_id=turn.request_id, timeout=upstream.settings.timeouts.total, stage="stage1")
+            relevant, gate_usage = await gate if gate is not None else (turn.preferences, None)
+    finally:
+        if gate is not None and not gate.done():
+            gate.cancel()
+    usage = add_usage(add_usage(None, stage1.data.get("usage")), gate_usage)
+    return Plan(stage1.data, stage1.headers, query, relevant, usage)
+
+
+def aligner_body(turn: Turn, ctx: PipelineContext, model: str, query: str, draft: str, relevant: tuple[str, ...]) -> dict[str, Any]:
+    prompt = ctx.prompts.aligner
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": prompt.system},
+            {"role": "user", "content": prompt.render_user(query=query, answer=draft, preferences=preference_lines(relevant))},
+        ],
+    }
+    limit = ctx.settings.aligner.max_tokens or (turn.body or {}).get("max_completion_tokens") or (turn.body or {}).get("max_tokens")
+    if limit:
+        body["max_tokens"] = limit
+    for key in ("temperature", "seed"):
+        if turn.body and key in turn.body:
+            body[key] = turn.body[key]
+    return body
+
+
+def preset(choice: dict[str, Any], turn: Turn, ctx: PipelineContext, relevant: tuple[str, ...]) -> Outcome | None:
+    """The outcome of a choice that needs no stage 2, or None when it must be rewritten."""
+    message = choice.get("message") or {}
+    draft = message.get("content") if isinstance(message.get("content"), str) else ""
+    if keep_as_is(choice, turn.body or {}):
+        return Outcome(draft, "unchanged", "false", choice.get("finish_reason"), draft=draft)
+    if not relevant:
+        return Outcome(draft, "skipped", "skipped", choice.get("finish_reason"), draft=draft)
+    return None
+
+
+async def rewrite_choice(turn: Turn, ctx: PipelineContext, p: Plan, choice: dict[str, Any]) -> Outcome:
+    """Stage 2 for one choice (non-streaming)."""
+    done = preset(choice, turn, ctx, p.relevant)
+    if done is not None:
+        return done
+    draft = choice["message"]["content"]
+    upstream, model = ctx.stage_target(ctx.settings.aligner, turn.model or "")
+    body = aligner_body(turn, ctx, model, p.query, draft, p.relevant)
+    try:
+        result = await upstream.chat(body, request_id=turn.request_id, timeout=ctx.settings.aligner.timeout_seconds, stage="stage2")
+    except ProxyError as error:
+        return Outcome(draft, "fallback", "fallback", choice.get("finish_reason"), reason=error.code, draft=draft)
+    content, finish = first_content(result.data)
+    return judge_rewrite(ctx, content, finish, draft, choice.get("finish_reason"), result.data.get("usage"))
+
+
+def judge_rewrite(ctx: PipelineContext, content: str, finish: str | None, draft: str, draft_finish: str | None, usage: Any) -> Outcome:
+    parsed = parse_rewrite(content, ctx.prompts.aligner.headings)
+    if parsed.unchanged:
+        return Outcome(draft, "unchanged", "skipped", draft_finish, usage, draft=draft)
+    if not usable(parsed.text):
+        return Outcome(draft, "fallback", "fallback", draft_finish, usage, reason="unusable_reply", draft=draft)
+    if finish == "length":
+        return Outcome(draft, "fallback", "fallback", draft_finish, usage, reason="truncated_reply", draft=draft)
+    return Outcome(parsed.text, "aligned", "true", draft_finish, usage, draft=draft)
+
+
+def usable(text: str) -> bool:
+    """A rewrite worth serving: not empty, and not only a lead-in ("here is the rewrite:")."""
+    stripped = text.strip()
+    return bool(stripped) and not stripped.endswith(":")
+
+
+def aligned_header(outcomes: list[Outcome]) -> str:
+    present = {outcome.header for outcome in outcomes}
+    return next((value for value in HEADER_PRIORITY if value in present), "false")
+
+
+def record(turn: Turn, ctx: PipelineContext, outcomes: list[Outcome]) -> None:
+    for outcome in outcomes:
+        ctx.metrics.aligner_outcomes.labels("pref_aligner", outcome.outcome).inc()
+        if outcome.outcome == "fallback":
+            log.warning("aligner_fallback", request_id=turn.request_id, reason=outcome.reason)
+    turn.aligned = aligned_header(outcomes)
+
+
+def personalization_field(turn: Turn, outcomes: list[Outcome]) -> dict[str, Any]:
+    return {
+        "strategy": turn.strategy,
+        "aligned": turn.aligned,
+        "draft": outcomes[0].draft if outcomes else "",
+        "choices": [{"index": i, "draft": o.draft, "outcome": o.outcome} for i, o in enumerate(outcomes)],
+    }
+
+
+async def serve_pref_aligner(turn: Turn, ctx: PipelineContext) -> Reply:
+    """The non-streaming path; streaming lives in `aligner_stream`."""
+    p = await plan(turn, ctx)
+    choices = p.draft.get("choices") or []
+    with turn.waiting():
+        outcomes = list(await asyncio.gather(*(rewrite_choice(turn, ctx, p, choice) for choice in choices)))
+    record(turn, ctx, outcomes)
+    data = dict(p.draft)
+    data["choices"] = [served_choice(choice, outcome) for choice, outcome in zip(choices, outcomes)]
+    usage = p.usage
+    for outcome in outcomes:
+        usage = add_usage(usage, outcome.usage)
+    if usage is not None:
+        data["usage"] = {**(p.draft.get("usage") or {}), **usage}
+    if turn.return_draft:
+        data["personalization"] = personalization_field(turn, outcomes)
+    turn.usage = data.get("usage")
+    return Reply(200, response_headers(p.headers), orjson.dumps(data))
+
+
+def served_choice(choice: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
+    if outcome.outcome != "aligned":
+        return choice
+    message = {**choice.get("message", {}), "content": outcome.text}
+    return {**choice, "message": message, "logprobs": None}
+
+
+def response_headers(upstream: CIMultiDict[str]) -> CIMultiDict[str]:
+    headers = CIMultiDict(upstream)
+    headers["Content-Type"] = "application/json"
+    return headers

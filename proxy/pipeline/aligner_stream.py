@@ -1,0 +1,218 @@
+"""Pref-Aligner, streaming: stage 1 runs to completion while the client gets SSE heartbeats, then
+stage 2 streams as ordinary `chat.completion.chunk` events with the stage-1 id and model.
+
+The response starts when its first event is ready, or after `server.heartbeat_seconds` with a
+heartbeat: a stage-1 error before then keeps its HTTP status; later ones go in band. Stage 2
+failing before it produced any text streams the draft instead (`fallback`); failing mid-way is
+an in-band error. With `n > 1` every choice is rewritten concurrently and the chunks interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import suppress
+from typing import Any
+
+from multidict import CIMultiDict
+
+from ..errors import ProxyError
+from ..sse import DONE, HEARTBEAT, data_event
+from .aligner import Outcome, Plan, aligner_body, aligned_header, personalization_field, plan, preset, record, usable
+from .chat import add_usage, chunk, delta_choice, stream_template
+from .context import PipelineContext
+from .rewrite import RewriteFilter
+from .turn import StreamReply, Turn
+
+FINISHED = object()
+
+
+class StageTwoBroke(ProxyError):
+    status = 502
+    type = "upstream_error"
+    code = "aligner_stream_broken"
+
+
+async def serve_pref_aligner_stream(turn: Turn, ctx: PipelineContext) -> StreamReply:
+    events = with_heartbeats(stream_events(turn, ctx), ctx.heartbeat_seconds)
+    try:
+        first = await events.__anext__()
+    except BaseException:
+        await events.aclose()
+        raise
+    if first is HEARTBEAT:
+        turn.aligned = "pending"
+    headers = CIMultiDict({"Content-Type": "text/event-stream"})
+    return StreamReply(200, headers, prepend(first, events), events.aclose)
+
+
+async def prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for item in rest:
+        yield item
+
+
+async def with_heartbeats(source: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
+    """`source`'s items, plus a heartbeat comment whenever `interval` passes without one."""
+    pending: asyncio.Task | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(source.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=interval)
+            if not done:
+                yield HEARTBEAT
+                continue
+            try:
+                item = pending.result()
+            except StopAsyncIteration:
+                return
+            finally:
+                pending = None
+            yield item
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with suppress(BaseException):
+                await pending
+        await source.aclose()  # type: ignore[attr-defined]
+
+
+async def stream_events(turn: Turn, ctx: PipelineContext) -> AsyncIterator[bytes]:
+    with turn.waiting():
+        p = await plan(turn, ctx)
+    template = stream_template(p.draft)
+    choices = p.draft.get("choices") or []
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    tasks = [asyncio.create_task(produce(turn, ctx, p, index, choice, queue)) for index, choice in enumerate(choices)]
+    outcomes: dict[int, Outcome] = {}
+    usage = p.usage
+    try:
+        announced = False
+        while len(outcomes) < len(tasks):
+            with turn.waiting():
+                index, item = await queue.get()
+            if isinstance(item, Outcome):
+                outcomes[index] = item
+                usage = add_usage(usage, item.usage)
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            if not announced:
+                announced = True
+                if turn.aligned != "pending":
+                    turn.aligned = item_header(outcomes, item)
+            yield data_event(chunk(template, [item]))
+    finally:
+        for task in tasks:
+            task.cancel()
+    ordered = [outcomes[i] for i in sorted(outcomes)]
+    record_stream(turn, ctx, ordered)
+    yield final_event(turn, template, ordered, usage)
+    yield DONE
+
+
+def item_header(outcomes: dict[int, Outcome], item: dict[str, Any]) -> str:
+    """The `x-perg-aligned` value known when the first chunk goes out."""
+    known = list(outcomes.values())
+    return aligned_header(known) if known else item.pop("_header", "true")
+
+
+def record_stream(turn: Turn, ctx: PipelineContext, outcomes: list[Outcome]) -> None:
+    pending = turn.aligned == "pending"
+    record(turn, ctx, outcomes)
+    if pending:
+        turn.aligned = "pending"
+
+
+def final_event(turn: Turn, template: dict[str, Any], outcomes: list[Outcome], usage: dict[str, int] | None) -> bytes:
+    extra: dict[str, Any] = {}
+    if turn.return_draft or turn.aligned == "pending":
+        field = personalization_field(turn, outcomes)
+        field["aligned"] = aligned_header(outcomes)
+        extra["personalization"] = field
+    wants_usage = ((turn.body or {}).get("stream_options") or {}).get("include_usage")
+    if wants_usage and usage is not None:
+        extra["usage"] = usage
+    turn.usage = usage
+    return data_event(chunk(template, [], **extra)) if extra else b""
+
+
+async def produce(turn: Turn, ctx: PipelineContext, p: Plan, index: int, choice: dict[str, Any], queue: asyncio.Queue) -> None:
+    """Put this choice's chunks on the queue, then its Outcome (or an exception to raise)."""
+    try:
+        done = preset(choice, turn, ctx, p.relevant)
+        outcome = done if done is not None else await stream_rewrite(turn, ctx, p, index, choice, queue)
+        if outcome.outcome != "aligned":
+            await put_whole(queue, index, outcome, choice)
+        await queue.put((index, delta_choice(index, {}, outcome.finish_reason)))
+        await queue.put((index, outcome))
+    except ProxyError as error:
+        await queue.put((index, error))
+
+
+async def put_whole(queue: asyncio.Queue, index: int, outcome: Outcome, choice: dict[str, Any]) -> None:
+    message = choice.get("message") or {}
+    delta: dict[str, Any] = {"role": "assistant", "content": outcome.text if isinstance(message.get("content"), str) else None}
+    for key in ("tool_calls", "refusal", "function_call"):
+        if message.get(key) is not None:
+            delta[key] = _indexed(message[key]) if key == "tool_calls" else message[key]
+    first = delta_choice(index, delta)
+    first["_header"] = outcome.header
+    await queue.put((index, first))
+
+
+def _indexed(tool_calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"index": i, **call} for i, call in enumerate(tool_calls)]
+
+
+async def stream_rewrite(turn: Turn, ctx: PipelineContext, p: Plan, index: int, choice: dict[str, Any], queue: asyncio.Queue) -> Outcome:
+    """Stream stage 2 for one choice; the Outcome says what happened (aligned text already queued)."""
+    draft = choice["message"]["content"]
+    upstream, model = ctx.stage_target(ctx.settings.aligner, turn.model or "")
+    body = aligner_body(turn, ctx, model, p.query, draft, p.relevant)
+    if ((turn.body or {}).get("stream_options") or {}).get("include_usage"):
+        body["stream_options"] = {"include_usage": True}
+    parser = RewriteFilter(ctx.prompts.aligner.headings)
+    state: dict[str, Any] = {"started": False, "finish": None, "usage": None}
+    try:
+        async for piece in upstream.stream_chat(body, request_id=turn.request_id, timeout=ctx.settings.aligner.timeout_seconds, stage="stage2"):
+            await forward_piece(piece, parser, state, index, queue)
+        tail = parser.finish()
+        if tail:
+            await emit(tail, state, index, queue)
+    except ProxyError as error:
+        if state["started"]:
+            raise StageTwoBroke(f"the aligner's stream broke: {error.message}") from error
+        return Outcome(draft, "fallback", "fallback", choice.get("finish_reason"), state["usage"], reason=error.code, draft=draft)
+    return stream_outcome(parser, state, draft, choice)
+
+
+async def forward_piece(piece: dict[str, Any], parser: RewriteFilter, state: dict[str, Any], index: int, queue: asyncio.Queue) -> None:
+    if piece.get("usage"):
+        state["usage"] = piece["usage"]
+    for part in piece.get("choices") or []:
+        state["finish"] = part.get("finish_reason") or state["finish"]
+        text = (part.get("delta") or {}).get("content")
+        if isinstance(text, str) and text:
+            out = parser.feed(text)
+            if out:
+                await emit(out, state, index, queue)
+
+
+async def emit(text: str, state: dict[str, Any], index: int, queue: asyncio.Queue) -> None:
+    if not state["started"]:
+        state["started"] = True
+        await queue.put((index, delta_choice(index, {"role": "assistant", "content": ""})))
+    await queue.put((index, delta_choice(index, {"content": text})))
+
+
+def stream_outcome(parser: RewriteFilter, state: dict[str, Any], draft: str, choice: dict[str, Any]) -> Outcome:
+    usage, draft_finish = state["usage"], choice.get("finish_reason")
+    if state["started"]:
+        finish = "length" if state["finish"] == "length" else draft_finish
+        return Outcome(parser.text, "aligned", "true", finish, usage, draft=draft)
+    if parser.unchanged:
+        return Outcome(draft, "unchanged", "skipped", draft_finish, usage, draft=draft)
+    reason = "unusable_reply" if not usable(parser.text) else "empty_reply"
+    return Outcome(draft, "fallback", "fallback", draft_finish, usage, reason=reason, draft=draft)

@@ -1,0 +1,146 @@
+"""Where a request's preferences, user and strategy come from (DESIGN.md, in this order):
+
+1. the body extension `personalization: {user_id, preferences, strategy, return_draft}`
+   (taken out of the body: it never goes upstream);
+2. the headers `X-Perg-User`, `X-Perg-Preferences` (a JSON array of strings), `X-Perg-Strategy`;
+3. the standard `user` field, or the user bound to the client key, looked up in the profile store.
+
+The first source that has preferences wins. The strategy is the request's, else the header's,
+else the client key's, else the configured default. A store that fails does not fail the
+request: it is answered without stored preferences, and the failure is counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, get_args
+
+import orjson
+import structlog
+
+from ..config import ClientKey, PersonalizationSettings, Strategy
+from ..errors import InvalidRequest
+from ..metrics import Metrics
+from .errors import StoreError, StoreUnavailable
+from .handle import StoreHandle
+
+STRATEGIES = frozenset(get_args(Strategy))
+EXTENSION_KEYS = frozenset({"user_id", "preferences", "strategy", "return_draft"})
+log = structlog.get_logger("perg.preferences")
+
+
+@dataclass(frozen=True, slots=True)
+class Personalization:
+    strategy: str
+    preferences: tuple[str, ...]
+    source: str | None  # request | header | profile | None
+    user_id: str | None
+    return_draft: bool
+
+
+def take_extension(body: dict[str, Any]) -> dict[str, Any]:
+    """Remove and check the `personalization` body extension; {} when absent."""
+    extension = body.pop("personalization", None)
+    if extension is None:
+        return {}
+    if not isinstance(extension, dict):
+        raise InvalidRequest("'personalization' must be an object.", param="personalization", code="invalid_type")
+    for key in extension:
+        if key not in EXTENSION_KEYS:
+            raise InvalidRequest(f"Unknown parameter: 'personalization.{key}'.", param=f"personalization.{key}", code="unknown_parameter")
+    if "return_draft" in extension and not isinstance(extension["return_draft"], bool):
+        raise InvalidRequest("'personalization.return_draft' must be a boolean.", param="personalization.return_draft", code="invalid_type")
+    return extension
+
+
+def check_preferences(value: Any, param: str, settings: PersonalizationSettings) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise InvalidRequest(f"'{param}' must be a list of strings.", param=param, code="invalid_type")
+    if len(value) > settings.max_preferences:
+        raise InvalidRequest(f"'{param}' has {len(value)} items; at most {settings.max_preferences} are allowed.", param=param, code="too_many_preferences")
+    for index, text in enumerate(value):
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidRequest(f"'{param}[{index}]' must be a non-empty string.", param=f"{param}[{index}]", code="invalid_preference")
+        if len(text) > settings.max_preference_chars:
+            raise InvalidRequest(
+                f"'{param}[{index}]' is {len(text)} characters long; at most {settings.max_preference_chars} are allowed.",
+                param=f"{param}[{index}]",
+                code="preference_too_long",
+            )
+    return tuple(value)
+
+
+def check_strategy(value: Any, param: str) -> str:
+    if not isinstance(value, str) or value not in STRATEGIES:
+        raise InvalidRequest(f"'{param}' must be one of {', '.join(sorted(STRATEGIES))}; got {value!r}.", param=param, code="invalid_strategy")
+    return value
+
+
+def check_user(value: Any, param: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 256:
+        raise InvalidRequest(f"'{param}' must be a non-empty string of at most 256 characters.", param=param, code="invalid_user")
+    return value
+
+
+def header_preferences(headers: Mapping[str, str], settings: PersonalizationSettings) -> tuple[str, ...] | None:
+    raw = headers.get("X-Perg-Preferences")
+    if raw is None:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("Header 'X-Perg-Preferences' must be a JSON array of strings.", param="X-Perg-Preferences", code="invalid_json") from None
+    return check_preferences(value, "X-Perg-Preferences", settings)
+
+
+def choose_strategy(extension: dict[str, Any], headers: Mapping[str, str], client: ClientKey | None, default: str) -> str:
+    if "strategy" in extension:
+        return check_strategy(extension["strategy"], "personalization.strategy")
+    if "X-Perg-Strategy" in headers:
+        return check_strategy(headers["X-Perg-Strategy"], "X-Perg-Strategy")
+    return client.strategy if client is not None and client.strategy else default
+
+
+def choose_user(extension: dict[str, Any], headers: Mapping[str, str], body: dict[str, Any], client: ClientKey | None) -> str | None:
+    if extension.get("user_id") is not None:
+        return check_user(extension["user_id"], "personalization.user_id")
+    if "X-Perg-User" in headers:
+        return check_user(headers["X-Perg-User"], "X-Perg-User")
+    if isinstance(body.get("user"), str) and body["user"].strip():
+        return body["user"]
+    return client.user_id if client is not None else None
+
+
+async def resolve(
+    body: dict[str, Any],
+    headers: Mapping[str, str],
+    client: ClientKey | None,
+    settings: PersonalizationSettings,
+    store: StoreHandle | None,
+    metrics: Metrics,
+) -> Personalization:
+    """Take the extension out of `body` and work out the request's personalization."""
+    extension = take_extension(body)
+    strategy = choose_strategy(extension, headers, client, settings.default_strategy)
+    user_id = choose_user(extension, headers, body, client)
+    draft = bool(extension.get("return_draft", False))
+    if "preferences" in extension:
+        preferences = check_preferences(extension["preferences"], "personalization.preferences", settings)
+        return Personalization(strategy, preferences, "request", user_id, draft)
+    from_header = header_preferences(headers, settings)
+    if from_header is not None:
+        return Personalization(strategy, from_header, "header", user_id, draft)
+    if strategy == "off" or user_id is None or store is None:
+        return Personalization(strategy, (), None, user_id, draft)
+    stored = await stored_preferences(store, user_id, metrics)
+    return Personalization(strategy, stored[: settings.max_preferences], "profile" if stored else None, user_id, draft)
+
+
+async def stored_preferences(store: StoreHandle, user_id: str, metrics: Metrics) -> tuple[str, ...]:
+    try:
+        return await (await store.get()).preference_texts(user_id)
+    except StoreError as error:
+        metrics.profile_errors.labels("unavailable" if isinstance(error, StoreUnavailable) else "error").inc()
+        log.warning("profile_lookup_failed", error=error.message)
+        return ()
