@@ -1,0 +1,28 @@
+"""Preferences: the profile store (and, in the same database, the monitor's judged samples).
+
+`open_store(settings.profiles)` gives the configured `Store`; open it with `await store.open()`
+or `async with store:`. See `store.py` for the semantics every backend shares.
+"""
+
+from __future__ import annotations
+
+from .errors import InvalidCursor, PreferenceNotFound, StoreError, StoreUnavailable, TooManyPreferences, UnstorableText
+from .models import JudgedSample, Preference, Profile, SampleCounts, SampleSummary, SampleTexts
+from .store import Store, open_store
+
+__all__ = [
+    "InvalidCursor",
+    "JudgedSample",
+    "Preference",
+    "PreferenceNotFound",
+    "Profile",
+    "SampleCounts",
+    "SampleSummary",
+    "SampleTexts",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "TooManyPreferences",
+    "UnstorableText",
+    "open_store",
+]

@@ -1,0 +1,144 @@
+"""What the store keeps: profiles of ordered preferences, and the monitor's judged samples.
+
+Frozen pydantic models, timestamps timezone-aware UTC with microsecond precision (what both SQLite,
+as integer microseconds, and PostgreSQL, as `timestamptz`, keep exactly).
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from ..config import Strategy
+from .errors import UnstorableText
+
+Role = Literal["served", "shadow"]
+Relevance = Literal["relevant", "irrelevant", "unknown"]
+Verdict = Literal["consistent", "contradicts", "cannot_compare"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_preference_id() -> str:
+    """`pref_` + 16 hex digits: short, URL-safe, random (64 bits)."""
+    return f"pref_{secrets.token_hex(8)}"
+
+
+def new_sample_id() -> str:
+    return f"smp_{secrets.token_hex(8)}"
+
+
+def check_storable(text: str, param: str) -> str:
+    """`text` unchanged, or `UnstorableText`: U+0000 and lone surrogates cannot be stored exactly
+    by every backend (PostgreSQL text refuses U+0000; UTF-8 has no surrogates), so none takes them."""
+    if "\x00" in text:
+        raise UnstorableText(f"{param} contains the character U+0000, which cannot be stored", param=param)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnstorableText(f"{param} contains a lone surrogate, which is not valid Unicode text", param=param) from None
+    return text
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+class Preference(Frozen):
+    """One stored preference. Its id names it for PATCH `remove` and never changes meaning.
+    `updated_at` equals `created_at` today: no operation edits a preference in place (PUT keeps
+    the texts it finds unchanged and replaces the rest); it is there for a future edit."""
+
+    id: str
+    text: str
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+
+    _utc = field_validator("created_at", "updated_at")(_as_utc)
+
+
+class Profile(Frozen):
+    """A user's ordered preferences; `updated_at` is the time of the last PUT or PATCH."""
+
+    user_id: str
+    preferences: tuple[Preference, ...] = ()
+    updated_at: AwareDatetime
+
+    _utc = field_validator("updated_at")(_as_utc)
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        return tuple(preference.text for preference in self.preferences)
+
+
+class SampleTexts(Frozen):
+    """The texts behind a verdict, kept only when `monitor.store_samples` is on."""
+
+    query: str
+    preferences: tuple[str, ...] = ()
+    reference: str | None = None
+    answer: str | None = None
+
+
+class JudgedSample(Frozen):
+    """One sampled request as the monitor's judges saw it. `verdict` is None when the consistency
+    judge failed; `broken` / `followed` / `robust` are None when they could not be decided."""
+
+    id: str = Field(default_factory=new_sample_id)
+    created_at: AwareDatetime = Field(default_factory=utcnow)
+    request_id: str
+    user_id: str | None = None
+    model: str
+    strategy: Strategy
+    role: Role
+    relevance: Relevance
+    verdict: Verdict | None = None
+    broken: bool | None = None
+    followed: bool | None = None
+    robust: bool | None = None
+    follow_score: int | None = Field(None, ge=1, le=5)
+    reasons: dict[str, str] = Field(default_factory=dict)
+    texts: SampleTexts | None = None
+
+    _utc = field_validator("created_at")(_as_utc)
+
+    def check_storable(self) -> None:
+        """Raise `UnstorableText` when any string of the sample cannot be stored exactly."""
+        fields = [("id", self.id), ("request_id", self.request_id), ("model", self.model), ("user_id", self.user_id or "")]
+        fields += [(f"reasons.{name}", f"{name} {reason}") for name, reason in self.reasons.items()]
+        if self.texts is not None:
+            fields += [("texts.query", self.texts.query), ("texts.reference", self.texts.reference or "")]
+            fields += [("texts.answer", self.texts.answer or "")]
+            fields += [("texts.preferences", text) for text in self.texts.preferences]
+        for param, text in fields:
+            check_storable(text, param)
+
+
+class SampleCounts(Frozen):
+    """Judged-sample counts of one (strategy, role) over a window; ratios are the reader's job
+    (breakage = broken / (judged - uncomparable), as in DESIGN.md "Online adaptation")."""
+
+    strategy: str
+    role: str
+    samples: int = 0
+    judged: int = 0
+    broken: int = 0
+    not_followed: int = 0
+    not_robust: int = 0
+    uncomparable: int = 0
+    judge_failed: int = 0
+
+
+class SampleSummary(Frozen):
+    since: AwareDatetime
+    window_seconds: float
+    groups: tuple[SampleCounts, ...] = ()

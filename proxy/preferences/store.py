@@ -1,0 +1,247 @@
+"""`Store`: the one async interface to profiles and judged samples, and `open_store(settings)`.
+
+Three backends implement it: `memory` (tests, throwaway runs), `sqlite` (the embedded default,
+one machine, any number of processes) and `postgres` (replicas). The public methods here check
+their arguments once for every backend; a backend implements the underscored primitives, each one
+statement or one transaction. The store enforces no business limits (how many preferences, how
+long): the caller validates those. It refuses only text no backend can keep exactly.
+
+Semantics every backend shares:
+
+* `put` replaces the list. A text equal to one already stored keeps that preference's id and
+  timestamps (so the same PUT twice is a no-op for ids); every other text gets a new id. Ids are
+  never re-pointed at a different text, so an id a client holds always removes what it named.
+* `patch` removes, then appends, atomically: an unknown id raises `PreferenceNotFound` and
+  changes nothing. It creates a missing profile. Concurrent patches on one user all apply.
+  Its optional `limit` (the caller's maximum count) is checked inside the transaction, the one
+  business rule the caller cannot check correctly from outside under concurrent patches.
+* `delete` removes the profile and every judged sample of that user (even with no profile).
+* Lists are keyset-paginated: profiles by `user_id`, samples newest first; `after` is the last
+  id of the previous page. A page is `(items, has_more)`.
+* A method that returned has committed: SQLite with `synchronous=FULL`, PostgreSQL by COMMIT.
+* Any failure of the database itself is `StoreUnavailable` (503) or `StoreError` (500).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Self
+
+from ..config import ProfileSettings
+from .errors import PreferenceNotFound, TooManyPreferences, UnstorableText
+from .models import JudgedSample, Preference, Profile, SampleCounts, SampleSummary, Verdict, check_storable, new_preference_id, utcnow
+
+PRUNE_EVERY = 64
+"""With `add_sample(..., keep=N)`, a store prunes on its 1st add and then every 64th."""
+
+Plan = Callable[[list[Preference], datetime], list[Preference]]
+"""Given a user's current preferences (in order) and the time of the write, the list to store
+instead; may raise, and then nothing is written."""
+
+
+class Store(ABC):
+    """Profiles and judged samples in one database. Open with `await store.open()` (creates and
+    migrates the schema) or `async with store:`; close with `await store.close()`."""
+
+    def __init__(self) -> None:
+        self._sample_adds = 0
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect, create the schema and run pending migrations (safe with several processes)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections and threads; idempotent."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Return when the database answers a query; raise `StoreUnavailable` otherwise."""
+
+    async def get(self, user_id: str) -> Profile | None:
+        """The user's profile, or None when there is none."""
+        return await self._get(user_id) if storable(user_id) else None
+
+    async def preference_texts(self, user_id: str) -> tuple[str, ...]:
+        """The user's preference texts in order; () when none. The request path's one query."""
+        return await self._preference_texts(user_id) if storable(user_id) else ()
+
+    async def delete(self, user_id: str) -> bool:
+        """Delete the profile and the user's samples; True when a profile existed."""
+        return await self._delete(user_id) if storable(user_id) else False
+
+    async def put(self, user_id: str, texts: Sequence[str]) -> Profile:
+        """Replace the user's preferences with `texts` (see the module docstring for ids)."""
+        check_storable(user_id, "user_id")
+        texts = [check_storable(text, "preferences") for text in texts]
+        return await self._update(user_id, lambda existing, now: plan_put(existing, texts, now))
+
+    async def patch(
+        self, user_id: str, add: Sequence[str] = (), remove: Sequence[str] = (), *, limit: int | None = None
+    ) -> Profile:
+        """Remove the preferences with ids `remove`, append `add`; atomic; creates the profile.
+        With `limit`, growing the list past `limit` preferences raises `TooManyPreferences`."""
+        check_storable(user_id, "user_id")
+        add = [check_storable(text, "add") for text in add]
+        remove = list(remove)
+        return await self._update(user_id, lambda existing, now: plan_patch(user_id, existing, add, remove, now, limit))
+
+    async def list_profiles(self, limit: int, after: str | None = None) -> tuple[list[Profile], bool]:
+        """Up to `limit` profiles with user_id > `after`, by user_id, and whether more follow."""
+        _check_limit(limit)
+        if after is not None:
+            check_storable(after, "after")
+        profiles = await self._list_profiles(limit + 1, after)
+        return profiles[:limit], len(profiles) > limit
+
+    async def add_sample(self, sample: JudgedSample, *, keep: int | None = None) -> None:
+        """Store a judged sample. With `keep`, also prune to the newest `keep` samples on the
+        first add and every `PRUNE_EVERY` adds after it, so the table stays near `keep`."""
+        sample.check_storable()
+        await self._insert_sample(sample)
+        self._sample_adds += 1
+        if keep is not None and self._sample_adds % PRUNE_EVERY == 1:
+            await self.prune_samples(keep)
+
+    async def list_samples(
+        self,
+        *,
+        verdict: Verdict | None = None,
+        strategy: str | None = None,
+        role: str | None = None,
+        limit: int = 20,
+        after: str | None = None,
+    ) -> tuple[list[JudgedSample], bool]:
+        """Samples newest first (created_at, then id), filtered; `after` is a sample id
+        (`InvalidCursor` when it does not exist)."""
+        _check_limit(limit)
+        for param, value in (("after", after), ("strategy", strategy), ("role", role), ("verdict", verdict)):
+            if value is not None:
+                check_storable(value, param)
+        samples = await self._list_samples(verdict, strategy, role, limit + 1, after)
+        return samples[:limit], len(samples) > limit
+
+    async def sample_summary(self, window_seconds: float) -> SampleSummary:
+        """Counts per (strategy, role) of the samples created in the last `window_seconds`."""
+        if window_seconds <= 0:
+            raise ValueError("window_seconds must be positive")
+        since = utcnow() - timedelta(seconds=window_seconds)
+        groups = await self._sample_counts(since)
+        groups.sort(key=lambda group: (group.strategy, group.role))
+        return SampleSummary(since=since, window_seconds=window_seconds, groups=tuple(groups))
+
+    async def prune_samples(self, keep: int) -> int:
+        """Delete all but the newest `keep` samples; the number deleted."""
+        if keep < 0:
+            raise ValueError("keep must be >= 0")
+        return await self._prune_samples(keep)
+
+    @abstractmethod
+    async def _get(self, user_id: str) -> Profile | None: ...
+
+    @abstractmethod
+    async def _preference_texts(self, user_id: str) -> tuple[str, ...]: ...
+
+    @abstractmethod
+    async def _delete(self, user_id: str) -> bool: ...
+
+    @abstractmethod
+    async def _update(self, user_id: str, plan: Plan) -> Profile:
+        """In one write transaction that excludes every other write to this user: read the
+        preferences, take `now`, store `plan(them, now)` (nothing when it raises), set the
+        profile's `updated_at` to `now`, return the stored profile."""
+
+    @abstractmethod
+    async def _list_profiles(self, limit: int, after: str | None) -> list[Profile]: ...
+
+    @abstractmethod
+    async def _insert_sample(self, sample: JudgedSample) -> None: ...
+
+    @abstractmethod
+    async def _list_samples(
+        self, verdict: str | None, strategy: str | None, role: str | None, limit: int, after: str | None
+    ) -> list[JudgedSample]: ...
+
+    @abstractmethod
+    async def _sample_counts(self, since: datetime) -> list[SampleCounts]: ...
+
+    @abstractmethod
+    async def _prune_samples(self, keep: int) -> int: ...
+
+
+def plan_put(existing: Sequence[Preference], texts: Sequence[str], now: datetime) -> list[Preference]:
+    """`texts` as preferences: each reuses the first unused existing preference with that text."""
+    unused: dict[str, list[Preference]] = {}
+    for preference in existing:
+        unused.setdefault(preference.text, []).append(preference)
+    result = []
+    for text in texts:
+        same = unused.get(text)
+        result.append(same.pop(0) if same else _new(text, now))
+    return result
+
+
+def plan_patch(
+    user_id: str,
+    existing: Sequence[Preference],
+    add: Sequence[str],
+    remove: Sequence[str],
+    now: datetime,
+    limit: int | None = None,
+) -> list[Preference]:
+    """`existing` without the ids in `remove`, then `add` appended; `PreferenceNotFound` or
+    `TooManyPreferences` instead when it cannot be done."""
+    known = {preference.id for preference in existing}
+    for preference_id in remove:
+        if preference_id not in known:
+            raise PreferenceNotFound(user_id, preference_id)
+    gone = set(remove)
+    result = [preference for preference in existing if preference.id not in gone] + [_new(text, now) for text in add]
+    if limit is not None and len(result) > max(limit, len(existing)):  # shrinking is always allowed
+        raise TooManyPreferences(user_id, len(result), limit)
+    return result
+
+
+def storable(user_id: str) -> bool:
+    """Whether a user id can exist in the store; reads of one that cannot answer "nobody"."""
+    try:
+        check_storable(user_id, "user_id")
+    except UnstorableText:
+        return False
+    return True
+
+
+def _new(text: str, now: datetime) -> Preference:
+    return Preference(id=new_preference_id(), text=text, created_at=now, updated_at=now)
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 1:
+        raise ValueError("limit must be >= 1")
+
+
+def open_store(settings: ProfileSettings) -> Store:
+    """The configured backend, not yet opened: `await store.open()` or `async with store:`.
+    asyncpg is imported only when the backend is postgres."""
+    if settings.backend == "memory":
+        from .memory import MemoryStore
+
+        return MemoryStore()
+    if settings.backend == "sqlite":
+        from .sqlite import SqliteStore
+
+        return SqliteStore(settings.path)
+    from .postgres import PostgresStore
+
+    assert settings.dsn is not None  # ProfileSettings requires it for postgres
+    return PostgresStore(settings.dsn)

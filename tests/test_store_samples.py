@@ -1,0 +1,167 @@
+"""The monitor's judged samples in the store: listing, filters, cursor, summary, retention."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from proxy.preferences import InvalidCursor, JudgedSample, SampleCounts, SampleTexts, Store, UnstorableText
+from proxy.preferences.models import utcnow
+from proxy.preferences.store import PRUNE_EVERY
+from tests.test_store_fixtures import Stores, shared_stores, store, stores  # noqa: F401 - fixtures
+
+
+def sample(seconds_ago: float = 0.0, **fields: Any) -> JudgedSample:
+    values: dict[str, Any] = {
+        "created_at": utcnow() - timedelta(seconds=seconds_ago),
+        "request_id": "req",
+        "model": "smollm2",
+        "strategy": "pref_aligner",
+        "role": "served",
+        "relevance": "relevant",
+        "verdict": "consistent",
+        "broken": False,
+        "followed": True,
+        "robust": True,
+        "follow_score": 4,
+    }
+    return JudgedSample(**{**values, **fields})
+
+
+async def test_a_sample_comes_back_exactly(store: Store):
+    full = sample(
+        user_id="alice",
+        reasons={"consistency": "Same final answer: B.", "follow": "Uses metric units as asked ✓"},
+        texts=SampleTexts(query="How far? 🚗", preferences=("metric", "brief"), reference="5 miles", answer="8 km"),
+    )
+    bare = sample(seconds_ago=1, verdict=None, broken=None, followed=None, robust=None, follow_score=None)
+    await store.add_sample(full)
+    await store.add_sample(bare)
+    assert await store.list_samples() == ([full, bare], False)
+    assert bare.texts is None and bare.reasons == {}
+
+
+async def test_samples_are_listed_newest_first_and_paged(store: Store):
+    added = [sample(seconds_ago=100 - i, request_id=f"req-{i}") for i in range(7)]
+    for item in reversed(added):
+        await store.add_sample(item)
+    newest_first = list(reversed(added))
+    seen, after, pages = [], None, 0
+    while pages < 10:
+        page, has_more = await store.list_samples(limit=3, after=after)
+        pages += 1
+        seen += page
+        if not has_more:
+            break
+        after = page[-1].id
+    assert pages == 3 and seen == newest_first
+    with pytest.raises(InvalidCursor) as raised:
+        await store.list_samples(after="smp_doesnotexist")
+    assert raised.value.status == 400 and raised.value.param == "after"
+
+
+async def test_samples_created_in_the_same_microsecond_page_without_loss(store: Store):
+    moment = utcnow()
+    added = [sample(created_at=moment, request_id=f"req-{i}") for i in range(5)]
+    for item in added:
+        await store.add_sample(item)
+    first, more = await store.list_samples(limit=2)
+    second, more2 = await store.list_samples(limit=2, after=first[-1].id)
+    third, more3 = await store.list_samples(limit=2, after=second[-1].id)
+    assert (more, more2, more3) == (True, True, False)
+    assert sorted(s.id for s in first + second + third) == sorted(s.id for s in added)
+
+
+async def test_samples_filter_by_verdict_strategy_and_role(store: Store):
+    broken = sample(seconds_ago=3, verdict="contradicts", broken=True, robust=False)
+    shadow = sample(seconds_ago=2, strategy="naive", role="shadow")
+    unclear = sample(seconds_ago=1, verdict="cannot_compare", broken=None, robust=None)
+    for item in (broken, shadow, unclear):
+        await store.add_sample(item)
+    assert (await store.list_samples(verdict="contradicts"))[0] == [broken]
+    assert (await store.list_samples(verdict="consistent"))[0] == [shadow]
+    assert (await store.list_samples(strategy="naive"))[0] == [shadow]
+    assert (await store.list_samples(role="served"))[0] == [unclear, broken]
+    assert (await store.list_samples(role="served", verdict="cannot_compare"))[0] == [unclear]
+    assert (await store.list_samples(role="shadow", strategy="pref_aligner"))[0] == []
+    page, has_more = await store.list_samples(role="served", limit=1)
+    assert (page, has_more) == ([unclear], True)
+    assert (await store.list_samples(role="served", limit=1, after=unclear.id)) == ([broken], False)
+
+
+async def test_summary_counts_per_strategy_and_role_within_the_window(store: Store):
+    for item in (
+        sample(),
+        sample(verdict="contradicts", broken=True, robust=False),
+        sample(followed=False, robust=False, follow_score=2),
+        sample(verdict="cannot_compare", broken=None),
+        sample(verdict=None, broken=None, followed=None, robust=None, follow_score=None),
+        sample(strategy="naive", role="shadow", verdict="contradicts", broken=True, followed=False, robust=False),
+        sample(seconds_ago=7200, verdict="contradicts", broken=True, robust=False),
+    ):
+        await store.add_sample(item)
+    summary = await store.sample_summary(3600)
+    assert summary.window_seconds == 3600
+    assert utcnow() - timedelta(seconds=3601) < summary.since < utcnow() - timedelta(seconds=3599)
+    assert summary.groups == (
+        SampleCounts(strategy="naive", role="shadow", samples=1, judged=1, broken=1, not_followed=1, not_robust=1),
+        SampleCounts(
+            strategy="pref_aligner", role="served", samples=5, judged=4, broken=1, not_followed=1, not_robust=2,
+            uncomparable=1, judge_failed=1,
+        ),
+    )
+    assert (await store.sample_summary(10_000)).groups[1].samples == 6
+    with pytest.raises(ValueError):
+        await store.sample_summary(0)
+
+
+async def test_prune_keeps_the_newest(store: Store):
+    added = [sample(seconds_ago=100 - i, request_id=f"req-{i}") for i in range(10)]
+    for item in added:
+        await store.add_sample(item)
+    assert await store.prune_samples(4) == 6
+    assert (await store.list_samples(limit=100))[0] == list(reversed(added[6:]))
+    assert await store.prune_samples(4) == 0
+    assert await store.prune_samples(0) == 4
+    assert await store.list_samples() == ([], False)
+
+
+async def test_add_sample_with_keep_prunes_as_it_goes(store: Store):
+    keep = 5
+    for i in range(PRUNE_EVERY + 3):
+        await store.add_sample(sample(seconds_ago=1000 - i, request_id=f"req-{i}"), keep=keep)
+    remaining, _ = await store.list_samples(limit=1000)
+    assert len(remaining) == keep + 2  # pruned on add 1 and add PRUNE_EVERY + 1, then two more
+    assert remaining[0].request_id == f"req-{PRUNE_EVERY + 2}"
+
+
+async def test_deleting_a_profile_deletes_that_users_samples(store: Store):
+    await store.put("alice", ["x"])
+    mine = [sample(seconds_ago=i, user_id="alice") for i in range(3)]
+    others = [sample(seconds_ago=10, user_id="bob"), sample(seconds_ago=11)]
+    for item in mine + others:
+        await store.add_sample(item)
+    assert await store.delete("alice") is True
+    assert (await store.list_samples())[0] == others
+    await store.add_sample(sample(user_id="carol"))
+    assert await store.delete("carol") is False  # no profile, but the samples go all the same
+    assert (await store.list_samples())[0] == others
+
+
+async def test_unstorable_sample_text_is_refused(store: Store):
+    with pytest.raises(UnstorableText):
+        await store.add_sample(sample(texts=SampleTexts(query="a\x00b")))
+    with pytest.raises(UnstorableText):
+        await store.add_sample(sample(reasons={"follow": "bad \ud800"}))
+    assert await store.list_samples() == ([], False)
+
+
+async def test_samples_survive_reopening(shared_stores: Stores):
+    first = await shared_stores.open()
+    kept = sample(user_id="alice", texts=SampleTexts(query="q", answer="a"))
+    await first.add_sample(kept)
+    await first.close()
+    second = await shared_stores.open()
+    assert await second.list_samples() == ([kept], False)
