@@ -1,0 +1,81 @@
+"""Statistics for the benchmark, in pure Python and seeded: percentile-bootstrap confidence intervals
+and the exact (binomial) McNemar test for paired accuracy."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+from fractions import Fraction
+from typing import TypeVar
+
+Unit = TypeVar("Unit", bound=Hashable)
+Statistic = Callable[[Counter[Unit]], Sequence[float | None]]
+
+
+def derive_seed(seed: int, *parts: str) -> int:
+    """A seed for one named stream (say, one group's bootstrap), independent of iteration order."""
+    digest = hashlib.sha256("\x1f".join([str(seed), *parts]).encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The q-quantile (0 ≤ q ≤ 1) of sorted values, interpolating linearly between closest ranks
+    (numpy's default `linear` method)."""
+    if not sorted_values:
+        raise ValueError("percentile of no values")
+    if not 0.0 <= q <= 1.0:
+        raise ValueError("q must be between 0 and 1")
+    position = q * (len(sorted_values) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    fraction = position - low
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * fraction
+
+
+def bootstrap_intervals(
+    units: Sequence[Unit],
+    statistic: Statistic[Unit],
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> list[tuple[float, float] | None]:
+    """Percentile-bootstrap interval of each component of `statistic`.
+
+    Each resample draws len(units) units with replacement; `statistic` sees the drawn units as counts.
+    A resample in which a component is undefined (None, say an empty Q*) leaves that component's
+    distribution; a component undefined in every resample, or no resamples at all, gives None.
+    """
+    if resamples < 0:
+        raise ValueError("resamples must be >= 0")
+    if not 0.0 < level < 1.0:
+        raise ValueError("level must be between 0 and 1")
+    width = len(statistic(Counter(units)))
+    draws: list[list[float]] = [[] for _ in range(width)]
+    rng = random.Random(seed)
+    for _ in range(resamples if units else 0):
+        for values, value in zip(draws, statistic(Counter(rng.choices(units, k=len(units)))), strict=True):
+            if value is not None:
+                values.append(value)
+    tail = (1.0 - level) / 2.0
+    return [_interval(sorted(values), tail) if values else None for values in draws]
+
+
+def _interval(values: list[float], tail: float) -> tuple[float, float]:
+    return percentile(values, tail), percentile(values, 1.0 - tail)
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant pairs: `only_a` items right under A only,
+    `only_b` under B only. Under the null each discordant pair goes either way with probability 1/2,
+    so p = min(1, 2 · P(X ≤ min(only_a, only_b))) with X ~ Binomial(only_a + only_b, 1/2)."""
+    if only_a < 0 or only_b < 0:
+        raise ValueError("counts must be >= 0")
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = Fraction(sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)), 2**n)
+    return float(min(Fraction(1), 2 * tail))

@@ -1,0 +1,174 @@
+"""Answer extraction on a table of real-world reply forms, and the optional LLM fallback hook."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from proxy.perg.extract import extract_answer, extract_letter
+
+CITIES = ("Sydney", "Canberra", "Melbourne", "Perth")
+NUMBERS = ("54", "56", "58", "64")
+SPEECH = ("Australians speak Australian.", "Australian.", "In Australia they speak Australian.", "English.")
+ELEMENTS = ("S", "Na", "Sd", "So")
+
+# (reply, options, expected letter or None)
+CASES: list[tuple[str, Sequence[str], str | None]] = [
+    # bare letters
+    ("B", CITIES, "B"),
+    ("B.", CITIES, "B"),
+    ("(B)", CITIES, "B"),
+    ("B)", CITIES, "B"),
+    ("[B]", CITIES, "B"),
+    ("  b  ", CITIES, "B"),
+    ("**B**", CITIES, "B"),
+    ("`C`", CITIES, "C"),
+    # answer statements
+    ("Answer: B", CITIES, "B"),
+    ("answer: b", CITIES, "B"),
+    ("ANSWER: D", CITIES, "D"),
+    ("The answer is B", CITIES, "B"),
+    ("The answer is B.", CITIES, "B"),
+    ("the correct answer is (C).", CITIES, "C"),
+    ("The correct answer is **B**.", CITIES, "B"),
+    ("The correct answer is: B. Canberra", CITIES, "B"),
+    ("The answer is option D", CITIES, "D"),
+    ("The correct option is A.", CITIES, "A"),
+    ("Correct answer - C", CITIES, "C"),
+    ("My answer: 'B'", CITIES, "B"),
+    ("The answer would be c.", CITIES, "C"),
+    ("Final answer: \\boxed{D}", NUMBERS, "D"),
+    ("<answer>A</answer>", CITIES, "A"),
+    # self-correction and stated final answers win over earlier mentions
+    ("The answer is A. Wait, no: the answer is C.", CITIES, "C"),
+    ("Answer: B\n\nOption C is wrong because Melbourne only hosted parliament until 1927.", CITIES, "B"),
+    ("A. Sydney\nB. Canberra\nC. Melbourne\nD. Perth\n\nAnswer: B", CITIES, "B"),
+    ("Some think it's A, others D. Final answer: B", CITIES, "B"),
+    # affirmations
+    ("I think it's B because Canberra was purpose-built as the capital.", CITIES, "B"),
+    ("I'd go with C.", CITIES, "C"),
+    ("I would choose option D here.", CITIES, "D"),
+    ("B is correct: Canberra has been the capital since 1913.", CITIES, "B"),
+    ("Option B is the correct answer.", CITIES, "B"),
+    ("Therefore, D is right.", CITIES, "D"),
+    # lettered lines and named options
+    ("B. Canberra", CITIES, "B"),
+    ("C) 58", NUMBERS, "C"),
+    ("Option B", CITIES, "B"),
+    ("Looking at the choices, the capital is listed under (B).", CITIES, "B"),
+    ("Let me think.\n\nB", CITIES, "B"),
+    # the option's text instead of the letter
+    ("Canberra", CITIES, "B"),
+    ("canberra.", CITIES, "B"),
+    ("The capital of Australia is Canberra, not Sydney.", CITIES, "B"),
+    ("It is Canberra rather than Sydney or Melbourne.", CITIES, "B"),
+    ("7 times 8 is 56.", NUMBERS, "B"),
+    ("In Australia they speak Australian.", SPEECH, "C"),
+    ("They speak English.", SPEECH, "D"),
+    ("Answer: Canberra", CITIES, "B"),
+    # stray capitals and words are not answers
+    ("A good question. The capital is a planned city.", CITIES, None),
+    ("I am not sure which city it is.", CITIES, None),
+    ("I believe I know this one.", CITIES, None),
+    ("It is a common mistake to say Sydney; the real capital is Canberra.", CITIES, None),
+    ("The answer is a bit tricky to remember.", CITIES, None),
+    ("It's important to remember this.", ELEMENTS, None),
+    ("The symbol is Na.", ELEMENTS, "B"),
+    ("Vitamin C is correct for scurvy.", CITIES, None),
+    # letters beyond the options are invalid
+    ("E", CITIES, None),
+    ("Answer: E", CITIES, None),
+    ("The answer is I.", CITIES, None),
+    ("Answer: F", CITIES, None),
+    # hedges and several letters at the same strength
+    ("A or B", CITIES, None),
+    ("The answer is either A or C.", CITIES, None),
+    ("Both B and D are correct.", CITIES, None),
+    ("It's B. Hmm, or it's C.", CITIES, None),
+    ("A. Sydney\nB. Canberra\nC. Melbourne\nD. Perth", CITIES, None),
+    ("Sydney or Canberra, I cannot decide.", CITIES, None),
+    ("Option A and option C both look plausible.", CITIES, None),
+    ("", CITIES, None),
+    ("I don't know.", CITIES, None),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "expected"), CASES, ids=[repr(c[0])[:50] for c in CASES])
+def test_extract_letter(reply: str, options: Sequence[str], expected: str | None) -> None:
+    assert extract_letter(reply, options) == expected
+
+
+def test_table_is_large_and_has_negatives() -> None:
+    assert len(CASES) >= 40
+    assert sum(expected is None for _, _, expected in CASES) >= 15
+
+
+def test_letter_range_follows_the_number_of_options() -> None:
+    assert extract_letter("Answer: E", ("1", "2", "3", "4", "5")) == "E"
+    assert extract_letter("Answer: C", ("yes", "no")) is None
+    assert extract_letter("B", ()) is None
+    assert extract_letter(None, CITIES) is None
+
+
+def test_extraction_is_deterministic() -> None:
+    reply = "I think it's B because Canberra was purpose-built."
+    assert {extract_letter(reply, CITIES) for _ in range(20)} == {"B"}
+
+
+async def test_rules_win_without_calling_the_fallback() -> None:
+    calls: list[str] = []
+
+    async def fallback(text: str, options: Sequence[str]) -> str | None:
+        calls.append(text)
+        return "C"
+
+    result = await extract_answer("Answer: B", CITIES, fallback)
+    assert (result.letter, result.method) == ("B", "rule")
+    assert calls == []
+
+
+async def test_fallback_is_asked_when_rules_find_nothing() -> None:
+    seen: list[tuple[str, tuple[str, ...]]] = []
+
+    async def fallback(text: str, options: Sequence[str]) -> str | None:
+        seen.append((text, tuple(options)))
+        return "The reply means option (D)."
+
+    result = await extract_answer("The one in the west, by the Indian Ocean.", CITIES, fallback)
+    assert (result.letter, result.method) == ("D", "fallback")
+    assert seen == [("The one in the west, by the Indian Ocean.", CITIES)]
+
+
+@pytest.mark.parametrize("reply", [None, "", "no idea", "Answer: Z"])
+async def test_unusable_fallback_reply_counts_as_unextractable(reply: str | None) -> None:
+    async def fallback(text: str, options: Sequence[str]) -> str | None:
+        return reply
+
+    result = await extract_answer("A or B", CITIES, fallback)
+    assert (result.letter, result.method) == (None, "none")
+
+
+async def test_without_fallback_unextractable_is_none() -> None:
+    result = await extract_answer("Hard to say.", CITIES)
+    assert (result.letter, result.method) == (None, "none")
+
+
+async def test_fallback_errors_propagate() -> None:
+    async def fallback(text: str, options: Sequence[str]) -> str | None:
+        raise TimeoutError("judge timed out")
+
+    with pytest.raises(TimeoutError):
+        await extract_answer("A or B", CITIES, fallback)
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("It's not Sydney, but Canberra.", "B"),
+        ("Not Sydney, Melbourne or Perth: Canberra.", "B"),
+        ("Perth instead of Sydney.", "D"),
+    ],
+)
+def test_negated_mentions_do_not_count(reply: str, expected: str) -> None:
+    assert extract_letter(reply, CITIES) == expected
