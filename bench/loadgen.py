@@ -43,8 +43,9 @@ class Result:
         }
 
 
-def chat_request(host: str, port: int, path: str, model: str, stream: bool, key: str = "") -> bytes:
-    body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "hello benchmark"}], "stream": stream})
+def chat_request(host: str, port: int, path: str, model: str, stream: bool, key: str = "", extra: dict | None = None) -> bytes:
+    """One pre-built HTTP request; `extra` adds body fields (a `personalization` extension, say)."""
+    body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "hello benchmark"}], "stream": stream, **(extra or {})})
     lines = [
         f"POST {path} HTTP/1.1",
         f"Host: {host}:{port}",

@@ -14,77 +14,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import KEY, pin_self, rss_kib, start_fake, start_proxy, stop  # noqa: E402
 from bench.loadgen import chat_request, run_load  # noqa: E402
 
-KEY = "sk-bench"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def pinned(cpu: int, argv: list[str]) -> list[str]:
-    return ["taskset", "-c", str(cpu), *argv] if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1 else argv
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def start_processes(strategy: str, workdir: Path) -> tuple[subprocess.Popen, subprocess.Popen, int, int]:
-    upstream_port, proxy_port = free_port(), free_port()
-    fake = subprocess.Popen(pinned(1, [sys.executable, "-m", "tests.fake_upstream", "--port", str(upstream_port)]), cwd=ROOT)
-    config = workdir / "bench.yaml"
-    config.write_text(
-        f"""
-server: {{host: 127.0.0.1, port: {proxy_port}}}
-upstreams: [{{name: fake, base_url: "http://127.0.0.1:{upstream_port}/v1", api_key: sk-up}}]
-personalization: {{default_strategy: "{strategy}"}}
-profiles: {{backend: memory}}
-auth: {{client_keys: [{KEY}], admin_key: admin}}
-"""
-    )
-    log = open(workdir / "proxy.log", "wb")  # noqa: SIM115 - closed with the process
-    proxy = subprocess.Popen(pinned(0, [sys.executable, "-m", "proxy", "serve", "--config", str(config)]), cwd=ROOT, stdout=log, stderr=log)
-    wait_port(upstream_port)
-    wait_port(proxy_port)
+    fake, upstream_port = start_fake()
+    proxy, proxy_port = start_proxy(upstream_port, workdir, f'personalization: {{default_strategy: "{strategy}"}}')
     return fake, proxy, upstream_port, proxy_port
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 async def measure(port: int, key: str, stream: bool, concurrency: int, requests: int, model: str = "echo") -> dict[str, float]:
@@ -156,8 +102,7 @@ def main() -> None:
     parser.add_argument("--soak", type=int, default=100_000, help="requests in the memory soak (0 to skip)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(0, {1})  # the load generator shares CPU 1 with the fake upstream
+    pin_self(1)
     try:
         import uvloop
 

@@ -8,7 +8,10 @@ the upstream's `[DONE]` is an error too, so a dead upstream never looks like a f
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -63,6 +66,63 @@ class EventFramer:
     @property
     def pending(self) -> bytes:
         return self._pending
+
+
+EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
+class UpstreamEventError(ProxyError):
+    """An upstream event stream that broke its protocol: an error event, bad JSON, no [DONE]."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_stream_broken"
+
+
+async def read_events(chunks: AsyncIterator[bytes], deadline: float, upstream: str) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of an upstream's `data:` events, until `data: [DONE]`, by `deadline`."""
+    buffer = b""
+    iterator = chunks.__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                chunk = await iterator.__anext__()
+        except StopAsyncIteration:
+            raise UpstreamEventError(f"upstream {upstream}'s stream ended without [DONE]") from None
+        except TimeoutError:
+            raise UpstreamEventError(f"upstream {upstream}'s stream did not finish in time") from None
+        buffer += chunk
+        while (match := EVENT_END.search(buffer)) is not None:
+            raw, buffer = buffer[: match.start()], buffer[match.end() :]
+            name, data = _parse_event(raw)
+            if data is None:
+                continue
+            if data == b"[DONE]":
+                return
+            yield _event_object(name, data, upstream)
+
+
+def _parse_event(raw: bytes) -> tuple[bytes | None, bytes | None]:
+    name, data = None, []
+    for line in raw.splitlines():
+        if line.startswith(b"data:"):
+            data.append(line[5:].removeprefix(b" "))
+        elif line.startswith(b"event:"):
+            name = line[6:].strip()
+    return name, (b"\n".join(data) if data else None)
+
+
+def _event_object(name: bytes | None, data: bytes, upstream: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamEventError(f"upstream {upstream} sent an event that is not JSON") from None
+    if not isinstance(value, dict):
+        raise UpstreamEventError(f"upstream {upstream} sent an event that is not a JSON object")
+    if name == b"error" or (isinstance(value.get("error"), dict) and "choices" not in value):
+        error = value.get("error") if isinstance(value.get("error"), dict) else {}
+        raise UpstreamEventError(f"upstream {upstream} reported an error mid-stream: {error.get('message', 'unknown')}")
+    return value
 
 
 def apply_turn_headers(response: web.StreamResponse, turn: Turn) -> None:

@@ -34,7 +34,7 @@ class StageTwoBroke(ProxyError):
 
 
 async def serve_pref_aligner_stream(turn: Turn, ctx: PipelineContext) -> StreamReply:
-    events = with_heartbeats(stream_events(turn, ctx), ctx.heartbeat_seconds)
+    events = stream_events(turn, ctx)
     try:
         first = await events.__anext__()
     except BaseException:
@@ -52,35 +52,19 @@ async def prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byt
         yield item
 
 
-async def with_heartbeats(source: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
-    """`source`'s items, plus a heartbeat comment whenever `interval` passes without one."""
-    pending: asyncio.Task | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(source.__anext__())
-            done, _ = await asyncio.wait({pending}, timeout=interval)
-            if not done:
-                yield HEARTBEAT
-                continue
-            try:
-                item = pending.result()
-            except StopAsyncIteration:
-                return
-            finally:
-                pending = None
-            yield item
-    finally:
-        if pending is not None:
-            pending.cancel()
-            with suppress(BaseException):
-                await pending
-        await source.aclose()  # type: ignore[attr-defined]
-
-
 async def stream_events(turn: Turn, ctx: PipelineContext) -> AsyncIterator[bytes]:
-    with turn.waiting():
-        p = await plan(turn, ctx)
+    """The response's events; a heartbeat whenever `heartbeat_seconds` pass without one."""
+    interval = ctx.heartbeat_seconds
+    planning = asyncio.create_task(plan(turn, ctx))  # counts its own upstream wait
+    try:
+        while not (await asyncio.wait({planning}, timeout=interval))[0]:
+            yield HEARTBEAT
+    finally:
+        if not planning.done():
+            planning.cancel()
+            with suppress(BaseException):
+                await planning
+    p = planning.result()
     template = stream_template(p.draft)
     choices = p.draft.get("choices") or []
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
@@ -90,32 +74,34 @@ async def stream_events(turn: Turn, ctx: PipelineContext) -> AsyncIterator[bytes
     try:
         announced = False
         while len(outcomes) < len(tasks):
-            with turn.waiting():
-                index, item = await queue.get()
+            try:
+                with turn.waiting():
+                    async with asyncio.timeout(interval):
+                        index, item = await queue.get()
+            except TimeoutError:
+                yield HEARTBEAT
+                continue
             if isinstance(item, Outcome):
                 outcomes[index] = item
                 usage = add_usage(usage, item.usage)
                 continue
             if isinstance(item, BaseException):
                 raise item
+            header = item.pop("_header", None)
             if not announced:
                 announced = True
                 if turn.aligned != "pending":
-                    turn.aligned = item_header(outcomes, item)
+                    turn.aligned = aligned_header(list(outcomes.values())) if outcomes else (header or "true")
             yield data_event(chunk(template, [item]))
     finally:
         for task in tasks:
             task.cancel()
     ordered = [outcomes[i] for i in sorted(outcomes)]
     record_stream(turn, ctx, ordered)
-    yield final_event(turn, template, ordered, usage)
+    final = final_event(turn, template, ordered, usage)
+    if final:
+        yield final
     yield DONE
-
-
-def item_header(outcomes: dict[int, Outcome], item: dict[str, Any]) -> str:
-    """The `x-perg-aligned` value known when the first chunk goes out."""
-    known = list(outcomes.values())
-    return aligned_header(known) if known else item.pop("_header", "true")
 
 
 def record_stream(turn: Turn, ctx: PipelineContext, outcomes: list[Outcome]) -> None:
