@@ -1,13 +1,15 @@
 """A small, low-overhead HTTP/1.1 load generator (asyncio streams, keep-alive, pre-built requests).
 
-It measures, per request, the time to the first body byte and to the end of the body, so one
-tool times both plain and streaming (chunked SSE) responses. Every run is bounded by a request
+It measures, per request, the time to the first token (the first chunk with non-empty `content`
+of an event stream; the body of anything else) and to the end of the body, so one tool times
+both plain and streaming responses. Every run is bounded by a request
 count and a deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -57,8 +59,12 @@ def chat_request(host: str, port: int, path: str, model: str, stream: bool, key:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+CONTENT = re.compile(rb'"content":\s?"[^"]')
+
+
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, float | None]:
-    """Read one response; return (status, seconds from call to first body byte)."""
+    """Read one response; return (status, seconds to the first token): for an event stream, the
+    first chunk carrying non-empty `content`; otherwise the body."""
     started = time.perf_counter()
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
@@ -69,7 +75,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, float | Non
             size_line = await reader.readuntil(b"\r\n")
             size = int(size_line.split(b";")[0], 16)
             data = await reader.readexactly(size + 2)
-            if first is None and size:
+            if first is None and size and CONTENT.search(data):
                 first = time.perf_counter() - started
             if size == 0:
                 break

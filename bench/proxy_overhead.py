@@ -49,7 +49,7 @@ async def soak(port: int, proxy_pid: int, total: int) -> tuple[int, int, int]:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| path | stream | conc | requests | errors | p50 ms | p99 ms | req/s | TTFB p50 ms |"
+    head = "| path | stream | conc | requests | errors | p50 ms | p99 ms | req/s | TTFT p50 ms |"
     lines = [head, "|" + "---|" * 9]
     for r in rows:
         lines.append(
@@ -87,7 +87,7 @@ def report(outcome: dict) -> None:
             d, p = pair["direct"], pair["proxy"]
             print(
                 f"stream={stream!s:5} c={concurrency:<3} added p50 {p['p50_ms'] - d['p50_ms']:+.3f} ms, "
-                f"added p99 {p['p99_ms'] - d['p99_ms']:+.3f} ms, TTFB p50 {p['ttfb_p50_ms'] - d['ttfb_p50_ms']:+.3f} ms, "
+                f"added p99 {p['p99_ms'] - d['p99_ms']:+.3f} ms, TTFT p50 {p['ttfb_p50_ms'] - d['ttfb_p50_ms']:+.3f} ms, "
                 f"proxy {p['rps']:.0f} req/s ({p['rps'] / d['rps']:.2f} of direct)"
             )
     if outcome["memory"]:

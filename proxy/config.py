@@ -106,7 +106,11 @@ class PersonalizationSettings(Section):
 class ProfileSettings(Section):
     backend: Literal["sqlite", "postgres", "memory"] = "sqlite"
     path: Path = Path(".perg/profiles.db")
+    busy_timeout_seconds: PositiveFloat = 5.0
     dsn: str | None = None
+    schema_name: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    connect_timeout_seconds: PositiveFloat = 3.0
+    max_connections: int = Field(10, ge=1)
 
     @model_validator(mode="after")
     def _dsn_for_postgres(self) -> ProfileSettings:

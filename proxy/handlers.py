@@ -130,11 +130,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     services: Services = request.app[SERVICES]
-    checks = await asyncio.gather(*(_probe(upstream) for upstream in services.upstreams.all))
+    store, *checks = await asyncio.gather(services.store.ping(), *(_probe(upstream) for upstream in services.upstreams.all))
     upstreams = {upstream.name: result for upstream, result in zip(services.upstreams.all, checks)}
-    ready = all(result == "ok" for result in upstreams.values()) and not services.draining
+    ready = all(result == "ok" for result in (store, *checks)) and not services.draining
     status = "draining" if services.draining else ("ready" if ready else "not_ready")
-    return json_response({"status": status, "upstreams": upstreams}, 200 if ready else 503)
+    return json_response({"status": status, "store": store, "upstreams": upstreams}, 200 if ready else 503)
 
 
 async def _probe(upstream: UpstreamClient) -> str:

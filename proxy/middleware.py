@@ -6,6 +6,7 @@ layer costs a coroutine frame on the hot path.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 
@@ -99,11 +100,13 @@ async def request_middleware(request: web.Request, handler) -> web.StreamRespons
         return error_response(error, turn)
     finally:
         metrics.in_flight.dec()
-        _record(request, turn, metrics)
+        # After the response is handed to the transport, not before: logging and metrics are
+        # off the response's critical path (the callback keeps this request's log context).
+        asyncio.get_running_loop().call_soon(_record, request.path, turn, metrics)
         structlog.contextvars.reset_contextvars(**tokens)
 
 
-def _record(request: web.Request, turn: Turn, metrics: Metrics) -> None:
+def _record(path: str, turn: Turn, metrics: Metrics) -> None:
     elapsed = turn.elapsed()
     overhead = turn.overhead()
     strategy = turn.strategy or "none"
@@ -120,7 +123,7 @@ def _record(request: web.Request, turn: Turn, metrics: Metrics) -> None:
     log.info(
         "request",
         method=turn.method,
-        path=request.path,
+        path=path,
         route=turn.route,
         status=status,
         duration_ms=round(elapsed * 1000, 3),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 from urllib.parse import urlsplit
@@ -32,6 +33,7 @@ async def serve(settings: Settings, with_local_model: bool = False) -> int:
             await runner.cleanup()
             return 1
         port = _bound_port(site, settings.server.port)
+        gc.freeze()  # start-up objects never need collecting: keeps full collections short
         log.info("listening", host=settings.server.host, port=port, upstreams=[u.name for u in settings.upstreams])
         if local is not None:
             _print_examples(settings, port)

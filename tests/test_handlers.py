@@ -138,7 +138,7 @@ def test_download_broken_midway_is_visibly_incomplete(proxy, fake_upstream):
 def test_healthz_and_readyz(start_proxy, proxy):
     assert httpx2.get(proxy.url + "/healthz").json() == {"status": "ok"}
     ready = httpx2.get(proxy.url + "/readyz")
-    assert ready.status_code == 200 and ready.json() == {"status": "ready", "upstreams": {"main": "ok"}}
+    assert ready.status_code == 200 and ready.json() == {"status": "ready", "store": "ok", "upstreams": {"main": "ok"}}
     down = start_proxy(f"http://127.0.0.1:{free_port()}/v1")
     not_ready = httpx2.get(down.url + "/readyz")
     assert not_ready.status_code == 503

@@ -240,8 +240,13 @@ def open_store(settings: ProfileSettings) -> Store:
     if settings.backend == "sqlite":
         from .sqlite import SqliteStore
 
-        return SqliteStore(settings.path)
+        return SqliteStore(settings.path, busy_timeout=settings.busy_timeout_seconds)
     from .postgres import PostgresStore
 
     assert settings.dsn is not None  # ProfileSettings requires it for postgres
-    return PostgresStore(settings.dsn)
+    return PostgresStore(
+        settings.dsn,
+        schema=settings.schema_name,
+        connect_timeout=settings.connect_timeout_seconds,
+        max_connections=settings.max_connections,
+    )
