@@ -96,6 +96,60 @@ async def delete_profile(request: web.Request) -> web.Response:
     return json_response({"object": "profile.deleted", "user_id": user_id, "deleted": True})
 
 
+SAMPLE_FILTERS = {"verdict": ("consistent", "contradicts", "cannot_compare"), "role": ("served", "shadow"), "strategy": ("off", "naive", "pref_aligner")}
+
+
+async def list_samples(request: web.Request) -> web.Response:
+    """Judged samples, newest first, filtered by verdict, strategy and role; paginated."""
+    limit = page_limit(request)
+    filters = {}
+    for name, allowed in SAMPLE_FILTERS.items():
+        value = request.query.get(name)
+        if value is not None and value not in allowed:
+            raise InvalidRequest(f"'{name}' must be one of {', '.join(allowed)}.", param=name, code="invalid_value")
+        filters[name] = value
+    samples, has_more = await (await store_of(request)).list_samples(limit=limit, after=request.query.get("after"), **filters)
+    data = [{"object": "monitor.sample", **sample.model_dump(mode="json")} for sample in samples]
+    return json_response({"object": "list", "data": data, "has_more": has_more, "last_id": samples[-1].id if samples else None})
+
+
+async def monitor_summary(request: web.Request) -> web.Response:
+    """Counts and ratios over a recent window (`?window_seconds=`, default monitor.summary_window_seconds)."""
+    services: Services = request.app[SERVICES]
+    raw = request.query.get("window_seconds", str(services.settings.monitor.summary_window_seconds))
+    try:
+        window = float(raw)
+    except ValueError:
+        window = -1.0
+    if not 0 < window <= 366 * 86400:
+        raise InvalidRequest("'window_seconds' must be a positive number of seconds (at most a year).", param="window_seconds", code="invalid_value")
+    summary = await (await store_of(request)).sample_summary(window)
+    groups = [{**group.model_dump(mode="json"), **ratios(group.judged, group.uncomparable, group.broken, group.not_followed, group.not_robust)} for group in summary.groups]
+    monitor = services.monitor
+    return json_response(
+        {
+            "object": "monitor.summary",
+            "enabled": services.settings.monitor.enabled,
+            "since": summary.since.isoformat(),
+            "window_seconds": window,
+            "queue_depth": monitor.depth,
+            "groups": groups,
+        }
+    )
+
+
+def ratios(judged: int, uncomparable: int, broken: int, not_followed: int, not_robust: int) -> dict[str, float | None]:
+    """BR, AFR, RER over the comparable judged samples (cannot_compare left out), None when none."""
+    comparable = judged - uncomparable
+    if comparable <= 0:
+        return {"breakage_rate": None, "alignment_failure_rate": None, "robustness_error_rate": None}
+    return {
+        "breakage_rate": broken / comparable,
+        "alignment_failure_rate": not_followed / comparable,
+        "robustness_error_rate": not_robust / comparable,
+    }
+
+
 def _only(body: dict[str, Any], allowed: set[str]) -> None:
     for key in body:
         if key not in allowed:
@@ -108,3 +162,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_put("/perg/profiles/{user_id}", put_profile)
     app.router.add_patch("/perg/profiles/{user_id}", patch_profile)
     app.router.add_delete("/perg/profiles/{user_id}", delete_profile)
+    app.router.add_get("/perg/monitor/samples", list_samples)
+    app.router.add_get("/perg/monitor/summary", monitor_summary)

@@ -13,6 +13,7 @@ from .auth import Authenticator
 from .config import ConfigError, Settings
 from .metrics import Metrics
 from .middleware import request_middleware
+from .monitor.service import Monitor
 from .pipeline.context import PipelineContext
 from .pipeline.prompts import Prompts
 from .preferences.handle import StoreHandle
@@ -27,23 +28,27 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app = web.Application(middlewares=[request_middleware], client_max_size=settings.server.max_body_bytes)
     metrics = Metrics(registry)
     upstreams = Upstreams(settings.upstreams, metrics)
+    prompts = load_prompts(settings)
+    store = StoreHandle(settings.profiles)
     app[SERVICES] = Services(
         settings=settings,
         metrics=metrics,
         auth=Authenticator(settings.auth),
         upstreams=upstreams,
-        store=StoreHandle(settings.profiles),
+        store=store,
         pipeline=PipelineContext(
             settings=settings.personalization,
             upstreams=upstreams,
             metrics=metrics,
-            prompts=load_prompts(settings),
+            prompts=prompts,
             heartbeat_seconds=settings.server.heartbeat_seconds,
             log_content=settings.logging.log_content,
         ),
+        monitor=Monitor(settings, metrics, store, prompts),
     )
     app.cleanup_ctx.append(_upstreams)
     app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(_monitor)
     admin.add_routes(app)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_get("/v1/models", handlers.list_models)
@@ -69,6 +74,13 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     await store.start()
     yield
     await store.close()
+
+
+async def _monitor(app: web.Application) -> AsyncIterator[None]:
+    monitor = app[SERVICES].monitor
+    await monitor.start()
+    yield
+    await monitor.stop()
 
 
 def load_prompts(settings: Settings) -> Prompts:

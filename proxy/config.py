@@ -144,6 +144,55 @@ class AuthSettings(Section):
         return tuple(key if key.name else key.model_copy(update={"name": f"client-{i + 1}"}) for i, key in enumerate(value))
 
 
+class JudgeSettings(Section):
+    upstream: str | None = None
+    model: str | None = None
+    timeout_seconds: PositiveFloat = 60.0
+    max_retries: int = Field(2, ge=0, le=10)
+    max_tokens: int = Field(200, gt=0)
+
+
+class MonitorFilters(Section):
+    models: tuple[str, ...] = ()
+    strategies: tuple[Strategy, ...] = ()
+    require_preferences: bool = True
+
+
+class CanarySettings(Section):
+    enabled: bool = False
+    interval_seconds: PositiveFloat = 300.0
+    items_per_run: int = Field(4, ge=1)
+    dataset: str = "builtin"
+    settings: tuple[Literal["relevant", "irrelevant", "mixed"], ...] = ("relevant", "irrelevant", "mixed")
+    model: str | None = None
+    seed: int = 0
+
+
+class MonitorSettings(Section):
+    """The online PERG monitor (DESIGN.md, "Online adaptation")."""
+
+    enabled: bool = False
+    sample_rate: float = Field(0.05, ge=0, le=1)
+    shadow_rate: float = Field(0.0, ge=0, le=1)
+    shadow_strategy: Strategy | None = None
+    filters: MonitorFilters = MonitorFilters()
+    judge: JudgeSettings = JudgeSettings()
+    follow_threshold: int = Field(3, ge=1, le=5)
+    queue_size: int = Field(1000, ge=1)
+    workers: int = Field(2, ge=1, le=64)
+    drain_seconds: float = Field(10.0, ge=0)
+    store_samples: bool = False
+    retention: int = Field(10000, ge=0)
+    summary_window_seconds: PositiveFloat = 3600.0
+    canary: CanarySettings = CanarySettings()
+
+    @model_validator(mode="after")
+    def _canary_model(self) -> MonitorSettings:
+        if self.canary.enabled and not self.canary.model:
+            raise ValueError("monitor.canary.model is required when the canary is enabled")
+        return self
+
+
 class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -155,6 +204,7 @@ class Settings(Section):
     upstreams: tuple[UpstreamSettings, ...] = Field(min_length=1)
     personalization: PersonalizationSettings = PersonalizationSettings()
     profiles: ProfileSettings = ProfileSettings()
+    monitor: MonitorSettings = MonitorSettings()
     auth: AuthSettings = AuthSettings()
     logging: LoggingSettings = LoggingSettings()
 
@@ -168,6 +218,7 @@ class Settings(Section):
         for section, stage in (
             ("personalization.aligner", self.personalization.aligner),
             ("personalization.relevance_gate", self.personalization.relevance_gate),
+            ("monitor.judge", self.monitor.judge),
         ):
             if stage.upstream is not None and stage.upstream not in known:
                 raise ValueError(f"{section}.upstream: no upstream named {stage.upstream!r}")

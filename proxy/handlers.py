@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .errors import InvalidRequest, NotFound, ProxyError
 from .headers import upstream_request_headers
 from .middleware import TURN
+from .monitor.job import job_of
 from .pipeline.forward import forward
 from .pipeline.strategies import serve_chat
 from .preferences.resolve import resolve
@@ -61,8 +62,30 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     turn.return_draft = wanted.return_draft
     if services.settings.logging.log_content:
         log.info("chat_content", messages=data.get("messages"), preferences=list(wanted.preferences))
+    monitored = _sample(turn, services)
     reply = await serve_chat(turn, services.pipeline)
-    return await respond(request, turn, reply)
+    response = await respond(request, turn, reply)
+    if monitored:
+        _submit(turn, reply, services)
+    return response
+
+
+def _sample(turn: Turn, services: Services) -> bool:
+    """Decide (deterministically) whether the monitor judges this request; prepare to capture."""
+    turn.judge, turn.shadow = services.monitor.sampler.decide(turn.request_id, turn.model or "", turn.strategy or "off", bool(turn.preferences))
+    if (turn.judge or turn.shadow) and turn.stream and turn.strategy != "pref_aligner":
+        turn.captured = bytearray()
+    return turn.judge or turn.shadow
+
+
+def _submit(turn: Turn, reply: Reply | StreamReply, services: Services) -> None:
+    """Hand a served, sampled request to the monitor; never fails the request."""
+    if turn.error_code is not None or reply.status != 200:
+        return
+    try:
+        services.monitor.submit(job_of(turn, reply))
+    except Exception:  # noqa: BLE001 - monitoring never fails a request
+        log.exception("monitor_submit_failed")
 
 
 

@@ -44,6 +44,9 @@ def command(host: str, port: int, alias: str | None = None) -> list[str]:
         "--host", host,
         "--port", str(port),
         "--verbose", "False",
+        # Queue concurrent requests instead of cutting the running one short (the server's
+        # default), which would truncate a client's answer whenever the monitor calls the model.
+        "--interrupt_requests", "False",
     ]  # fmt: skip
 
 

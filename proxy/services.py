@@ -9,6 +9,7 @@ from aiohttp import web
 from .auth import Authenticator
 from .config import Settings
 from .metrics import Metrics
+from .monitor.service import Monitor
 from .pipeline.context import PipelineContext
 from .preferences.handle import StoreHandle
 from .upstream import Upstreams
@@ -22,6 +23,7 @@ class Services:
     upstreams: Upstreams
     store: StoreHandle
     pipeline: PipelineContext
+    monitor: Monitor
     draining: bool = False
 
 

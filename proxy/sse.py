@@ -22,6 +22,7 @@ from .errors import ProxyError, error_payload
 from .pipeline.turn import StreamReply, Turn
 
 HEARTBEAT = b": keep-alive\n\n"
+CAPTURE_LIMIT = 1024 * 1024
 DONE = b"data: [DONE]\n\n"
 _DONE_MARKERS = (b"data: [DONE]", b"data:[DONE]")
 
@@ -170,6 +171,8 @@ async def _pump(response: web.StreamResponse, turn: Turn, reply: StreamReply) ->
                 continue
         if turn.first_token_at is None and chunk != HEARTBEAT:
             turn.first_token_at = turn.elapsed()
+        if turn.captured is not None and len(turn.captured) < CAPTURE_LIMIT:
+            turn.captured += chunk
         started = time.perf_counter()
         await response.write(chunk)
         turn.client_wait += time.perf_counter() - started

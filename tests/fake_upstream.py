@@ -222,26 +222,42 @@ def error_response(arg: str, retry_after: str | None = None) -> web.Response:
     return json_body(body, status=status, headers=headers)
 
 
-ALIGNER_MARK = "You are an editor."
-GATE_MARK = "You decide which user preferences apply"
+MARKS = {
+    "You are an editor.": "aligner",
+    "You decide which user preferences apply": "gate",
+    "You judge whether any of a user's preferences": "judge_relevance",
+    "You check whether a personalized answer keeps the facts": "judge_consistency",
+    "You rate how well an answer follows": "judge_follow",
+}
+JUDGE_DEFAULTS = {
+    "judge_consistency": {"reason": "same facts", "verdict": "consistent"},
+    "judge_follow": {"reason": "follows it", "score": 4},
+}
 
 
 def pipeline_role(body: dict[str, Any]) -> str:
+    """Which of the proxy's own prompts a request carries (by its system message), else "chat"."""
     messages = body.get("messages") or []
     system = messages[0].get("content", "") if messages and messages[0].get("role") == "system" else ""
-    if isinstance(system, str) and system.startswith(ALIGNER_MARK):
-        return "aligner"
-    if isinstance(system, str) and system.startswith(GATE_MARK):
-        return "gate"
+    if isinstance(system, str):
+        for mark, role in MARKS.items():
+            if system.startswith(mark):
+                return role
     return "chat"
 
 
 def scripted_reply(body: dict[str, Any]) -> str:
-    """What the echo model says: the last user text, or, to the proxy's own pipeline prompts, a
-    rewrite ("Personalized: <answer>") or a gate verdict (preferences about "I"/"my" life are
-    irrelevant, every other one relevant)."""
+    """What the echo model says: the last user text, or, to the proxy's own prompts, a rewrite
+    ("Personalized: <answer>"), a gate or relevance verdict (preferences about "I"/"my" life are
+    irrelevant, every other one relevant), or a judge verdict (consistent; follow score 4)."""
     role = pipeline_role(body)
     text = last_user_text(body)
+    if role in JUDGE_DEFAULTS:
+        return orjson.dumps(JUDGE_DEFAULTS[role]).decode()
+    if role == "judge_relevance":
+        preferences = [line[2:] for line in text.splitlines() if line.startswith("- ")]
+        relevant = any(not p.lower().startswith(("i ", "my ")) for p in preferences)
+        return orjson.dumps({"reason": "scripted", "relevant": relevant}).decode()
     if role == "aligner":
         answer = text.split("### Answer to rewrite\n", 1)[-1].split("\n\n### Preferences", 1)[0]
         return f"Personalized: {answer}"

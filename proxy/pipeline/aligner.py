@@ -143,6 +143,8 @@ def aligned_header(outcomes: list[Outcome]) -> str:
 
 
 def record(turn: Turn, ctx: PipelineContext, outcomes: list[Outcome]) -> None:
+    if outcomes:
+        turn.draft, turn.answer = outcomes[0].draft, outcomes[0].text
     for outcome in outcomes:
         ctx.metrics.aligner_outcomes.labels("pref_aligner", outcome.outcome).inc()
         if outcome.outcome == "fallback":

@@ -1,9 +1,9 @@
 """Prompt templates: files under `proxy/prompts/` (or the configured overrides), rendered safely.
 
 A template file holds the system text, a line `---`, then the user template (no `---` means
-system text only). Placeholders are `{query}`, `{answer}`, `{preferences}`; values are inserted
-verbatim (braces in them are harmless), and every preference is put on one labelled line so
-that its text cannot pose as another section of the prompt.
+system text only). Placeholders are `{name}` (`{query}`, `{answer}`, `{preferences}`, …); values
+are inserted verbatim in one pass (braces in them are harmless), and every preference is put on
+one labelled line so that its text cannot pose as another section of the prompt.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Prompt:
         return _fill(self.system, values)
 
 
-PLACEHOLDER = re.compile(r"\{(query|answer|preferences)\}")
+PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 
 
 def _fill(template: str, values: dict[str, str]) -> str:

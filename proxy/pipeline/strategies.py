@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from ..headers import upstream_request_headers
 from .aligner import serve_pref_aligner
 from .aligner_stream import serve_pref_aligner_stream
@@ -34,14 +36,15 @@ async def serve_chat(turn: Turn, ctx: PipelineContext) -> Reply | StreamReply:
     return await serve_pref_aligner(turn, ctx)
 
 
-async def forward_chat(turn: Turn, ctx: PipelineContext) -> Reply | StreamReply:
-    """One call upstream with the (possibly rewritten) request body, streamed through as is."""
+async def forward_chat(turn: Turn, ctx: PipelineContext, body: dict[str, Any] | None = None) -> Reply | StreamReply:
+    """One call upstream, streamed through as is: the client's request, or `body` instead."""
     turn.aligned = turn.aligned or "false"
     upstream = ctx.upstreams.for_model(turn.model or "")
     settings = upstream.settings
     headers = upstream_request_headers(turn.headers, turn.request_id, settings.api_key, settings.headers)
     headers["Content-Type"] = "application/json"
-    reply = await forward(turn, upstream, "POST", "/chat/completions", data=turn.forward_body(), headers=headers)
+    data = turn.forward_body() if body is None else orjson.dumps(body)
+    reply = await forward(turn, upstream, "POST", "/chat/completions", data=data, headers=headers)
     if isinstance(reply, Reply) and reply.status == 200:
         turn.usage = usage_of(reply.body)
         upstream.count_usage(turn.model, "forward", turn.usage)
@@ -50,11 +53,10 @@ async def forward_chat(turn: Turn, ctx: PipelineContext) -> Reply | StreamReply:
 
 async def serve_naive(turn: Turn, ctx: PipelineContext) -> Reply | StreamReply:
     assert turn.body is not None
-    turn.body = {**turn.body, "messages": with_preferences(turn.body["messages"], ctx, turn.preferences)}
-    turn.raw_body = None
+    body = {**turn.body, "messages": with_preferences(turn.body["messages"], ctx, turn.preferences)}
     turn.aligned = "true"
     ctx.metrics.aligner_outcomes.labels("naive", "aligned").inc()
-    return await forward_chat(turn, ctx)
+    return await forward_chat(turn, ctx, body)
 
 
 def with_preferences(messages: list[dict[str, Any]], ctx: PipelineContext, preferences: tuple[str, ...]) -> list[dict[str, Any]]:

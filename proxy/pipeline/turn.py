@@ -36,6 +36,12 @@ class Turn:
     preference_source: str | None = None
     return_draft: bool = False
     usage: dict[str, Any] | None = None
+    # what the monitor needs of a sampled request (choice 0)
+    judge: bool = False
+    shadow: bool = False
+    draft: str | None = None
+    answer: str | None = None
+    captured: bytearray | None = None
     # accounting
     upstream_wait: float = 0.0
     client_wait: float = 0.0

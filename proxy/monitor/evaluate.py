@@ -1,0 +1,162 @@
+"""Judging one sampled request (DESIGN.md, "Online adaptation").
+
+The reference is the answer the model gives without preferences: Pref-Aligner's stage-1 draft,
+or, for `naive` / `off` traffic, one background call made here. Relevance (PrefRel) is judged
+once per request. The served answer, and the shadow strategy's answer when the request was
+shadow-sampled, are judged identically against the same reference:
+
+- broken: the consistency judge says `contradicts` (`cannot_compare` is counted apart and left
+  out of every denominator);
+- not followed: a relevant preference and a follow score under `follow_threshold`;
+- not robust: broken, or relevant and not followed.
+
+A judge that fails is counted (`perg_monitor_judge_errors_total`) and gives no verdict, never a
+score. Background calls go through the monitor's own upstream clients and metrics registry, so
+they never count in the request metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+import structlog
+from prometheus_client import CollectorRegistry
+
+from ..config import MonitorSettings
+from ..metrics import Metrics
+from ..pipeline.chat import first_content
+from ..pipeline.context import PipelineContext
+from ..pipeline.strategies import serve_chat
+from ..pipeline.turn import Reply, Turn
+from ..preferences.handle import StoreHandle
+from ..preferences.models import JudgedSample, SampleTexts
+from ..sdk import CallFailed
+from .job import Job
+from .judges import ConsistencyVerdict, FollowVerdict, Judge
+
+T = TypeVar("T")
+SHADOW_OF = {"pref_aligner": "naive", "naive": "pref_aligner", "off": "pref_aligner"}
+log = structlog.get_logger("perg.monitor")
+
+
+@dataclass(slots=True)
+class Verdicts:
+    consistency: ConsistencyVerdict | None
+    follow: FollowVerdict | None
+
+
+class Evaluator:
+    def __init__(self, settings: MonitorSettings, judges: Any, pipeline: PipelineContext, metrics: Metrics, store: StoreHandle) -> None:
+        self.settings = settings
+        self.judges = judges  # request model -> (Judge, judge model)
+        self._pipeline = pipeline
+        self._metrics = metrics
+        self._store = store
+
+    async def run(self, job: Job) -> None:
+        reference = job.reference or await self.call("reference", self.answer_of(job, "off"))
+        if not reference:
+            return
+        judge, model = self.judges(job.model)
+        verdict = await self.call("relevance", judge.relevance(model, job.query, job.preferences))
+        relevance = "unknown" if verdict is None else ("relevant" if verdict.relevant else "irrelevant")
+        reasons = {"relevance": verdict.reason} if verdict is not None else {}
+        if job.judge_served and job.answer:
+            await self.judge(job, "served", job.strategy, job.answer, reference, relevance, reasons)
+        shadow = self.settings.shadow_strategy or SHADOW_OF[job.strategy]
+        if job.shadow and shadow != job.strategy:
+            answer = await self.call("shadow", self.answer_of(job, shadow))
+            if answer:
+                await self.judge(job, "shadow", shadow, answer, reference, relevance, reasons)
+
+    async def answer_of(self, job: Job, strategy: str) -> str:
+        preferences = job.preferences if strategy != "off" else ()
+        return await self.answer(f"{job.request_id}:{strategy}", job.body, strategy, preferences)
+
+    async def answer(self, request_id: str, body: dict[str, Any], strategy: str, preferences: tuple[str, ...]) -> str:
+        """The answer `strategy` gives to a request, through the proxy's own pipeline (not streamed)."""
+        body = {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
+        turn = Turn(request_id=request_id, route="monitor", method="POST", headers={}, body=body)
+        turn.model, turn.strategy, turn.preferences = body["model"], strategy, preferences
+        reply = await serve_chat(turn, self._pipeline)
+        if not isinstance(reply, Reply) or reply.status != 200:
+            raise CallFailed("no_answer", f"{strategy} gave no answer")
+        return first_content(orjson.loads(reply.body))[0]
+
+    async def judge(self, job: Job, role: str, strategy: str, answer: str, reference: str, relevance: str, reasons: dict[str, str]) -> None:
+        judge, model = self.judges(job.model)
+        consistency = await self.call("consistency", judge.consistency(model, job.query, reference, answer))
+        follow = None
+        if relevance == "relevant":
+            follow = await self.call("follow", judge.follow(model, job.query, job.preferences, reference, answer))
+        sample = self.score(job, role, strategy, relevance, Verdicts(consistency, follow), reasons)
+        await self.keep(sample, job, reference, answer)
+
+    def score(self, job: Job, role: str, strategy: str, relevance: str, verdicts: Verdicts, reasons: dict[str, str]) -> JudgedSample:
+        """Count the sample in Prometheus and describe it for the sample store."""
+        m = self._metrics
+        labels = (m.model_label(job.model), strategy, role, relevance)
+        reasons = dict(reasons)
+        followed = None
+        if verdicts.follow is not None:
+            followed = verdicts.follow.score >= self.settings.follow_threshold
+            m.monitor_follow_score.labels(*labels[:3]).observe(verdicts.follow.score)
+            reasons["follow"] = verdicts.follow.reason
+        verdict = verdicts.consistency.verdict if verdicts.consistency is not None else None
+        if verdicts.consistency is not None:
+            reasons["consistency"] = verdicts.consistency.reason
+        broken = None if verdict in (None, "cannot_compare") else verdict == "contradicts"
+        not_followed = relevance == "relevant" and followed is False
+        robust = None if broken is None else not (broken or not_followed)
+        if verdict == "cannot_compare":
+            m.monitor_uncomparable.labels(*labels).inc()
+        elif broken is not None:
+            m.monitor_judged.labels(*labels).inc()
+            _inc_if(broken, m.monitor_broken.labels(*labels))
+            _inc_if(not_followed, m.monitor_not_followed.labels(*labels))
+            _inc_if(not robust, m.monitor_not_robust.labels(*labels))
+        return JudgedSample(
+            request_id=job.request_id, user_id=job.user_id, model=job.model, strategy=strategy, role=role,  # type: ignore[arg-type]
+            relevance=relevance, verdict=verdict, broken=broken, followed=followed, robust=robust,  # type: ignore[arg-type]
+            follow_score=verdicts.follow.score if verdicts.follow is not None else None,
+            reasons={name: reason[:300] for name, reason in reasons.items()},
+        )  # fmt: skip
+
+    async def keep(self, sample: JudgedSample, job: Job, reference: str, answer: str) -> None:
+        if self.settings.store_samples:
+            texts = SampleTexts(query=job.query, preferences=job.preferences, reference=reference, answer=answer)
+            sample = sample.model_copy(update={"texts": texts})
+        try:
+            await (await self._store.get()).add_sample(sample, keep=self.settings.retention)
+        except Exception as error:  # noqa: BLE001 - the sample store failing never stops the monitor
+            self._metrics.monitor_judge_errors.labels("store", type(error).__name__[:40]).inc()
+            log.warning("sample_not_stored", request_id=job.request_id, error=str(error)[:200])
+
+    async def call(self, name: str, pending: Awaitable[T]) -> T | None:
+        """Await a judge (or background) call: timed, and a failure counted, never raised."""
+        started = time.perf_counter()
+        try:
+            return await pending
+        except CallFailed as error:
+            self._metrics.monitor_judge_errors.labels(name, error.reason).inc()
+            log.info("judge_failed", judge=name, reason=error.reason)
+        except Exception as error:  # noqa: BLE001 - a background failure is counted, not raised
+            self._metrics.monitor_judge_errors.labels(name, getattr(error, "code", None) or type(error).__name__[:40]).inc()
+            log.info("judge_failed", judge=name, error=str(error)[:200])
+        finally:
+            self._metrics.monitor_judge_duration.labels(name).observe(time.perf_counter() - started)
+        return None
+
+
+def _inc_if(condition: bool, counter: Any) -> None:
+    if condition:
+        counter.inc()
+
+
+def private_metrics() -> Metrics:
+    """A registry nobody scrapes: the monitor's own pipeline runs count there, not in /metrics."""
+    return Metrics(CollectorRegistry())

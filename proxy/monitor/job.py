@@ -1,0 +1,74 @@
+"""`Job`: what the monitor keeps of a sampled request once its answer has been served."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..pipeline.chat import first_content, last_user_query
+from ..pipeline.turn import Reply, StreamReply, Turn
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    request_id: str
+    user_id: str | None
+    model: str
+    strategy: str
+    body: dict[str, Any]
+    query: str
+    preferences: tuple[str, ...]
+    answer: str | None
+    reference: str | None
+    judge_served: bool
+    shadow: bool
+
+
+def job_of(turn: Turn, reply: Reply | StreamReply) -> Job:
+    """The job for a served turn: the answer served (choice 0) and, for Pref-Aligner, its draft."""
+    assert turn.body is not None
+    answer = turn.answer
+    if answer is None and isinstance(reply, Reply):
+        answer = _completion_text(reply.body)
+    elif answer is None and turn.captured is not None:
+        answer = streamed_text(bytes(turn.captured))
+    return Job(
+        request_id=turn.request_id,
+        user_id=turn.user_id,
+        model=turn.model or "",
+        strategy=turn.strategy or "off",
+        body=turn.body,
+        query=last_user_query(turn.body.get("messages") or []),
+        preferences=turn.preferences,
+        answer=answer or None,
+        reference=turn.draft or None,
+        judge_served=turn.judge,
+        shadow=turn.shadow,
+    )
+
+
+def _completion_text(body: bytes) -> str | None:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return first_content(data)[0] if isinstance(data, dict) else None
+
+
+def streamed_text(raw: bytes) -> str:
+    """Choice 0's text in a captured event stream."""
+    parts = []
+    for event in raw.split(b"\n\n"):
+        line = event.strip()
+        if not line.startswith(b"data:") or line.endswith(b"[DONE]"):
+            continue
+        try:
+            data = orjson.loads(line[5:])
+        except orjson.JSONDecodeError:
+            continue
+        for choice in data.get("choices") or [] if isinstance(data, dict) else []:
+            if choice.get("index", 0) == 0:
+                parts.append((choice.get("delta") or {}).get("content") or "")
+    return "".join(parts)

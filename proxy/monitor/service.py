@@ -1,0 +1,142 @@
+"""`Monitor`: the bounded queue, its fixed workers, and the canary schedule, for one process.
+
+Nothing here is on a request's path but `submit()`, which never waits and never raises: a full
+queue drops the sample and counts it. On shutdown the queue drains for `drain_seconds`; what is
+left (queued or in progress) is abandoned and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import suppress
+
+import openai
+import structlog
+
+from ..config import Settings
+from ..metrics import Metrics
+from ..pipeline.context import PipelineContext
+from ..pipeline.prompts import Prompts
+from ..preferences.handle import StoreHandle
+from ..sdk import client as sdk_client
+from ..upstream import Upstreams
+from .canary import Canary
+from .evaluate import Evaluator, private_metrics
+from .job import Job
+from .judges import Judge
+from .sampler import Sampler
+
+log = structlog.get_logger("perg.monitor")
+
+
+class Monitor:
+    def __init__(self, settings: Settings, metrics: Metrics, store: StoreHandle, prompts: Prompts) -> None:
+        self.settings = settings.monitor
+        self.sampler = Sampler(settings.monitor)
+        self._all = settings
+        self._metrics = metrics
+        self._store = store
+        self._prompts = prompts
+        self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=settings.monitor.queue_size)
+        self._workers: list[asyncio.Task[None]] = []
+        self._canary_task: asyncio.Task[None] | None = None
+        self._accepting = False
+        self._busy = 0
+        self._sdks: list[openai.AsyncOpenAI] = []
+        self._judges: dict[str, Judge] = {}
+        self._upstreams: Upstreams | None = None
+        self.evaluator: Evaluator | None = None
+        self.canary: Canary | None = None
+
+    async def start(self) -> None:
+        if not self.settings.enabled:
+            return
+        own = private_metrics()
+        self._upstreams = Upstreams(self._all.upstreams, own)
+        await self._upstreams.start()
+        pipeline = PipelineContext(self._all.personalization, self._upstreams, own, self._prompts)
+        self.evaluator = Evaluator(self.settings, self.judge_for, pipeline, self._metrics, self._store)
+        self._workers = [asyncio.create_task(self._work(), name=f"perg-monitor-worker-{i}") for i in range(self.settings.workers)]
+        if self.settings.canary.enabled:
+            self.canary = Canary(self._all, pipeline, self.evaluator, self._metrics)
+            self._canary_task = asyncio.create_task(self.canary.run_forever(), name="perg-monitor-canary")
+        self._accepting = True
+        log.info("monitor_started", workers=self.settings.workers, sample_rate=self.settings.sample_rate, shadow_rate=self.settings.shadow_rate)
+
+    def judge_for(self, request_model: str) -> tuple[Judge, str]:
+        """The judges (one SDK client per upstream, created once) and the judge model: the
+        configured ones, else the request's model on its upstream."""
+        settings = self.settings.judge
+        model = settings.model or request_model
+        if settings.upstream:
+            upstream = next(u for u in self._all.upstreams if u.name == settings.upstream)
+        else:
+            assert self._upstreams is not None
+            upstream = self._upstreams.for_model(model).settings
+        if upstream.name not in self._judges:
+            sdk = sdk_client(upstream.base_url, upstream.api_key, timeout=settings.timeout_seconds, max_retries=settings.max_retries, headers=dict(upstream.headers))
+            self._sdks.append(sdk)
+            self._judges[upstream.name] = Judge.create(sdk, upstream.structured_output, settings.max_tokens)
+        return self._judges[upstream.name], model
+
+    def submit(self, job: Job) -> bool:
+        """Queue a sampled request for judging; never waits, never raises."""
+        role = "served" if job.judge_served else "shadow"
+        if not self._accepting:
+            self._metrics.monitor_dropped.labels("not_running").inc()
+            return False
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self._metrics.monitor_dropped.labels("queue_full").inc()
+            return False
+        self._metrics.monitor_enqueued.labels(role).inc()
+        self._metrics.monitor_queue_depth.set(self._queue.qsize())
+        return True
+
+    async def _work(self) -> None:
+        assert self.evaluator is not None
+        while True:
+            job = await self._queue.get()
+            self._metrics.monitor_queue_depth.set(self._queue.qsize())
+            self._busy += 1
+            try:
+                await self.evaluator.run(job)
+            except Exception as error:  # noqa: BLE001 - one bad sample never stops a worker
+                self._metrics.monitor_judge_errors.labels("worker", type(error).__name__[:40]).inc()
+                log.exception("monitor_job_failed", request_id=job.request_id)
+            finally:
+                self._busy -= 1
+                self._queue.task_done()
+
+    async def stop(self) -> None:
+        """Stop accepting, drain for `drain_seconds`, then abandon (and count) the rest."""
+        self._accepting = False
+        if self._canary_task is not None:
+            self._canary_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._canary_task
+        if self._workers:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), self.settings.drain_seconds)
+            abandoned = self._queue.qsize() + self._busy
+            if abandoned:
+                self._metrics.monitor_dropped.labels("shutdown").inc(abandoned)
+                log.warning("monitor_abandoned", samples=abandoned)
+            for task in self._workers:
+                task.cancel()
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        self._metrics.monitor_queue_depth.set(0)
+        for sdk in self._sdks:
+            await sdk.close()
+        if self._upstreams is not None:
+            await self._upstreams.close()
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def idle(self) -> bool:
+        return self._queue.qsize() == 0 and self._busy == 0
+
