@@ -30,6 +30,12 @@ def profile_json(profile: Profile) -> dict[str, Any]:
     return {"object": "profile", **profile.model_dump(mode="json")}
 
 
+def only_query(request: web.Request, allowed: set[str]) -> None:
+    for name in request.query:
+        if name not in allowed:
+            raise InvalidRequest(f"Unknown query parameter: '{name}'.", param=name, code="unknown_parameter")
+
+
 def page_limit(request: web.Request, default: int = 20) -> int:
     raw = request.query.get("limit", str(default))
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
@@ -50,6 +56,7 @@ def store_of(request: web.Request) -> Any:
 
 
 async def list_profiles(request: web.Request) -> web.Response:
+    only_query(request, {"limit", "after"})
     limit = page_limit(request)
     profiles, has_more = await (await store_of(request)).list_profiles(limit, request.query.get("after"))
     data = [profile_json(profile) for profile in profiles]
@@ -101,6 +108,7 @@ SAMPLE_FILTERS = {"verdict": ("consistent", "contradicts", "cannot_compare"), "r
 
 async def list_samples(request: web.Request) -> web.Response:
     """Judged samples, newest first, filtered by verdict, strategy and role; paginated."""
+    only_query(request, {"limit", "after", *SAMPLE_FILTERS})
     limit = page_limit(request)
     filters = {}
     for name, allowed in SAMPLE_FILTERS.items():
@@ -115,6 +123,7 @@ async def list_samples(request: web.Request) -> web.Response:
 
 async def monitor_summary(request: web.Request) -> web.Response:
     """Counts and ratios over a recent window (`?window_seconds=`, default monitor.summary_window_seconds)."""
+    only_query(request, {"window_seconds"})
     services: Services = request.app[SERVICES]
     raw = request.query.get("window_seconds", str(services.settings.monitor.summary_window_seconds))
     try:

@@ -57,6 +57,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_get("/openapi.json", handlers.openapi)
     return app
 
 
@@ -88,8 +89,3 @@ def load_prompts(settings: Settings) -> Prompts:
         return Prompts.load(settings.personalization.prompts)
     except OSError as error:
         raise ConfigError(f"personalization.prompts: cannot read {error.filename}: {error.strerror}") from None
-
-
-def make_runner(app: web.Application) -> web.AppRunner:
-    """A runner whose handlers are cancelled when their client disconnects (so upstream work stops)."""
-    return web.AppRunner(app, handler_cancellation=True, access_log=None)

@@ -6,15 +6,19 @@ Nothing below this layer sees an aiohttp type.
 from __future__ import annotations
 
 import asyncio
+import functools
+from importlib import resources
 from typing import Any
 
 import orjson
 import structlog
+import yaml
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from .errors import InvalidRequest, NotFound, ProxyError
 from .headers import upstream_request_headers
+from .metrics import exposition
 from .middleware import TURN
 from .monitor.job import job_of
 from .pipeline.forward import forward
@@ -173,7 +177,17 @@ async def _probe(upstream: UpstreamClient) -> str:
     return "ok"
 
 
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI description of the proxy's own routes (proxy/openapi.yaml), as JSON."""
+    return web.Response(body=openapi_json(), content_type="application/json")
+
+
+@functools.cache
+def openapi_json() -> bytes:
+    return orjson.dumps(yaml.safe_load(resources.files("proxy").joinpath("openapi.yaml").read_text(encoding="utf-8")))
+
+
 async def metrics(request: web.Request) -> web.Response:
     registry = request.app[SERVICES].metrics.registry
-    return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(body=exposition(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import orjson
@@ -16,8 +17,10 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 def configure_logging(settings: LoggingSettings, stream=None) -> None:
     """Configure structlog (and the stdlib loggers of libraries) once per process."""
     level = LEVELS[settings.level]
+    pid = os.getpid()
     shared = [
         structlog.contextvars.merge_contextvars,
+        lambda logger, name, event: {**event, "pid": pid},
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,

@@ -8,9 +8,10 @@ values into "other". No user id or free text is ever a label value.
 
 from __future__ import annotations
 
+import os
 import threading
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
@@ -35,6 +36,16 @@ class BoundedLabel:
                 self._seen.add(value[:100])
                 return value[:100]
         return "other"
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text exposition: this registry's, or with `--workers` (PROMETHEUS_MULTIPROC_DIR set)
+    the sum over every worker process."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined)
+        return generate_latest(combined)
+    return generate_latest(registry)
 
 
 class Metrics:

@@ -22,7 +22,7 @@ from .sse import apply_turn_headers
 
 TURN: web.RequestKey[Turn] = web.RequestKey("turn", Turn)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 
 log = structlog.get_logger("perg.request")
 
@@ -65,7 +65,8 @@ def _from_http_exception(error: web.HTTPException, request: web.Request) -> Prox
     if error.status == 404:
         return NotFound(f"Unknown route: {request.method} {request.path}")
     if error.status == 405:
-        return MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}")
+        allowed = sorted(getattr(error, "allowed_methods", ()) or ())
+        return MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}", headers={"Allow": ", ".join(allowed)})
     if error.status == 413:
         return PayloadTooLarge(f"The request body exceeds the limit of {request.app[SERVICES].settings.server.max_body_bytes} bytes.")
     generic = ProxyError(error.reason or "HTTP error")
@@ -118,7 +119,7 @@ def _record(path: str, turn: Turn, metrics: Metrics) -> None:
         metrics.ttft.labels(strategy).observe(turn.first_token_at)
     if turn.error_code and status < 400:
         metrics.stream_errors.labels(turn.error_code).inc()
-    if turn.route in ("metrics", "healthz", "readyz"):
+    if turn.route in ("metrics", "healthz", "readyz", "openapi.json"):
         return
     log.info(
         "request",

@@ -6,14 +6,24 @@ very bytes), so a field the proxy does not know, or a number format, is never al
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from .errors import InvalidRequest
 
 Number = StrictFloat | StrictInt
+
+
+def _integral(value: Any) -> Any:
+    """JSON has one number type: 2.0 is the integer 2 (as JSON Schema says); "2" and true are not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Integer = Annotated[StrictInt, BeforeValidator(_integral)]
 
 
 class Lenient(BaseModel):
@@ -33,18 +43,18 @@ class ChatCompletionRequest(Lenient):
     messages: list[Message] = Field(min_length=1)
     stream: StrictBool | None = None
     stream_options: dict[str, Any] | None = None
-    n: StrictInt | None = Field(None, ge=1)
+    n: Integer | None = Field(None, ge=1, le=128)  # OpenAI's own limit; bounds the aligner's fan-out
     temperature: Number | None = None
     top_p: Number | None = None
-    max_tokens: StrictInt | None = None
-    max_completion_tokens: StrictInt | None = None
+    max_tokens: Integer | None = None
+    max_completion_tokens: Integer | None = None
     stop: StrictStr | list[StrictStr] | None = None
     presence_penalty: Number | None = None
     frequency_penalty: Number | None = None
     logit_bias: dict[str, Number] | None = None
     logprobs: StrictBool | None = None
-    top_logprobs: StrictInt | None = None
-    seed: StrictInt | None = None
+    top_logprobs: Integer | None = None
+    seed: Integer | None = None
     user: StrictStr | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: StrictStr | dict[str, Any] | None = None

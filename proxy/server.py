@@ -1,4 +1,10 @@
-"""Running the proxy: listen, wait for a signal, shut down cleanly."""
+"""Running the proxy: listen, wait for a signal, shut down gracefully.
+
+On SIGTERM (or SIGINT): `/readyz` turns unhealthy at once; the listener keeps serving for
+`server.pre_stop_seconds` (so a load balancer can take the replica out); then it stops accepting,
+lets in-flight requests and open streams finish for up to `server.grace_seconds` (cancelling what
+is left), drains the monitor, and the process exits 0.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +17,23 @@ from urllib.parse import urlsplit
 import structlog
 from aiohttp import web
 
-from .app import create_app, make_runner
+from .app import create_app
+from .runner import make_runner
 from .config import ConfigError, Settings
 from .local_model import MODEL_ALIAS, LocalModelError, LocalModelProcess
+from .services import SERVICES
 
 log = structlog.get_logger("perg.server")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-async def serve(settings: Settings, with_local_model: bool = False) -> int:
-    local = await _start_local_model(settings) if with_local_model else None
+async def serve(settings: Settings, with_local_model: bool = False, reuse_port: bool = False) -> int:
+    local = await start_local_model(settings) if with_local_model else None
     try:
         app = create_app(settings)
-        runner = make_runner(app)
+        runner = make_runner(app, shutdown_timeout=settings.server.grace_seconds)
         await runner.setup()
-        site = web.TCPSite(runner, settings.server.host, settings.server.port)
+        site = web.TCPSite(runner, settings.server.host, settings.server.port, reuse_port=reuse_port or None)
         try:
             await site.start()
         except OSError as error:
@@ -36,17 +44,27 @@ async def serve(settings: Settings, with_local_model: bool = False) -> int:
         gc.freeze()  # start-up objects never need collecting: keeps full collections short
         log.info("listening", host=settings.server.host, port=port, upstreams=[u.name for u in settings.upstreams])
         if local is not None:
-            _print_examples(settings, port)
-        await _wait_for_signal()
-        log.info("shutting_down")
-        await runner.cleanup()
+            print_examples(settings, port)
+        await wait_for_signal()
+        await drain(app, runner, settings)
         return 0
     finally:
         if local is not None:
             await asyncio.to_thread(local.stop)
 
 
-async def _start_local_model(settings: Settings) -> LocalModelProcess:
+async def drain(app: web.Application, runner: web.AppRunner, settings: Settings) -> None:
+    """Fail readiness, keep serving for the pre-stop delay, then stop within the grace period."""
+    app[SERVICES].draining = True
+    log.info("draining", pre_stop_seconds=settings.server.pre_stop_seconds, grace_seconds=settings.server.grace_seconds)
+    if settings.server.pre_stop_seconds:
+        await asyncio.sleep(settings.server.pre_stop_seconds)
+    log.info("shutting_down")
+    await runner.cleanup()  # stop accepting; in-flight work gets grace_seconds; then cleanup_ctx
+    log.info("stopped")
+
+
+async def start_local_model(settings: Settings) -> LocalModelProcess:
     url = urlsplit(settings.upstreams[0].base_url)
     if url.hostname not in LOOPBACK or url.port is None:
         raise ConfigError(
@@ -65,15 +83,17 @@ def _bound_port(site: web.TCPSite, configured: int) -> int:
     return sockets[0].getsockname()[1] if sockets else configured
 
 
-async def _wait_for_signal() -> None:
+async def wait_for_signal() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)
 
 
-def _print_examples(settings: Settings, port: int) -> None:
+def print_examples(settings: Settings, port: int) -> None:
     key = settings.auth.client_keys[0].key if settings.auth.client_keys else "any-key"
     base = f"http://{settings.server.host}:{port}/v1"
     print(

@@ -14,7 +14,8 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy.app import create_app, make_runner
+from proxy.app import create_app
+from proxy.runner import make_runner
 from proxy.config import Settings, parse_settings
 from tests.fake_upstream import FakeUpstream
 

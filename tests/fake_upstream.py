@@ -11,6 +11,7 @@ Behaviour is chosen by the request's `model` (chat) or path:
   stream-break              streams two chunks, then drops the connection
   stream-stall              streams one chunk, then sends nothing more
   stream-no-done            streams chunks, then ends cleanly without data: [DONE]
+  drip-<ms>                 streams with <ms> between chunks
   hang                      never answers; records when the proxy gives up (cancellation)
   flaky-<n>                 the first <n> requests get 503 (retry-after: 0), later ones echo
   script:<name>             answers from `FakeUpstream.scripts[name]` (tests register callables)
@@ -140,8 +141,11 @@ class FakeUpstream:
             except asyncio.CancelledError:
                 self.cancelled.append(model)
                 raise
+        drip = int(model.split("-")[1]) / 1000 if model.startswith("drip-") else 0
         for chunk in chunks:
             await response.write(sse(chunk))
+            if drip:
+                await asyncio.sleep(drip)
         if model != "stream-no-done":
             await response.write(b"data: [DONE]\n\n")
         await response.write_eof()

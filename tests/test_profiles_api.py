@@ -100,7 +100,7 @@ def test_concurrent_patches_lose_nothing(profiles_proxy):
         ("PATCH", {"add": [3]}, "add[0]"),
         ("PATCH", {"remove": "pref_1"}, "remove"),
         ("PATCH", {"remove": ["pref_does_not_exist"]}, "remove"),
-        ("PUT", {"preferences": ["nul \x00 char"]}, "preferences"),
+        ("PUT", {"preferences": ["nul \x00 char"]}, "preferences[0]"),
     ],
 )
 def test_bad_profile_bodies(profiles_proxy, method, body, param):

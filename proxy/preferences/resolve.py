@@ -49,6 +49,7 @@ def take_extension(body: dict[str, Any]) -> dict[str, Any]:
     for key in extension:
         if key not in EXTENSION_KEYS:
             raise InvalidRequest(f"Unknown parameter: 'personalization.{key}'.", param=f"personalization.{key}", code="unknown_parameter")
+    extension = {key: value for key, value in extension.items() if value is not None}  # null: not given
     if "return_draft" in extension and not isinstance(extension["return_draft"], bool):
         raise InvalidRequest("'personalization.return_draft' must be a boolean.", param="personalization.return_draft", code="invalid_type")
     return extension
@@ -62,6 +63,8 @@ def check_preferences(value: Any, param: str, settings: PersonalizationSettings)
     for index, text in enumerate(value):
         if not isinstance(text, str) or not text.strip():
             raise InvalidRequest(f"'{param}[{index}]' must be a non-empty string.", param=f"{param}[{index}]", code="invalid_preference")
+        if "\x00" in text:
+            raise InvalidRequest(f"'{param}[{index}]' contains the character U+0000.", param=f"{param}[{index}]", code="invalid_preference")
         if len(text) > settings.max_preference_chars:
             raise InvalidRequest(
                 f"'{param}[{index}]' is {len(text)} characters long; at most {settings.max_preference_chars} are allowed.",
@@ -103,7 +106,7 @@ def choose_strategy(extension: dict[str, Any], headers: Mapping[str, str], clien
 
 
 def choose_user(extension: dict[str, Any], headers: Mapping[str, str], body: dict[str, Any], client: ClientKey | None) -> str | None:
-    if extension.get("user_id") is not None:
+    if "user_id" in extension:
         return check_user(extension["user_id"], "personalization.user_id")
     if "X-Perg-User" in headers:
         return check_user(headers["X-Perg-User"], "X-Perg-User")
@@ -120,15 +123,20 @@ async def resolve(
     store: StoreHandle | None,
     metrics: Metrics,
 ) -> Personalization:
-    """Take the extension out of `body` and work out the request's personalization."""
+    """Take the extension out of `body` and work out the request's personalization. Every input
+    given is checked, also one that a higher-priority source overrides."""
     extension = take_extension(body)
+    from_header = header_preferences(headers, settings)
+    if "X-Perg-User" in headers:
+        check_user(headers["X-Perg-User"], "X-Perg-User")
+    if "X-Perg-Strategy" in headers:
+        check_strategy(headers["X-Perg-Strategy"], "X-Perg-Strategy")
     strategy = choose_strategy(extension, headers, client, settings.default_strategy)
     user_id = choose_user(extension, headers, body, client)
     draft = bool(extension.get("return_draft", False))
     if "preferences" in extension:
         preferences = check_preferences(extension["preferences"], "personalization.preferences", settings)
         return Personalization(strategy, preferences, "request", user_id, draft)
-    from_header = header_preferences(headers, settings)
     if from_header is not None:
         return Personalization(strategy, from_header, "header", user_id, draft)
     if strategy == "off" or user_id is None or store is None:
