@@ -17,6 +17,7 @@ from .monitor.service import Monitor
 from .pipeline.context import PipelineContext
 from .pipeline.prompts import Prompts
 from .preferences.handle import StoreHandle
+from .ratelimit import RateLimiter
 from .services import SERVICES, Services
 from .upstream import Upstreams
 
@@ -45,6 +46,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             log_content=settings.logging.log_content,
         ),
         monitor=Monitor(settings, metrics, store, prompts),
+        limiter=RateLimiter(settings.auth.rate_limits, metrics),
     )
     app.cleanup_ctx.append(_upstreams)
     app.cleanup_ctx.append(_store)
@@ -68,6 +70,7 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     await services.upstreams.start()
     yield
     await services.upstreams.close()
+    await services.limiter.close()
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:

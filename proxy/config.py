@@ -124,11 +124,24 @@ class ClientKey(Section):
     name: str | None = None
     user_id: str | None = None
     strategy: Strategy | None = None
+    requests_per_minute: int | None = Field(None, ge=0)
+    tokens_per_minute: int | None = Field(None, ge=0)
+
+
+class RateLimitSettings(Section):
+    """Per client key, over a sliding minute; 0 = unlimited. Shared through Redis when
+    `redis_url` is set (every replica counts together), else counted in each process."""
+
+    requests_per_minute: int = Field(0, ge=0)
+    tokens_per_minute: int = Field(0, ge=0)
+    redis_url: str | None = None
+    key_prefix: str = "perg:rl"
 
 
 class AuthSettings(Section):
     client_keys: tuple[ClientKey, ...] = ()
     admin_key: str = ""
+    rate_limits: RateLimitSettings = RateLimitSettings()
 
     @field_validator("client_keys", mode="before")
     @classmethod

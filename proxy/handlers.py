@@ -71,6 +71,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     response = await respond(request, turn, reply)
     if monitored:
         _submit(turn, reply, services)
+    await services.limiter.spend_tokens(turn.client, turn.usage)
     return response
 
 

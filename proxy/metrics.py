@@ -120,6 +120,10 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.rate_limited = Counter("perg_rate_limited", "Requests refused by a per-key rate limit.", ["kind"], registry=r)
+        self.rate_limit_errors = Counter(
+            "perg_rate_limit_errors", "Rate-limit checks skipped because the shared counter failed.", ["reason"], registry=r
+        )
         # online PERG monitor (issue: monitor); labels model, strategy, role, relevance
         monitor_labels = ["model", "strategy", "role", "relevance"]
         self.monitor_judged = Counter(

@@ -87,6 +87,7 @@ async def request_middleware(request: web.Request, handler) -> web.StreamRespons
     try:
         if path.startswith(("/v1/", "/perg/")):
             turn.client = services.auth.check(request.headers.get("Authorization"), admin=path.startswith("/perg/"))
+            await services.limiter.admit(turn.client)
         response = await handler(request)
         if not response.prepared:
             turn.status = response.status

@@ -12,6 +12,7 @@ from .metrics import Metrics
 from .monitor.service import Monitor
 from .pipeline.context import PipelineContext
 from .preferences.handle import StoreHandle
+from .ratelimit import RateLimiter
 from .upstream import Upstreams
 
 
@@ -24,6 +25,7 @@ class Services:
     store: StoreHandle
     pipeline: PipelineContext
     monitor: Monitor
+    limiter: RateLimiter
     draining: bool = False
 
 

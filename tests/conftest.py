@@ -34,8 +34,9 @@ def free_port() -> int:
 class ServerThread:
     """An aiohttp application served on 127.0.0.1 from its own thread and event loop."""
 
-    def __init__(self, app: web.Application, runner_factory: Callable[[web.Application], web.AppRunner] | None = None) -> None:
+    def __init__(self, app: web.Application, runner_factory: Callable[[web.Application], web.AppRunner] | None = None, port: int = 0) -> None:
         self.app = app
+        self._wanted_port = port
         self._runner_factory = runner_factory or (lambda a: web.AppRunner(a, access_log=None, handler_cancellation=True))
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -66,7 +67,7 @@ class ServerThread:
         runner = self._runner_factory(self.app)
         try:
             await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
+            site = web.TCPSite(runner, "127.0.0.1", self._wanted_port)
             await site.start()
             self.port = site._server.sockets[0].getsockname()[1]
         except BaseException as error:  # noqa: BLE001 - surfaced to the starting thread

@@ -18,6 +18,8 @@ from proxy import local_model
 from tests.conftest import CLIENT_KEY, ROOT, UPSTREAM_KEY, free_port
 
 SECRET_CONTENT = "my-secret-message-content-4242"
+SECRET_PREFERENCE = "secret-preference-text-1717"
+SECRET_STORED = "secret-stored-preference-2929"
 
 
 def start_serve(tmp_path: Path, config: str, env: dict[str, str] | None = None, args: list[str] | None = None) -> subprocess.Popen:
@@ -55,14 +57,15 @@ def stop(process: subprocess.Popen) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
-def config_text(port: int, upstream: str, log_content: bool = False, keys: str = f"[{CLIENT_KEY}]") -> str:
+def config_text(port: int, upstream: str, log_content: bool = False, keys: str = f"[{CLIENT_KEY}]", strategy: str = "off") -> str:
     return f"""
 server: {{host: 127.0.0.1, port: {port}}}
 upstreams:
   - {{name: main, base_url: "{upstream}", api_key: {UPSTREAM_KEY}}}
-personalization: {{default_strategy: "off"}}
+personalization: {{default_strategy: "{strategy}"}}
 auth: {{client_keys: {keys}, admin_key: admin-secret}}
 profiles: {{backend: memory}}
+monitor: {{enabled: true, sample_rate: 1.0, shadow_rate: 1.0, store_samples: true}}
 logging: {{log_content: {str(log_content).lower()}}}
 """
 
@@ -83,26 +86,38 @@ def test_bad_config_exits_non_zero_before_listening(tmp_path):
 
 
 def test_serve_logs_one_event_per_request_without_secrets(tmp_path, fake_upstream):
+    """At the default level no key, preference text or message content reaches the logs, through
+    every path: pass-through, both strategies, the monitor's judges and shadow runs, failures."""
     port = free_port()
-    process = start_serve(tmp_path, config_text(port, fake_upstream.url))
+    process = start_serve(tmp_path, config_text(port, fake_upstream.url, strategy="pref_aligner"))
+    url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(f"http://127.0.0.1:{port}", process)
-        for request_id in ("req-one", "req-two"):
-            response = httpx2.post(
-                f"http://127.0.0.1:{port}/v1/chat/completions",
-                json={"model": "echo", "messages": [{"role": "user", "content": SECRET_CONTENT}]},
-                headers={"Authorization": f"Bearer {CLIENT_KEY}", "X-Request-ID": request_id},
-            )
-            assert response.status_code == 200
+        wait_healthy(url, process)
+        admin = {"Authorization": "Bearer admin-secret"}
+        assert httpx2.put(f"{url}/perg/profiles/carol", json={"preferences": [SECRET_STORED]}, headers=admin).status_code == 200
+        requests = [
+            ("req-one", {"personalization": {"preferences": [SECRET_PREFERENCE]}}, {}),
+            ("req-two", {"personalization": {"strategy": "naive"}}, {"X-Perg-Preferences": f'["{SECRET_PREFERENCE}"]'}),
+            ("req-three", {"user": "carol", "stream": True}, {}),
+            ("req-four", {"personalization": {"preferences": [SECRET_PREFERENCE]}, "model": "error-500"}, {}),
+        ]
+        for request_id, extra, headers in requests:
+            body = {"model": "echo", "messages": [{"role": "user", "content": SECRET_CONTENT}], **extra}
+            response = httpx2.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {CLIENT_KEY}", "X-Request-ID": request_id, **headers})
+            assert response.status_code == (500 if request_id == "req-four" else 200)
+        assert httpx2.get(f"{url}/v1/models", headers={"Authorization": "Bearer wrong-key-333"}).status_code == 401
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(httpx2.get(f"{url}/perg/monitor/samples", headers=admin).json()["data"]) < 6:
+            time.sleep(0.2)  # let the monitor judge (and log) in the background
     finally:
         code, out, err = stop(process)
     assert code == 0, err
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    requests = [e for e in events if e["event"] == "request"]
-    assert [e["request_id"] for e in requests] == ["req-one", "req-two"]
-    assert all(e["status"] == 200 and e["duration_ms"] >= e["overhead_ms"] >= 0 for e in requests)
+    logged = [e for e in events if e["event"] == "request" and e["request_id"].startswith("req-")]
+    assert [e["request_id"] for e in logged] == ["req-one", "req-two", "req-three", "req-four"]
+    assert all(e["duration_ms"] >= e["overhead_ms"] >= 0 for e in logged)
     assert any(e["event"] == "listening" for e in events)
-    for secret in (CLIENT_KEY, UPSTREAM_KEY, "admin-secret", SECRET_CONTENT):
+    for secret in (CLIENT_KEY, UPSTREAM_KEY, "admin-secret", "wrong-key-333", SECRET_CONTENT, SECRET_PREFERENCE, SECRET_STORED):
         assert secret not in out and secret not in err, secret
 
 
