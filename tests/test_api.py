@@ -9,7 +9,7 @@ import httpx2
 import openai
 import pytest
 
-from tests.conftest import CLIENT_KEY, UPSTREAM_KEY, free_port, wait_for
+from tests.conftest import CLIENT_KEY, free_port, wait_for
 
 TOOLS = [
     {

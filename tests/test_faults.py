@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import ADMIN_KEY, CLIENT_KEY, ServerThread, free_port, wait_for
 from tests.fake_upstream import FakeUpstream, error_response
-from tests.test_lifecycle import Proxy, write_config
+from tests.processes import Proxy, write_config
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}

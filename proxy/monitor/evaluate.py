@@ -36,7 +36,7 @@ from ..preferences.handle import StoreHandle
 from ..preferences.models import JudgedSample, SampleTexts
 from ..sdk import CallFailed
 from .job import Job
-from .judges import ConsistencyVerdict, FollowVerdict, Judge
+from .judges import ConsistencyVerdict, FollowVerdict
 
 T = TypeVar("T")
 SHADOW_OF = {"pref_aligner": "naive", "naive": "pref_aligner", "off": "pref_aligner"}
