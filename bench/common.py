@@ -82,3 +82,14 @@ def stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def run(coroutine):  # type: ignore[no-untyped-def]
+    """Run a benchmark's coroutine on uvloop (the proxy's loop) when it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        import asyncio
+
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)

@@ -13,7 +13,6 @@ D + stage 2's first-chunk time + 2 ms. Bounded in request count and time.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import run as run_async
 from bench.common import KEY, pin_self, start_fake, start_proxy, stop  # noqa: E402
 from bench.loadgen import chat_request, run_load  # noqa: E402
 
@@ -92,12 +92,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
     pin_self(1)
-    try:
-        import uvloop
-
-        rows = uvloop.run(run(args.delay_ms, args.requests))
-    except ImportError:
-        rows = asyncio.run(run(args.delay_ms, args.requests))
+    rows = run_async(run(args.delay_ms, args.requests))
     report(rows, args.delay_ms)
 
 

@@ -12,7 +12,6 @@ request count and time. Figures are only comparable within one run (the machine 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import run as run_async
 from bench.common import KEY, pin_self, rss_kib, start_fake, start_proxy, stop  # noqa: E402
 from bench.loadgen import chat_request, run_load  # noqa: E402
 
@@ -103,12 +103,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     pin_self(1)
-    try:
-        import uvloop
-
-        outcome = uvloop.run(run(args))
-    except ImportError:
-        outcome = asyncio.run(run(args))
+    outcome = run_async(run(args))
     report(outcome)
     if args.json:
         args.json.write_text(json.dumps(outcome, indent=2))

@@ -20,10 +20,10 @@ import asyncio
 import email.utils
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -37,6 +37,7 @@ from .metrics import Metrics
 from .sse import read_events
 
 ERROR_BODY_LIMIT = 1024 * 1024
+T = TypeVar("T")
 
 
 class UpstreamStreamBroken(ProxyError):
@@ -59,34 +60,26 @@ class UpstreamResponse:
         self._upstream = upstream
 
     async def read(self) -> bytes:
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout_at(self._deadline):
-                return await self.raw.read()
-        except TimeoutError as error:
-            raise UpstreamTimeout(f"upstream {self._upstream} timed out while sending its body") from error
-        except (aiohttp.ClientError, ConnectionError) as error:
-            raise UpstreamStreamBroken(f"upstream {self._upstream} broke off its body: {_describe(error)}") from error
-        finally:
-            self.waited += time.perf_counter() - started
+        return await self._receive(self.raw.read(), UpstreamTimeout, "while sending its body")
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives, chunk by chunk; an error mid-way raises `UpstreamStreamBroken`."""
         content = self.raw.content
-        while True:
-            started = time.perf_counter()
-            try:
-                async with asyncio.timeout_at(self._deadline):
-                    chunk = await content.readany()
-            except TimeoutError as error:
-                raise UpstreamStreamBroken(f"upstream {self._upstream} stream timed out: {_describe(error)}") from error
-            except (aiohttp.ClientError, ConnectionError) as error:
-                raise UpstreamStreamBroken(f"upstream {self._upstream} stream broke: {_describe(error)}") from error
-            finally:
-                self.waited += time.perf_counter() - started
-            if not chunk:
-                return
+        while chunk := await self._receive(content.readany(), UpstreamStreamBroken, "mid-stream"):
             yield chunk
+
+    async def _receive(self, pending: Awaitable[T], on_timeout: type[ProxyError], where: str) -> T:
+        """Await body bytes by the exchange's deadline; the wait counts as upstream time."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                return await pending
+        except TimeoutError as error:
+            raise on_timeout(f"upstream {self._upstream} timed out {where}") from error
+        except (aiohttp.ClientError, ConnectionError) as error:
+            raise UpstreamStreamBroken(f"upstream {self._upstream} broke off {where}: {_describe(error)}") from error
+        finally:
+            self.waited += time.perf_counter() - started
 
 
 @dataclass(frozen=True, slots=True)
