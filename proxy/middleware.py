@@ -135,6 +135,7 @@ def _record(path: str, turn: Turn, metrics: Metrics) -> None:
         model=turn.model,
         stream=turn.stream,
         strategy=turn.strategy,
+        preferences=turn.preference_source,
         aligned=turn.aligned,
         error=turn.error_code,
     )
