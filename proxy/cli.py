@@ -1,4 +1,4 @@
-"""Command line: `perg-proxy serve`, `perg-proxy local-model`."""
+"""Command line: `perg-proxy serve`, `perg-proxy local-model`, `perg-proxy eval …`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import asyncio
 import os
 import sys
 
-from .config import ConfigError, Settings, load_settings, parse_settings
+from pydantic import ValidationError
+
+from .config import ConfigError, Settings, describe, load_settings, parse_settings
 
 DEFAULT_UPSTREAM = "http://127.0.0.1:8081/v1"
 
@@ -20,16 +22,22 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", help="YAML configuration file (default: $PERG_CONFIG)")
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
+    serve.add_argument("--workers", type=int, help="override server.workers (processes sharing the port)")
     serve.add_argument(
         "--with-local-model",
         action="store_true",
         help="also start the embedded SmolLM2 model on the first upstream's loopback port",
     )
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
 
     local = commands.add_parser("local-model", help="serve the embedded SmolLM2-135M-Instruct model")
     local.add_argument("--host", default="127.0.0.1")
     local.add_argument("--port", type=int, default=8081)
     local.add_argument("--alias", default=None, help="model name to answer to (default: smollm2-135m-instruct)")
+
+    from .perg.cli import add_eval_command
+
+    add_eval_command(commands)
 
     args = parser.parse_args(argv)
     try:
@@ -39,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             from .local_model import run_local_model
 
             return run_local_model(args.host, args.port, args.alias)
+        if args.command == "eval":
+            return args.run_eval(args)
     except ConfigError as error:
         print(f"perg-proxy: {error}", file=sys.stderr)
         return 2
@@ -51,19 +61,39 @@ def settings_from(args: argparse.Namespace) -> Settings:
         settings = load_settings(path)
     else:
         settings = parse_settings({"upstreams": [{"name": "local", "base_url": DEFAULT_UPSTREAM, "structured_output": "json_object_schema"}]})
-    server = settings.server.model_copy(
-        update={key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
-    )
-    return settings.model_copy(update={"server": server})
+    overrides = (("host", args.host), ("port", args.port), ("workers", getattr(args, "workers", None)))
+    server = settings.server.model_copy(update={key: value for key, value in overrides if value is not None})
+    try:
+        return Settings.model_validate({**settings.model_dump(), "server": server.model_dump()})
+    except ValidationError as error:
+        raise ConfigError(f"invalid command-line override: {describe(error)}") from None
 
 
 def _serve(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     from .logs import configure_logging
-    from .server import serve
 
     configure_logging(settings.logging)
-    return _run(serve(settings, with_local_model=args.with_local_model))
+    if args.worker_index is None and settings.server.workers > 1:
+        from .workers import run_workers
+
+        return run_workers(settings, _serve_args(args), args.with_local_model)
+    from .server import serve
+
+    if args.worker_index:  # canary probes run in worker 0 only
+        monitor = settings.monitor.model_copy(update={"canary": settings.monitor.canary.model_copy(update={"enabled": False})})
+        settings = settings.model_copy(update={"monitor": monitor})
+    worker = args.worker_index is not None
+    return _run(serve(settings, with_local_model=args.with_local_model and not worker, reuse_port=worker))
+
+
+def _serve_args(args: argparse.Namespace) -> list[str]:
+    """The `serve` options a worker gets (everything but --with-local-model: the supervisor owns it)."""
+    out = []
+    for flag, value in (("--config", args.config), ("--host", args.host), ("--port", args.port), ("--workers", args.workers)):
+        if value is not None:
+            out += [flag, str(value)]
+    return out
 
 
 def _run(coroutine) -> int:

@@ -1,4 +1,7 @@
-"""Offline PERG benchmark: datasets, answer extraction, metrics, re-scoring, judge calibration, report.
+"""Offline PERG benchmark (`perg-proxy eval`).
 
-Nothing here talks to a model; the runner feeds it answers and judge verdicts.
+Pure parts (no model calls): datasets, cases, extract, metrics, stats, summary, rescore,
+calibration, report. The run: options, suite (items and their cases), answering (the proxy's own
+pipeline, in process), judging (the monitor's judges), cache, retry, runner, benchmark, results,
+progress; cli wires the commands.
 """

@@ -1,0 +1,160 @@
+"""`run_benchmark`: one whole run, from options to the report files in `options.out`:
+`report.md`, `report.json`, the PNG charts, `results.jsonl`, `results/<strategy>-<setting>.csv`,
+and the response cache (`cache.sqlite` unless told otherwise)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from ..config import Retries, Timeouts, UpstreamSettings
+from .answering import BASELINE, Answerer, parse_strategy
+from .cache import ResponseCache
+from .judging import Judging, LetterExtractor
+from .options import RunOptions
+from .progress import Progress, duration
+from .report import ReportFiles, write_report
+from .results import CaseResult, write_results
+from .runner import Runner, RunStats, total_answers
+from .suite import Unit, dataset_name, load_units
+from .summary import Summary, summarize
+
+
+@dataclass(frozen=True, slots=True)
+class BenchmarkRun:
+    results: list[CaseResult]
+    summary: Summary
+    report: ReportFiles
+    files: list[Path]
+    stats: RunStats
+    seconds: float
+    n_items: int
+
+
+def upstream_settings(options: RunOptions) -> UpstreamSettings:
+    """The answering server as the pipeline sees it; retries are the runner's, not the client's."""
+    t = options.timeout
+    return UpstreamSettings(
+        name="eval",
+        base_url=options.base_url,
+        api_key=options.api_key,
+        structured_output=options.structured_output,
+        timeouts=Timeouts(connect=min(t, 10.0), first_byte=t, idle=t, total=t),
+        retries=Retries(max_attempts=1),
+        max_connections=max(8, 4 * options.concurrency),
+    )
+
+
+def load_suite(options: RunOptions) -> list[Unit]:
+    """The items and cases of a run; a bad dataset or pool raises (DatasetError lists every bad line)."""
+    return load_units(
+        options.dataset, options.settings, preferences=options.preferences, seed=options.seed,
+        n_unrelated=options.n_unrelated, limit=options.limit,
+    )  # fmt: skip
+
+
+async def run_benchmark(
+    options: RunOptions, *, units: list[Unit] | None = None, progress: bool = True, stream: TextIO | None = None
+) -> BenchmarkRun:
+    """Run every case (of `units`, else of `load_suite(options)`) and write the report."""
+    units = load_suite(options) if units is None else units
+    started = time.monotonic()
+    answerer = Answerer(upstream_settings(options), options.timeout)
+    judging = Judging(
+        options.judge_url, options.judge_key, options.judge_model_name, options.judge_style,
+        max_tokens=options.judge_max_tokens, timeout=options.timeout,
+    )  # fmt: skip
+    extractor = None
+    if options.llm_extract:
+        extractor = LetterExtractor(options.base_url, options.api_key, options.model, options.structured_output, timeout=options.timeout)
+    bar = Progress(total_answers(units, len(options.strategies)), "answers", stream=stream, enabled=progress)
+    cache = ResponseCache(options.cache_path)
+    runner = Runner(options, cache, answerer, judging, extractor, bar)
+    try:
+        await answerer.start()
+        results = await runner.run(units)
+    finally:
+        bar.close()
+        cache.close()
+        await answerer.close()
+        await judging.close()
+        if extractor is not None:
+            await extractor.close()
+    seconds = time.monotonic() - started
+    records = [record for record in (r.record(options.follow_threshold) for r in results) if record is not None]
+    summary = summarize(records, resamples=options.resamples, seed=options.seed)
+    meta = describe_run(options, units, results, runner, seconds)
+    report = write_report(summary, options.out, title=options.title, meta=meta)
+    files = write_results(results, options.out)
+    return BenchmarkRun(results, summary, report, files, runner.stats, seconds, len(units))
+
+
+def describe_run(
+    options: RunOptions, units: Sequence[Unit], results: Sequence[CaseResult], runner: Runner, seconds: float
+) -> dict[str, str]:
+    """The report's header lines: what was run, on what, and what happened along the way."""
+    stats, o = runner.stats, options
+    answered = sum(r.answered for r in results)
+    unjudged = sum(r.answered and r.relevant and r.follow_score is None for r in results)
+    versions = [f"{name} {runner.answerer.prompt_version(parse_strategy(name))}" for name in o.strategies]
+    limit = f", {len(units)} chosen with --limit and seed {o.seed}" if o.limit else ""
+    meta = {
+        "model": f"`{o.model}` at {o.base_url} (structured output: {o.structured_output})",
+        "judge": f"`{o.judge_model_name}` at {o.judge_url}, verdicts capped at {o.judge_max_tokens} tokens; "
+        f"followed means a follow score of at least {o.follow_threshold}",
+        "dataset": f"{dataset_name(o.dataset)}: {len(units)} items{limit}",
+        "settings": ", ".join(o.settings),
+        "strategies": ", ".join(o.strategies),
+        "generation": f"temperature 0, seed {o.seed}, max_tokens {o.max_tokens}",
+        "prompt versions": "; ".join([*versions, f"follow judge {runner.judging.version('follow')}"]),
+        "cases": f"{answered} of {len(results)} answered" + _failed(len(results) - answered),
+        "answer extraction": _extraction(o.llm_extract, stats.fallback_letters),
+        "follow judge failures": f"{unjudged} (counted as unjudged, never as a score)",
+    }
+    outcomes = _aligner_outcomes(results)
+    if outcomes:
+        meta["Pref-Aligner outcomes"] = outcomes
+    if stats.drafts_compared:
+        equal = stats.drafts_compared - stats.drafts_differ
+        meta["stage-1 drafts equal to the baseline answer"] = f"{equal} of {stats.drafts_compared}"
+    meta["mean seconds per answer"] = _timings(stats, [BASELINE, *o.strategies])
+    meta["this invocation"] = (
+        f"{stats.answers_new} answers asked, {stats.answers_cached} from the cache, {duration(seconds)}, concurrency {o.concurrency}"
+    )
+    meta["command"] = f"`{o.command_line()}`"
+    if o.note:
+        meta["note"] = o.note
+    return meta
+
+
+def _extraction(llm: bool, found: int) -> str:
+    if not llm:
+        return "the deterministic rules only"
+    return f"the rules, then the LLM fallback where they found none ({found} letter{'s' if found != 1 else ''} found by it)"
+
+
+def _failed(count: int) -> str:
+    return f"; {count} failed after retries and are left out of the metrics (see results.jsonl)" if count else ""
+
+
+def _aligner_outcomes(results: Sequence[CaseResult]) -> str:
+    """`x-perg-aligned` values per Pref-Aligner strategy: true (rewritten), skipped (gate: nothing
+    relevant, or the rewrite said UNCHANGED), fallback (the rewrite failed; the draft was served)."""
+    by_strategy: dict[str, Counter[str]] = {}
+    for result in results:
+        if result.aligned is not None:
+            by_strategy.setdefault(result.strategy, Counter())[result.aligned] += 1
+    return "; ".join(
+        f"{strategy}: " + ", ".join(f"{value} {count}" for value, count in sorted(counts.items()))
+        for strategy, counts in by_strategy.items()
+    )
+
+
+def _timings(stats: RunStats, names: Sequence[str]) -> str:
+    parts = [f"{name} {statistics.fmean(stats.seconds[name]):.2f}" for name in names if stats.seconds.get(name)]
+    return ", ".join(parts) + " (wall time per answer, retries and queueing included)" if parts else "n/a"

@@ -1,0 +1,212 @@
+"""`perg-proxy eval run | metrics | judge` as a user runs them (real processes for the commands that
+talk to a model; `proxy.cli.main` in process for re-scoring)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from proxy.cli import main
+from proxy.perg.calibration import calibrate, load_judge_labels
+from proxy.perg.report import render_calibration
+from tests.conftest import ROOT
+from tests.fake_upstream import last_user_text, pipeline_role
+from tests.test_perg_runner import mcq_script, write_inputs
+
+FIXTURES = Path(__file__).parent / "fixtures" / "perg"
+
+
+def perg(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "proxy", "eval", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_metrics_json_reproduces_the_hand_computed_figures(capsys) -> None:
+    assert main(["eval", "metrics", "--results", str(FIXTURES / "results_letters.csv"), "--format", "json"]) == 0
+    # by hand (see test_perg_rescore): Q* = {q1, q2, q3, q4, q5, q8}; BR 2/6, AFR 1/5, RER 3/5, PVR 3/7
+    result = json.loads(capsys.readouterr().out)
+    assert list(result) == ["breakage_rate", "alignment_failure_rate", "robustness_error_rate", "performance_variation", "n_q_star"]
+    assert result["breakage_rate"] == pytest.approx(1 / 3)
+    assert result["alignment_failure_rate"] == pytest.approx(0.2)
+    assert result["robustness_error_rate"] == pytest.approx(0.6)
+    assert result["performance_variation"] == pytest.approx(3 / 7)
+    assert result["n_q_star"] == 6
+
+
+def test_metrics_options(capsys) -> None:
+    assert main(["eval", "metrics", "--results", str(FIXTURES / "results_letters.csv"), "--format", "json", "--setting", "irrelevant"]) == 0
+    assert json.loads(capsys.readouterr().out)["robustness_error_rate"] == pytest.approx(1 / 3)  # Robust = Acc
+    assert main(["eval", "metrics", "--results", str(FIXTURES / "results_letters.csv"), "--format", "json", "--follow-threshold", "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["alignment_failure_rate"] == pytest.approx(0.6)
+    assert main(["eval", "metrics", "--results", str(FIXTURES / "results_nofollow.csv"), "--format", "json"]) == 0
+    assert list(json.loads(capsys.readouterr().out)) == ["breakage_rate", "performance_variation", "n_q_star"]
+    assert main(["eval", "metrics", "--results", str(FIXTURES / "results_raw.csv"), "--format", "json", "--per-row"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["line"], r["nopref"], r["pref"]) for r in rows] == [(2, "B", "B"), (3, "B", "A"), (5, "A", "A"), (6, None, "A"), (7, "A", None)]
+
+
+def test_metrics_text(capsys) -> None:
+    assert main(["eval", "metrics", "--results", str(FIXTURES / "results_raw.csv"), "--per-row"]) == 0
+    out = capsys.readouterr().out
+    assert "Q* = 4 rows answered correctly without preferences" in out
+    assert "| breakage_rate | 50.0% |" in out and "| performance_variation | 60.0% |" in out
+    assert "| 6 | A | - | A | yes |" in out  # line 6: no letter without preferences
+
+
+def test_metrics_bad_file_lists_every_bad_line(capsys) -> None:
+    assert main(["eval", "metrics", "--results", str(FIXTURES / "results_bad.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("perg-proxy eval metrics: ") and "line " in err
+    assert main(["eval", "metrics", "--results", str(FIXTURES / "missing.csv")]) == 2
+
+
+def test_bad_run_options_exit_2(capsys) -> None:
+    assert main(["eval", "run", "--strategies", "naive,clever"]) == 2
+    assert "unknown strategy 'clever'" in capsys.readouterr().err
+    assert main(["eval", "run", "--settings", "relevant,sometimes"]) == 2
+    assert "settings" in capsys.readouterr().err
+    assert main(["eval", "run", "--dataset", str(FIXTURES / "items_bad.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "bad row(s)" in err and "line 2" in err  # every bad row, before any call is made
+    assert main(["eval", "run", "--dataset", str(FIXTURES / "missing.jsonl")]) == 2
+    assert "No such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval"])
+    assert exit_info.value.code == 2
+
+
+def test_run_writes_the_report_and_a_rerun_makes_no_call(tmp_path, fake_upstream) -> None:
+    fake_upstream.scripts["mcq"] = mcq_script()
+    dataset, pool = write_inputs(tmp_path)
+    args = [
+        "run", "--base-url", fake_upstream.url, "--model", "script:mcq", "--structured-output", "json_schema",
+        "--dataset", str(dataset), "--preferences", str(pool), "--settings", "relevant,irrelevant",
+        "--strategies", "naive,pref_aligner", "--resamples", "50", "--out", str(tmp_path / "out"), "--seed", "3",
+    ]  # fmt: skip
+    first = perg(*args)
+    assert first.returncode == 0, first.stderr
+    assert "| naive | relevant | 3 | 2 | 100.0% [100.0, 100.0] |" in first.stdout
+    assert "3 items, 12 cases, 0 failed; report: " in first.stdout
+    assert "answers [" in first.stderr  # the progress bar
+    for name in ("report.md", "report.json", "results.jsonl", "cache.sqlite", "breakage_rate.png", "results/naive-relevant.csv"):
+        assert (tmp_path / "out" / name).is_file()
+    meta = json.loads((tmp_path / "out" / "report.json").read_text())["meta"]
+    assert meta["generation"] == "temperature 0, seed 3, max_tokens 128"
+    assert meta["command"].startswith("`perg-proxy eval run --base-url http://127.0.0.1:") and " --seed 3 " in meta["command"]
+    assert {body["seed"] for body in fake_upstream.chat_bodies("chat")} == {3}
+    fake_upstream.clear()
+    second = perg(*args, "--quiet")
+    assert second.returncode == 0, second.stderr
+    assert fake_upstream.received == []
+    assert second.stdout == first.stdout and second.stderr == ""
+
+
+def test_run_exits_1_when_nothing_could_be_answered(tmp_path, fake_upstream) -> None:
+    dataset, pool = write_inputs(tmp_path)
+    done = perg(
+        "run", "--base-url", fake_upstream.url, "--model", "error-400", "--dataset", str(dataset), "--preferences", str(pool),
+        "--settings", "relevant", "--strategies", "naive", "--out", str(tmp_path / "out"), "--quiet", "--resamples", "10",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "no case could be answered" in done.stderr
+    lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and all("upstream_http_400" in json.loads(line)["errors"]["baseline"] for line in lines)
+
+
+def judge_script(fail_query: str | None = None) -> Any:
+    def reply(body: dict[str, Any]) -> str:
+        if fail_query and fail_query in last_user_text(body):
+            return "no verdict here"
+        if pipeline_role(body) == "judge_follow":
+            return orjson.dumps({"reason": "scripted", "score": 4}).decode()
+        assert pipeline_role(body) == "judge_consistency"
+        return orjson.dumps({"reason": "scripted", "verdict": "consistent"}).decode()
+
+    return reply
+
+
+def test_judge_reports_agreement_on_the_shipped_labels(fake_upstream) -> None:
+    fake_upstream.scripts["judge"] = judge_script()
+    done = perg("judge", "--base-url", fake_upstream.url, "--model", "script:judge", "--structured-output", "json_schema", "--quiet")
+    assert done.returncode == 0, done.stderr
+    labels = load_judge_labels()
+    expected = calibrate(labels, [4] * len(labels), ["consistent"] * len(labels))
+    title = f"Judge calibration: script:judge on the shipped judge_labels.jsonl ({len(labels)} samples)"
+    assert done.stdout == render_calibration(expected, title=title)
+    assert "| score ≥ 3 |" in done.stdout
+    assert len(fake_upstream.chat_bodies("judge_follow")) == len(labels) == len(fake_upstream.chat_bodies("judge_consistency"))
+    follows = [last_user_text(body) for body in fake_upstream.chat_bodies("judge_follow")]
+    assert any(f"### Preference\n- {labels[0].preference}" in text and labels[0].answer_with in text for text in follows)
+
+
+def test_judge_failures_are_counted_never_scores(tmp_path, fake_upstream) -> None:
+    labels = [
+        {"query": f"Question {n}?", "preference": "Be brief.", "answer_without": "Long answer.", "answer_with": "Short.", "follow_score": score, "consistency": verdict}
+        for n, (score, verdict) in enumerate([(5, "consistent"), (4, "consistent"), (1, "contradicts"), (2, "consistent")])
+    ]  # fmt: skip
+    path = tmp_path / "labels.jsonl"
+    path.write_text("\n".join(json.dumps(label) for label in labels) + "\n")
+    fake_upstream.scripts["judge"] = judge_script(fail_query="Question 3?")
+    done = perg(
+        "judge", "--labels", str(path), "--base-url", fake_upstream.url, "--model", "script:judge",
+        "--structured-output", "json_schema", "--quiet", "--format", "json", "--out", str(tmp_path / "cal"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert document["follow"]["n"] == 3 and document["follow"]["n_failed"] == 1
+    assert document["consistency"]["n_failed"] == 1
+    # judged: humans 5, 4, 1 against 4, 4, 4 → 1 of 3 exact; at threshold 3: 2 of 3 agree
+    assert document["follow"]["accuracy"] == pytest.approx(1 / 3)
+    assert document["follow"]["thresholds"]["3"]["accuracy"] == pytest.approx(2 / 3)
+    assert len(document["failures"]) == 2 and all("unparseable" in line for line in document["failures"])
+    assert (tmp_path / "cal" / "calibration.md").read_text().startswith("# Judge calibration: script:judge on ")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q"}\n')
+    refused = perg("judge", "--labels", str(bad), "--base-url", fake_upstream.url)
+    assert refused.returncode == 2 and "line 1" in refused.stderr
+
+
+def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path, fake_upstream) -> None:
+    import signal
+    import time
+
+    script = mcq_script()
+
+    async def slow(body: dict[str, Any]) -> Any:
+        await asyncio.sleep(0.05)
+        return script(body)
+
+    fake_upstream.scripts["mcq"] = slow
+    dataset, pool = write_inputs(tmp_path)
+    args = [
+        sys.executable, "-m", "proxy", "eval", "run", "--base-url", fake_upstream.url, "--model", "script:mcq",
+        "--structured-output", "json_schema", "--dataset", str(dataset), "--preferences", str(pool),
+        "--concurrency", "1", "--resamples", "20", "--out", str(tmp_path / "out"), "--quiet",
+    ]  # fmt: skip
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(fake_upstream.chat_bodies("chat")) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, err
+    assert "interrupted; finished answers are kept in" in err and "Traceback" not in err
+    asked = len(fake_upstream.chat_bodies("chat"))
+    assert asked < 3 + 3 * 3 * 2  # interrupted before the end
+    fake_upstream.clear()
+    resumed = perg(*args[4:])
+    assert resumed.returncode == 0, resumed.stderr
+    # baselines + naive + stage 1 = 21 answers in all; those finished before the interruption are not asked again
+    assert len(fake_upstream.chat_bodies("chat")) <= 21 - asked + 1
+    assert "3 items, 18 cases, 0 failed" in resumed.stdout
