@@ -7,6 +7,7 @@ setting: OpenAI's `json_schema`, llama_cpp.server's `json_object` with a `schema
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -34,15 +35,22 @@ def extract_json_object(text: str) -> dict[str, Any] | None:
     if start >= 0:
         candidates.append(_balanced(text, start))
     for candidate in candidates:
-        if not candidate:
-            continue
-        try:
-            value = orjson.loads(candidate)
-        except orjson.JSONDecodeError:
-            continue
+        value = _loads(candidate) if candidate else None
         if isinstance(value, dict):
             return value
     return None
+
+
+def _loads(text: str) -> Any:
+    """JSON, also with raw line breaks or tabs inside strings (small models write them)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(text, strict=False)
+    except ValueError:
+        return None
 
 
 def _balanced(text: str, start: int) -> str:

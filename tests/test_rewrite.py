@@ -55,6 +55,7 @@ def test_extract_json_object():
     assert extract_json_object('{"a": 1}') == {"a": 1}
     assert extract_json_object('text ```json\n{"a": "}"}\n``` more') == {"a": "}"}
     assert extract_json_object('prose {"a": {"b": [1, "{"]}} trailing') == {"a": {"b": [1, "{"]}}
+    assert extract_json_object('{"reason": ");\n", "score": 1}') == {"reason": ");\n", "score": 1}  # a raw line break
     assert extract_json_object("[1, 2]") is None
     assert extract_json_object("no json") is None
 

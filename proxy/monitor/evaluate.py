@@ -22,7 +22,6 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import orjson
 import structlog
 from prometheus_client import CollectorRegistry
 
@@ -30,8 +29,7 @@ from ..config import MonitorSettings
 from ..metrics import Metrics
 from ..pipeline.chat import first_content
 from ..pipeline.context import PipelineContext
-from ..pipeline.strategies import serve_chat
-from ..pipeline.turn import Reply, Turn
+from ..pipeline.inprocess import complete
 from ..preferences.handle import StoreHandle
 from ..preferences.models import JudgedSample, SampleTexts
 from ..sdk import CallFailed
@@ -79,13 +77,8 @@ class Evaluator:
 
     async def answer(self, request_id: str, body: dict[str, Any], strategy: str, preferences: tuple[str, ...]) -> str:
         """The answer `strategy` gives to a request, through the proxy's own pipeline (not streamed)."""
-        body = {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
-        turn = Turn(request_id=request_id, route="monitor", method="POST", headers={}, body=body)
-        turn.model, turn.strategy, turn.preferences = body["model"], strategy, preferences
-        reply = await serve_chat(turn, self._pipeline)
-        if not isinstance(reply, Reply) or reply.status != 200:
-            raise CallFailed("no_answer", f"{strategy} gave no answer")
-        return first_content(orjson.loads(reply.body))[0]
+        data, _ = await complete(self._pipeline, request_id, body, strategy, preferences)
+        return first_content(data)[0]
 
     async def judge(self, job: Job, role: str, strategy: str, answer: str, reference: str, relevance: str, reasons: dict[str, str]) -> None:
         judge, model = self.judges(job.model)

@@ -15,16 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import orjson
 
 from ..config import GateSettings, PersonalizationSettings, PromptFiles, StageSettings, UpstreamSettings
 from ..monitor.evaluate import private_metrics
 from ..pipeline.chat import first_content
 from ..pipeline.context import PipelineContext
 from ..pipeline.prompts import Prompts
-from ..pipeline.strategies import serve_chat
-from ..pipeline.turn import Reply, StreamReply, Turn
-from ..sdk import CallFailed
+from ..pipeline.inprocess import complete
 from ..upstream import Upstreams
 from .cases import PROMPT_VERSION
 
@@ -113,27 +110,6 @@ class Answerer:
 
     async def answer(self, request_id: str, body: dict[str, Any], strategy: Strategy, preferences: tuple[str, ...]) -> Answer:
         """The answer `strategy` gives to a (non-streamed) request; failures raise."""
-        turn = Turn(request_id=request_id, route="eval", method="POST", headers={}, body=body)
-        turn.model, turn.strategy, turn.preferences = body["model"], strategy.pipeline, preferences
-        reply = await serve_chat(turn, self.context(strategy.gate))
-        payload = await read_reply(reply)
-        if reply.status != 200:
-            raise CallFailed(f"http_{reply.status}", payload[:200].decode("utf-8", "replace"))
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise CallFailed("api_error", "the answer is not JSON") from None
-        if not isinstance(data, dict) or not data.get("choices"):
-            raise CallFailed("empty", "no choices in the answer")
+        data, turn = await complete(self.context(strategy.gate), request_id, body, strategy.pipeline, preferences)
         aligned = turn.aligned if strategy.pipeline == "pref_aligner" else None
         return Answer(first_content(data)[0], aligned, turn.draft if aligned is not None else None)
-
-
-async def read_reply(reply: Reply | StreamReply) -> bytes:
-    """The whole body of a reply; a `StreamReply` (an upstream that sent no length) is read and closed."""
-    if isinstance(reply, Reply):
-        return reply.body
-    try:
-        return b"".join([chunk async for chunk in reply.chunks])
-    finally:
-        await reply.close()
