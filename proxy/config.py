@@ -33,6 +33,7 @@ class Section(BaseModel):
 class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    backlog: int = Field(2048, ge=1)
     max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
     heartbeat_seconds: PositiveFloat = 5.0
     workers: int = Field(1, ge=1, le=64)

@@ -33,7 +33,8 @@ async def serve(settings: Settings, with_local_model: bool = False, reuse_port: 
         app = create_app(settings)
         runner = make_runner(app, shutdown_timeout=settings.server.grace_seconds)
         await runner.setup()
-        site = web.TCPSite(runner, settings.server.host, settings.server.port, reuse_port=reuse_port or None)
+        server = settings.server
+        site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None, backlog=server.backlog)
         try:
             await site.start()
         except OSError as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -154,3 +155,16 @@ async def _drop(schema: str) -> None:
         await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await connection.close()
+
+
+def test_listen_backlog_is_configurable(tmp_path, fake_upstream, processes):
+    import shutil
+
+    if shutil.which("ss") is None:
+        pytest.skip("reading a socket's backlog needs `ss` (iproute2)")
+    port = free_port()
+    config = write_config(tmp_path, port, fake_upstream.url).read_text().replace("grace_seconds: 10}", "grace_seconds: 10, backlog: 777}")
+    (tmp_path / "backlog.yaml").write_text(config)
+    processes.append(Proxy(tmp_path / "backlog.yaml", port))
+    listing = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout.split()
+    assert listing[2] == "777"  # a listening socket's Send-Q is its accept backlog
