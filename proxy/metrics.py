@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
@@ -49,9 +50,13 @@ def exposition(registry: CollectorRegistry) -> bytes:
 
 
 class Metrics:
+    """The proxy's metrics. `child()` is `metric.labels(...)` with the result kept, for the hot
+    path (labels are bounded, so the cache is too)."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.model_label = BoundedLabel()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "perg_requests", "Client requests handled.", ["route", "method", "status", "strategy"], registry=r
@@ -195,3 +200,10 @@ class Metrics:
             "perg_canary_either_correct", "Canary items right with or without preferences (PVR denominator).", canary_labels, registry=r
         )
         self.canary_errors = Counter("perg_canary_errors", "Canary probes that failed.", ["reason"], registry=r)
+
+    def child(self, metric: Any, *values: str) -> Any:
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found

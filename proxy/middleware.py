@@ -7,8 +7,8 @@ layer costs a coroutine frame on the hot path.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
-import uuid
 
 import orjson
 import structlog
@@ -22,6 +22,7 @@ from .sse import apply_turn_headers
 
 TURN: web.RequestKey[Turn] = web.RequestKey("turn", Turn)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 
 log = structlog.get_logger("perg.request")
@@ -48,7 +49,7 @@ def request_id_of(request: web.Request) -> str:
     incoming = request.headers.get("X-Request-ID")
     if incoming and REQUEST_ID.match(incoming):
         return incoming
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def error_response(error: BaseException, turn: Turn) -> web.Response:
@@ -113,9 +114,10 @@ def _record(path: str, turn: Turn, metrics: Metrics) -> None:
     overhead = turn.overhead()
     strategy = turn.strategy or "none"
     status = turn.status or 499
-    metrics.requests.labels(turn.route, turn.method, str(status), strategy).inc()
-    metrics.request_duration.labels(turn.route, strategy).observe(elapsed)
-    metrics.overhead.labels(turn.route, strategy).observe(overhead)
+    method = turn.method if turn.method in METHODS else "other"  # clients may send any token
+    metrics.child(metrics.requests, turn.route, method, str(status), strategy).inc()
+    metrics.child(metrics.request_duration, turn.route, strategy).observe(elapsed)
+    metrics.child(metrics.overhead, turn.route, strategy).observe(overhead)
     if turn.first_token_at is not None:
         metrics.ttft.labels(strategy).observe(turn.first_token_at)
     if turn.error_code and status < 400:

@@ -178,3 +178,16 @@ def test_admin_routes_need_admin_key(proxy):
     assert_openai_error(httpx2.get(proxy.url + "/perg/profiles", headers={"Authorization": "Bearer nope"}), 401)
     admin = httpx2.get(proxy.url + "/perg/profiles", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert admin.status_code != 401 and admin.status_code != 403
+
+
+def test_metric_labels_stay_bounded_whatever_the_client_sends(proxy, fake_upstream):
+    for method in ("BREW", "PROPFIND", "X-CUSTOM"):
+        httpx2.request(method, f"{proxy.base_url}/anything", headers=AUTH)
+    for i in range(60):
+        httpx2.post(f"{proxy.base_url}/embeddings", json={"model": f"model-{i}", "input": "x"}, headers=AUTH)
+        post_chat(proxy, orjson.dumps({"model": f"chat-model-{i}", "messages": [{"role": "user", "content": "x"}]}))
+    text = httpx2.get(proxy.url + "/metrics").text
+    methods = {line.split('method="')[1].split('"')[0] for line in text.splitlines() if line.startswith("perg_requests_total{")}
+    assert methods <= {"GET", "POST", "other"} and "other" in methods
+    models = {line.split('model="')[1].split('"')[0] for line in text.splitlines() if line.startswith("perg_tokens_total{")}
+    assert len(models) <= 51 and "other" in models  # the first 50 names, then "other"
