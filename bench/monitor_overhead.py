@@ -1,14 +1,15 @@
 """Benchmark: what the online monitor costs the request path.
 
-    python bench/monitor_overhead.py [--requests 3000]
+    python bench/monitor_overhead.py [--requests 3000] [--delay-ms 20]
 
 Two proxies on the same fake upstream, identical but for `monitor.sample_rate` (0.0 and 1.0,
-shadow runs on too, the fake upstream answering as judge), serve the same personalized requests
-(`naive`, so each request is one upstream call and the monitor's work is all extra) in the same
-run, interleaved: p50 and p99 latency at concurrency 1 and 32. Sampling must add nothing
-measurable: the monitor only queues the sample after the response, and its workers run beside
-the request path (on the same CPU, so at saturation they compete for it; the figures show how
-much). Bounded in request count and time.
+shadow runs too, the fake upstream also answering as judge), serve the same personalized requests
+(`naive`, so each request is one upstream call and the monitor's work, up to nine more calls
+per sample, is all extra) in the same run, interleaved: p50 and p99 latency at concurrency 1 and
+32. Every upstream call, the judges' too, takes `--delay-ms` (a model's latency): the monitor's
+fixed workers then spend their time waiting on the judge, as in production, and what they cost
+the request path is their CPU. `--delay-ms 0` shows the worst case, judges that answer at once,
+where the workers use all the CPU they can get. Bounded in request count and time.
 """
 
 from __future__ import annotations
@@ -32,26 +33,27 @@ monitor: {{enabled: true, sample_rate: {rate}, shadow_rate: {rate}, workers: 2, 
 EXTENSION = {"personalization": {"preferences": ["Answer in the style of a pirate."]}}
 
 
-async def measure(port: int, concurrency: int, requests: int) -> dict[str, float]:
-    request = chat_request("127.0.0.1", port, "/v1/chat/completions", "echo", False, KEY, EXTENSION)
+async def measure(port: int, model: str, concurrency: int, requests: int) -> dict[str, float]:
+    request = chat_request("127.0.0.1", port, "/v1/chat/completions", model, False, KEY, EXTENSION)
     result = await run_load("127.0.0.1", port, request, concurrency=concurrency, requests=requests, max_seconds=120)
     if result.errors:
         raise RuntimeError(f"{result.errors} errors")
     return result.summary()
 
 
-async def run(requests: int, rounds: int) -> dict[tuple[float, int], list[dict[str, float]]]:
+async def run(requests: int, rounds: int, delay_ms: int) -> dict[tuple[float, int], list[dict[str, float]]]:
+    model = f"delay-{delay_ms}" if delay_ms else "echo"
     workdir = Path(tempfile.mkdtemp(prefix="perg-bench-monitor-"))
     fake, upstream_port = start_fake()
     proxies = {rate: start_proxy(upstream_port, workdir, MONITOR.format(rate=rate), f"rate-{rate}") for rate in (0.0, 1.0)}
     results: dict[tuple[float, int], list[dict[str, float]]] = {}
     try:
         for rate, (_, port) in proxies.items():
-            await measure(port, 8, 300)  # warm-up
+            await measure(port, model, 8, 300)  # warm-up
         for _ in range(rounds):  # interleaved, so drift on the machine hits both alike
             for concurrency in (1, 32):
                 for rate, (_, port) in proxies.items():
-                    results.setdefault((rate, concurrency), []).append(await measure(port, concurrency, requests // rounds))
+                    results.setdefault((rate, concurrency), []).append(await measure(port, model, concurrency, requests // rounds))
     finally:
         for process, _ in proxies.values():
             stop(process)
@@ -80,9 +82,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000, help="per proxy and concurrency, over all rounds")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--delay-ms", type=int, default=20, help="every upstream call's latency, judges included")
     args = parser.parse_args()
     pin_self(1)
-    results = run_async(run(args.requests, args.rounds))
+    results = run_async(run(args.requests, args.rounds, args.delay_ms))
     report(results)
 
 

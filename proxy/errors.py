@@ -138,6 +138,15 @@ def _openai_error(payload: bytes) -> dict[str, Any] | None:
     return None
 
 
+class CallFailed(Exception):
+    """A call the proxy makes in the background (a judge, a reference, a benchmark answer) that
+    failed after its retries, or whose reply was unusable; `reason` is a bounded label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
 INTERNAL_MESSAGE = "The proxy failed to handle the request; the request id identifies it in the logs."
 
 

@@ -1,8 +1,8 @@
-"""The openai SDK, for calls made in the background (judges, the offline benchmark).
+"""The openai SDK, for the offline benchmark's calls (`perg-proxy eval` against any
+OpenAI-compatible server). The only module that imports openai.
 
-The only module that imports openai. Background calls get the SDK's retries with exponential
-backoff (429, 408, 409, 5xx, timeouts and connection errors; `retry-after` honoured) and its typed
-errors; the request path does not use it (see `upstream.py` for why).
+The proxy itself (the request path and the monitor, which shares its CPU) calls upstreams on
+aiohttp (`upstream.py`): measured here, the SDK costs about 470 µs of CPU per call against 80 µs.
 """
 
 from __future__ import annotations
@@ -12,17 +12,10 @@ from typing import Any
 import httpx2
 import openai
 
+from .errors import CallFailed
 from .structured import extract_json_object
 
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
-
-
-class CallFailed(Exception):
-    """A background call that failed after its retries; `reason` is a bounded label."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
 
 
 def client(base_url: str, api_key: str, *, timeout: float, max_retries: int, headers: dict[str, str] | None = None) -> openai.AsyncOpenAI:

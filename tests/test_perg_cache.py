@@ -11,7 +11,7 @@ from proxy.errors import InvalidRequest, UpstreamStatusError, UpstreamTimeout, U
 from proxy.perg.cache import CacheKey, ResponseCache, fingerprint
 from proxy.perg.progress import Progress, duration
 from proxy.perg.retry import describe_error, retried, transient
-from proxy.sdk import CallFailed
+from proxy.errors import CallFailed
 
 KEY = CacheKey(
     kind="answer", item_id="q1", setting="relevant", strategy="naive", model="m", prompt_version="mcq-v1+naive:abc", inputs=fingerprint({"a": 1}, ["p"])

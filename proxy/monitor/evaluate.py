@@ -32,7 +32,7 @@ from ..pipeline.context import PipelineContext
 from ..pipeline.inprocess import complete
 from ..preferences.handle import StoreHandle
 from ..preferences.models import JudgedSample, SampleTexts
-from ..sdk import CallFailed
+from ..errors import CallFailed
 from .job import Job
 from .judges import ConsistencyVerdict, FollowVerdict
 

@@ -3,21 +3,28 @@ following (the paper's Likert 1–5 rubric, correctness ignored).
 
 Each asks for JSON constrained to a schema (in the judge upstream's structured-output style) and
 validates the reply into a model; a reply that does not validate, or a call that fails after its
-retries, is a `CallFailed` (a counted judge failure), never a score.
+retries, is a `CallFailed` (a counted judge failure), never a score. How a request reaches the
+judge model is the caller's: the monitor uses the proxy's own aiohttp client (`ask_upstream`),
+the offline benchmark the openai SDK.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import openai
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..config import Retries
+from ..errors import CallFailed, ProxyError, UpstreamStatusError, UpstreamTimeout, UpstreamUnreachable
+from ..pipeline.chat import first_content
 from ..pipeline.prompts import Prompt, load_prompt, preference_lines
-from ..sdk import CallFailed, complete_json
-from ..structured import response_format
+from ..structured import extract_json_object, response_format
+from ..upstream import UpstreamClient, retry_delay
+
+AskJson = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 REASON = {"type": "string", "maxLength": 120}  # short: a tiny judge model can run on and on
 
@@ -54,17 +61,17 @@ def schema(name: str) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Judge:
-    """The judges on one upstream: its SDK client, structured-output style, and the prompts."""
+    """The judges on one upstream: how to ask it for JSON, its structured-output style, the prompts."""
 
-    sdk: openai.AsyncOpenAI
+    ask_json: AskJson
     style: str
     max_tokens: int
     prompts: dict[str, Prompt]
 
     @classmethod
-    def create(cls, sdk: openai.AsyncOpenAI, style: str, max_tokens: int) -> Judge:
+    def create(cls, ask_json: AskJson, style: str, max_tokens: int) -> Judge:
         prompts = {name: load_prompt(f"judge_{name}") for name in SCHEMAS}
-        return cls(sdk, style, max_tokens, prompts)
+        return cls(ask_json, style, max_tokens, prompts)
 
     async def ask(self, name: str, model: str, **values: str) -> Any:
         prompt = self.prompts[name]
@@ -77,7 +84,7 @@ class Judge:
         constraint = response_format(self.style, f"perg_{name}_verdict", schema(name))
         if constraint is not None:
             body["response_format"] = constraint
-        data = await complete_json(self.sdk, body)
+        data = await self.ask_json(body)
         try:
             return MODELS[name].model_validate(data)
         except ValidationError as error:
@@ -92,3 +99,34 @@ class Judge:
     async def follow(self, model: str, query: str, preferences: Sequence[str], without: str, with_: str) -> FollowVerdict:
         values = {"query": query, "preferences": preference_lines(list(preferences)), "answer_without": without, "answer_with": with_}
         return await self.ask("follow", model, **values)
+
+
+async def ask_upstream(upstream: UpstreamClient, body: dict[str, Any], *, timeout: float, retries: Retries, request_id: str) -> dict[str, Any]:
+    """One judge call on the proxy's own client: 429 / 5xx / timeouts retried with backoff
+    (`retry-after` honoured), then the reply's JSON object; failures are `CallFailed`."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            result = await upstream.chat(body, request_id=request_id, timeout=timeout, stage="judge")
+            break
+        except ProxyError as error:
+            wait = retry_delay(error, attempt, retries) if attempt < retries.max_attempts else None
+            if wait is None:
+                raise CallFailed(failure_reason(error), error.message) from error
+            await asyncio.sleep(wait)
+    text = first_content(result.data)[0]
+    data = extract_json_object(text)
+    if data is None:
+        raise CallFailed("unparseable", f"no JSON object in the reply: {text[:120]!r}")
+    return data
+
+
+def failure_reason(error: ProxyError) -> str:
+    if isinstance(error, UpstreamStatusError):
+        return f"http_{error.status}"
+    if isinstance(error, UpstreamTimeout):
+        return "timeout"
+    if isinstance(error, UpstreamUnreachable):
+        return "unreachable"
+    return error.code or "error"

@@ -8,22 +8,21 @@ left (queued or in progress) is abandoned and counted.
 from __future__ import annotations
 
 import asyncio
+import functools
 from contextlib import suppress
 
-import openai
 import structlog
 
-from ..config import Settings
+from ..config import Retries, Settings
 from ..metrics import Metrics
 from ..pipeline.context import PipelineContext
 from ..pipeline.prompts import Prompts
 from ..preferences.handle import StoreHandle
-from ..sdk import client as sdk_client
 from ..upstream import Upstreams
 from .canary import Canary
 from .evaluate import Evaluator, private_metrics
 from .job import Job
-from .judges import Judge
+from .judges import Judge, ask_upstream
 from .sampler import Sampler
 
 log = structlog.get_logger("perg.monitor")
@@ -42,7 +41,6 @@ class Monitor:
         self._canary_task: asyncio.Task[None] | None = None
         self._accepting = False
         self._busy = 0
-        self._sdks: list[openai.AsyncOpenAI] = []
         self._judges: dict[str, Judge] = {}
         self._upstreams: Upstreams | None = None
         self.evaluator: Evaluator | None = None
@@ -64,7 +62,7 @@ class Monitor:
         log.info("monitor_started", workers=self.settings.workers, sample_rate=self.settings.sample_rate, shadow_rate=self.settings.shadow_rate)
 
     def judge_for(self, request_model: str) -> tuple[Judge, str]:
-        """The judges (one SDK client per upstream, created once) and the judge model: the
+        """The judges (one per upstream, on the monitor's own clients) and the judge model: the
         configured ones, else the request's model on its upstream."""
         settings = self.settings.judge
         model = settings.model or request_model
@@ -74,9 +72,11 @@ class Monitor:
             assert self._upstreams is not None
             upstream = self._upstreams.for_model(model).settings
         if upstream.name not in self._judges:
-            sdk = sdk_client(upstream.base_url, upstream.api_key, timeout=settings.timeout_seconds, max_retries=settings.max_retries, headers=dict(upstream.headers))
-            self._sdks.append(sdk)
-            self._judges[upstream.name] = Judge.create(sdk, upstream.structured_output, settings.max_tokens)
+            assert self._upstreams is not None
+            client = self._upstreams.named(upstream.name)
+            retries = Retries(max_attempts=settings.max_retries + 1)
+            ask = functools.partial(ask_upstream, client, timeout=settings.timeout_seconds, retries=retries, request_id="perg-monitor")
+            self._judges[upstream.name] = Judge.create(ask, upstream.structured_output, settings.max_tokens)
         return self._judges[upstream.name], model
 
     def submit(self, job: Job) -> bool:
@@ -128,8 +128,6 @@ class Monitor:
             await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
         self._metrics.monitor_queue_depth.set(0)
-        for sdk in self._sdks:
-            await sdk.close()
         if self._upstreams is not None:
             await self._upstreams.close()
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
@@ -32,7 +33,7 @@ class Judging:
 
     def __init__(self, base_url: str, api_key: str, model: str, style: str, *, max_tokens: int, timeout: float) -> None:
         self.sdk = sdk_client(base_url, api_key, timeout=timeout, max_retries=0)
-        self.judge = Judge.create(self.sdk, style, max_tokens)
+        self.judge = Judge.create(functools.partial(complete_json, self.sdk), style, max_tokens)
         self.model = model
 
     def version(self, name: str) -> str:

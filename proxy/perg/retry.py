@@ -15,7 +15,7 @@ from typing import TypeVar
 import aiohttp
 
 from ..errors import ProxyError, UpstreamProtocolError, UpstreamStatusError, UpstreamTimeout, UpstreamUnreachable
-from ..sdk import CallFailed
+from ..errors import CallFailed
 from ..upstream import UpstreamStreamBroken
 
 T = TypeVar("T")

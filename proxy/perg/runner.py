@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from ..sdk import CallFailed
+from ..errors import CallFailed
 from .answering import BASELINE, BASELINE_STRATEGY, Answer, Answerer, Strategy, parse_strategy
 from .cache import CacheKey, ResponseCache, fingerprint
 from .cases import mcq_prompt

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from ..sdk import CallFailed
+from ..errors import CallFailed
 from .context import PipelineContext
 from .strategies import serve_chat
 from .turn import Reply, StreamReply, Turn
