@@ -13,12 +13,14 @@ import csv
 import json
 import re
 import string
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+T = TypeVar("T")
 
 LETTERS = string.ascii_uppercase
 BUILTIN_DATASET = "builtin_mcq.jsonl"
@@ -222,19 +224,25 @@ def load_pergdata_csv(path: str | Path, *, setting: Setting = "relevant") -> lis
     `category`. Item ids are `<file stem>-<line>`; every row becomes one case in `setting`.
     """
     path = Path(path)
-    cases: list[PreferenceItem] = []
+    return parse_csv(path, PERGDATA_COLUMNS, lambda line, row: _pergdata_case(row, f"{path.stem}-{line}", path.stem, setting))
+
+
+def parse_csv(path: str | Path, required: Sequence[str], parse: Callable[[int, dict[str, str]], T]) -> list[T]:
+    """`parse(line, row)` over every row of a CSV file; every bad row (a `ValueError` from
+    `parse`, or the file itself) is reported at once, with its line number."""
+    parsed: list[T] = []
     problems: list[tuple[int, str]] = []
     try:
-        for line, row in csv_rows(path, PERGDATA_COLUMNS):
+        for line, row in csv_rows(path, required):
             try:
-                cases.append(_pergdata_case(row, f"{path.stem}-{line}", path.stem, setting))
+                parsed.append(parse(line, row))
             except ValueError as error:
                 problems.append((line, describe(error)))
     except DatasetError as error:
         problems.extend(error.problems)
     if problems:
         raise DatasetError(str(path), sorted(problems))
-    return cases
+    return parsed
 
 
 def _pergdata_case(row: dict[str, Any], item_id: str, default_source: str, setting: Setting) -> PreferenceItem:

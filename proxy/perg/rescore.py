@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
-from .datasets import DatasetError, Setting, csv_rows, describe, parse_gold, parse_options
+from .datasets import DatasetError, Setting, parse_csv, parse_gold, parse_options
 from .extract import extract_letter
 from .metrics import Record, point_rates
 
@@ -94,19 +94,7 @@ def _columns(path: str | Path) -> Columns:
 
 def _scored_rows(path: str | Path, columns: Columns, threshold: int) -> list[ScoredRow]:
     required = [*QUESTION_COLUMNS, columns.nopref, columns.pref]
-    rows: list[ScoredRow] = []
-    problems: list[tuple[int, str]] = []
-    try:
-        for line, row in csv_rows(path, required):
-            try:
-                rows.append(_scored_row(line, row, columns, threshold))
-            except ValueError as error:
-                problems.append((line, describe(error)))
-    except DatasetError as error:
-        problems.extend(error.problems)
-    if problems:
-        raise DatasetError(str(path), sorted(problems))
-    return rows
+    return parse_csv(path, required, lambda line, row: _scored_row(line, row, columns, threshold))
 
 
 def _scored_row(line: int, row: dict[str, str], columns: Columns, threshold: int) -> ScoredRow:
