@@ -15,8 +15,6 @@ import openai
 from .errors import CallFailed
 from .structured import extract_json_object
 
-RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
-
 
 def client(base_url: str, api_key: str, *, timeout: float, max_retries: int, headers: dict[str, str] | None = None) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(

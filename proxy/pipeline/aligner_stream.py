@@ -24,7 +24,6 @@ from .context import PipelineContext
 from .rewrite import RewriteFilter
 from .turn import StreamReply, Turn
 
-FINISHED = object()
 
 
 class StageTwoBroke(ProxyError):
