@@ -78,7 +78,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 def _sample(turn: Turn, services: Services) -> bool:
     """Decide (deterministically) whether the monitor judges this request; prepare to capture."""
     turn.judge, turn.shadow = services.monitor.sampler.decide(turn.request_id, turn.model or "", turn.strategy or "off", bool(turn.preferences))
-    if (turn.judge or turn.shadow) and turn.stream and turn.strategy != "pref_aligner":
+    # A pass-through stream's answer is only seen as it passes: capture it. Pref-Aligner (which
+    # runs only with preferences) records its own answer and draft.
+    passes_through = turn.strategy != "pref_aligner" or not turn.preferences
+    if (turn.judge or turn.shadow) and turn.stream and passes_through:
         turn.captured = bytearray()
     return turn.judge or turn.shadow
 
@@ -91,7 +94,6 @@ def _submit(turn: Turn, reply: Reply | StreamReply, services: Services) -> None:
         services.monitor.submit(job_of(turn, reply))
     except Exception:  # noqa: BLE001 - monitoring never fails a request
         log.exception("monitor_submit_failed")
-
 
 
 async def list_models(request: web.Request) -> web.StreamResponse:

@@ -235,3 +235,13 @@ def test_a_hanging_judge_does_not_touch_the_request_path(start_proxy, fake_upstr
         return [r.status_code for r in responses]
 
     assert asyncio.run(burst()) == [200] * 20
+
+
+def test_pref_aligner_stream_without_preferences_is_captured(start_proxy, fake_upstream):
+    # with require_preferences off, a pref_aligner request without preferences passes through
+    proxy = monitored(start_proxy, filters={"require_preferences": False})
+    body = {"model": "echo", "messages": [{"role": "user", "content": "What is the capital of France?"}], "stream": True}
+    assert httpx2.post(f"{proxy.base_url}/chat/completions", json=body, headers={"Authorization": f"Bearer {CLIENT_KEY}"}).status_code == 200
+    assert wait_for(lambda: fake_upstream.chat_bodies("judge_consistency"))
+    prompt = fake_upstream.chat_bodies("judge_consistency")[0]["messages"][1]["content"]
+    assert "### Personalized answer\nWhat is the capital of France?" in prompt
