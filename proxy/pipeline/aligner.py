@@ -9,6 +9,7 @@ answer because of stage 2: any failure of it serves the draft (`x-perg-aligned: 
 from __future__ import annotations
 
 import asyncio
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,8 @@ async def plan(turn: Turn, ctx: PipelineContext) -> Plan:
     finally:
         if gate is not None and not gate.done():
             gate.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await gate  # stage 1 failed: the gate's answer is not needed
     usage = add_usage(add_usage(None, stage1.data.get("usage")), gate_usage)
     return Plan(stage1.data, stage1.headers, query, relevant, usage)
 
@@ -93,7 +96,7 @@ def aligner_body(turn: Turn, ctx: PipelineContext, model: str, query: str, draft
     return body
 
 
-def preset(choice: dict[str, Any], turn: Turn, ctx: PipelineContext, relevant: tuple[str, ...]) -> Outcome | None:
+def preset(choice: dict[str, Any], turn: Turn, relevant: tuple[str, ...]) -> Outcome | None:
     """The outcome of a choice that needs no stage 2, or None when it must be rewritten."""
     message = choice.get("message") or {}
     draft = message.get("content") if isinstance(message.get("content"), str) else ""
@@ -106,7 +109,7 @@ def preset(choice: dict[str, Any], turn: Turn, ctx: PipelineContext, relevant: t
 
 async def rewrite_choice(turn: Turn, ctx: PipelineContext, p: Plan, choice: dict[str, Any]) -> Outcome:
     """Stage 2 for one choice (non-streaming)."""
-    done = preset(choice, turn, ctx, p.relevant)
+    done = preset(choice, turn, p.relevant)
     if done is not None:
         return done
     draft = choice["message"]["content"]

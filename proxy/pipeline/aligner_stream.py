@@ -126,7 +126,7 @@ def final_event(turn: Turn, template: dict[str, Any], outcomes: list[Outcome], u
 async def produce(turn: Turn, ctx: PipelineContext, p: Plan, index: int, choice: dict[str, Any], queue: asyncio.Queue) -> None:
     """Put this choice's chunks on the queue, then its Outcome (or an exception to raise)."""
     try:
-        done = preset(choice, turn, ctx, p.relevant)
+        done = preset(choice, turn, p.relevant)
         outcome = done if done is not None else await stream_rewrite(turn, ctx, p, index, choice, queue)
         if outcome.outcome != "aligned":
             await put_whole(queue, index, outcome, choice)
