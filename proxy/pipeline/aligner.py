@@ -169,7 +169,10 @@ async def serve_pref_aligner(turn: Turn, ctx: PipelineContext) -> Reply:
     p = await plan(turn, ctx)
     choices = p.draft.get("choices") or []
     with turn.waiting():
-        outcomes = list(await asyncio.gather(*(rewrite_choice(turn, ctx, p, choice) for choice in choices)))
+        if len(choices) == 1:  # the usual case: no task to schedule before stage 2 can go out
+            outcomes = [await rewrite_choice(turn, ctx, p, choices[0])]
+        else:
+            outcomes = list(await asyncio.gather(*(rewrite_choice(turn, ctx, p, choice) for choice in choices)))
     record(turn, ctx, outcomes)
     data = dict(p.draft)
     data["choices"] = [served_choice(choice, outcome) for choice, outcome in zip(choices, outcomes)]

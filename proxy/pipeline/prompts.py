@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -25,12 +25,12 @@ class Prompt:
     system: str
     user: str
     version: str
+    # The section headings of the user template (`### …` lines): a model echoing one has
+    # started to repeat the prompt. Read on every rewrite, so worked out once.
+    headings: tuple[str, ...] = field(init=False)
 
-    @property
-    def headings(self) -> tuple[str, ...]:
-        """The section headings of the user template (`### …` lines): a model echoing one has
-        started to repeat the prompt."""
-        return tuple(line.strip() for line in self.user.splitlines() if line.startswith("### "))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "headings", tuple(line.strip() for line in self.user.splitlines() if line.startswith("### ")))
 
     def render_user(self, **values: str) -> str:
         return _fill(self.user, values)

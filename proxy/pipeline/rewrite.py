@@ -10,6 +10,7 @@ reply, trailing white space).
 
 from __future__ import annotations
 
+import functools
 import re
 
 from ..structured import extract_json_object
@@ -27,7 +28,7 @@ JSON_KEYS = ("answer", "rewritten_answer", "rewritten", "text", "content")
 
 class RewriteFilter:
     def __init__(self, headings: tuple[str, ...] = ()) -> None:
-        self._echo = tuple({" ".join(h.lower().split()[:2]) for h in headings if h.startswith("### ")})
+        self._echo = _echo_prefixes(headings)
         self._state = "start"  # start -> text | json | done
         self._buffer = ""
         self._held = ""
@@ -66,7 +67,7 @@ class RewriteFilter:
         if _opens_json(stripped):
             self._state = "json"
             return ""
-        if UNCHANGED.startswith(_letters(stripped)[: len(UNCHANGED)]) and len(stripped) <= len(UNCHANGED) + 2:
+        if len(stripped) <= len(UNCHANGED) + 2 and UNCHANGED.startswith(_letters(stripped)[: len(UNCHANGED)]):
             return ""  # still possibly the UNCHANGED marker
         if _plain_start(stripped):
             return self._start_text()
@@ -166,6 +167,13 @@ def _opens_json(text: str) -> bool:
 
 def _letters(text: str) -> str:
     return "".join(char for char in text.upper() if char.isalpha())
+
+
+@functools.lru_cache(maxsize=64)
+def _echo_prefixes(headings: tuple[str, ...]) -> tuple[str, ...]:
+    """The first two words of each `### ` heading, lowered: how an echo of the prompt starts
+    (a few prompts per process, so the cache stays small)."""
+    return tuple({" ".join(h.lower().split()[:2]) for h in headings if h.startswith("### ")})
 
 
 def parse_rewrite(reply: str, headings: tuple[str, ...] = ()) -> RewriteFilter:
