@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from typing import Any
 
 from multidict import CIMultiDict
@@ -52,55 +52,75 @@ async def prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byt
 
 
 async def stream_events(turn: Turn, ctx: PipelineContext) -> AsyncIterator[bytes]:
-    """The response's events; a heartbeat whenever `heartbeat_seconds` pass without one."""
+    """The response's events; a heartbeat whenever `heartbeat_seconds` pass without one. Events
+    that are ready at the same moment go out together, in one write."""
     interval = ctx.heartbeat_seconds
-    planning = asyncio.create_task(plan(turn, ctx))  # counts its own upstream wait
-    try:
-        while not (await asyncio.wait({planning}, timeout=interval))[0]:
-            yield HEARTBEAT
-    finally:
-        if not planning.done():
-            planning.cancel()
-            with suppress(BaseException):
-                await planning
-    p = planning.result()
-    template = stream_template(p.draft)
-    choices = p.draft.get("choices") or []
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-    tasks = [asyncio.create_task(produce(turn, ctx, p, index, choice, queue)) for index, choice in enumerate(choices)]
+    stages = asyncio.create_task(run_stages(turn, ctx, queue))
+    p: Plan | None = None
+    template: dict[str, Any] = {}
     outcomes: dict[int, Outcome] = {}
-    usage = p.usage
+    usage = None
+    announced = False
     try:
-        announced = False
-        while len(outcomes) < len(tasks):
+        while p is None or len(outcomes) < len(p.draft.get("choices") or []):
             try:
-                with turn.waiting():
+                # Stage 1 counts its own upstream wait; from then on, waiting here is stage 2's.
+                with turn.waiting() if p is not None else nullcontext():
                     async with asyncio.timeout(interval):
-                        index, item = await queue.get()
+                        ready = [await queue.get()]
             except TimeoutError:
                 yield HEARTBEAT
                 continue
-            if isinstance(item, Outcome):
-                outcomes[index] = item
-                usage = add_usage(usage, item.usage)
-                continue
-            if isinstance(item, BaseException):
-                raise item
-            header = item.pop("_header", None)
-            if not announced:
-                announced = True
-                if turn.aligned != "pending":
-                    turn.aligned = aligned_header(list(outcomes.values())) if outcomes else (header or "true")
-            yield data_event(chunk(template, [item]))
+            while not queue.empty():
+                ready.append(queue.get_nowait())
+            events: list[bytes] = []
+            failure: BaseException | None = None
+            for index, item in ready:
+                if isinstance(item, BaseException):
+                    failure = item
+                    break
+                if isinstance(item, Plan):
+                    p, template, usage = item, stream_template(item.draft), item.usage
+                elif isinstance(item, Outcome):
+                    outcomes[index] = item
+                    usage = add_usage(usage, item.usage)
+                else:
+                    header = item.pop("_header", None)
+                    if not announced:
+                        announced = True
+                        if turn.aligned != "pending":
+                            turn.aligned = aligned_header(list(outcomes.values())) if outcomes else (header or "true")
+                    events.append(data_event(chunk(template, [item])))
+            if events:
+                yield b"".join(events)
+            if failure is not None:
+                raise failure
     finally:
-        for task in tasks:
-            task.cancel()
+        if not stages.done():
+            stages.cancel()
+            with suppress(BaseException):
+                await stages
     ordered = [outcomes[i] for i in sorted(outcomes)]
     record_stream(turn, ctx, ordered)
-    final = final_event(turn, template, ordered, usage)
-    if final:
-        yield final
-    yield DONE
+    yield final_event(turn, template, ordered, usage) + DONE
+
+
+async def run_stages(turn: Turn, ctx: PipelineContext, queue: asyncio.Queue) -> None:
+    """Stage 1 and the gate, then stage 2 of every choice, in one task: its results, chunks and
+    failures all go on `queue` (stage 1's as a `Plan` at index -1), none is lost."""
+    try:
+        p = await plan(turn, ctx)
+        queue.put_nowait((-1, p))
+        choices = p.draft.get("choices") or []
+        if len(choices) == 1:  # the usual case: stage 2 goes out at once, from this task
+            await produce(turn, ctx, p, 0, choices[0], queue)
+        else:
+            async with asyncio.TaskGroup() as group:
+                for index, choice in enumerate(choices):
+                    group.create_task(produce(turn, ctx, p, index, choice, queue))
+    except Exception as error:  # noqa: BLE001 - handed to the response, which reports it
+        queue.put_nowait((-1, error))
 
 
 def record_stream(turn: Turn, ctx: PipelineContext, outcomes: list[Outcome]) -> None:
