@@ -37,22 +37,38 @@ async def timed(port: int, key: str, model: str, stream: bool, requests: int, ex
     return result.summary()
 
 
-async def aiohttp_call_p50(port: int, model: str, requests: int) -> float:
-    """D as an aiohttp client (the proxy's own) sees it: p50 ms of sequential calls."""
+async def client_call_p50(port: int, model: str, requests: int, client: str) -> float:
+    """D as another client sees it: p50 ms of sequential calls from an aiohttp client (the
+    pass-through's) or from `proxy.calls.Pool` (the client of the proxy's own stage calls)."""
     import time
 
     import aiohttp
     import orjson
 
+    from proxy.calls import Pool
+
     body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "hello benchmark"}]})
     latencies = []
-    async with aiohttp.ClientSession() as session:
+    session = aiohttp.ClientSession() if client == "aiohttp" else None
+    pool = Pool(f"http://127.0.0.1:{port}/v1", 4, 5.0, {"Content-Type": "application/json"}) if client == "pool" else None
+    try:
         for index in range(requests + 10):
             started = time.perf_counter()
-            async with session.post(f"http://127.0.0.1:{port}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}) as response:
-                await response.read()
+            if session is not None:
+                async with session.post(f"http://127.0.0.1:{port}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}) as response:
+                    await response.read()
+            else:
+                assert pool is not None
+                answer = await pool.post("/chat/completions", body)
+                await answer.read(1 << 20)
+                answer.close()
             if index >= 10:
                 latencies.append((time.perf_counter() - started) * 1000)
+    finally:
+        if session is not None:
+            await session.close()
+        if pool is not None:
+            await pool.close()
     return sorted(latencies)[len(latencies) // 2]
 
 
@@ -72,12 +88,14 @@ async def run(delay_ms: int, requests: int) -> list[tuple[str, dict[str, float],
         pin_self(0)  # D as the proxy sees it: one call from the proxy's CPU to the fake upstream's
         direct = await timed(upstream_port, "", model, False, requests)
         direct_stream = await timed(upstream_port, "", model, True, requests)
-        d_aiohttp = await aiohttp_call_p50(upstream_port, model, requests)
+        d_aiohttp = await client_call_p50(upstream_port, model, requests, "aiohttp")
+        d_pool = await client_call_p50(upstream_port, model, requests, "pool")
         pin_self(1)
         d = direct["p50_ms"]
         rows.append(("direct call = D", direct, float("nan")))
         rows.append(("direct call, streaming: first chunk", direct_stream, float("nan")))
         rows.append(("direct call from an aiohttp client = D'", {"p50_ms": d_aiohttp, "p99_ms": float("nan")}, float("nan")))
+        rows.append(("direct call from the proxy's stage client = D''", {"p50_ms": d_pool, "p99_ms": float("nan")}, float("nan")))
         rows.append(("off", await timed(port_on, KEY, model, False, requests, extension([STYLE], "off")), d + 2))
         rows.append(("naive", await timed(port_on, KEY, model, False, requests, extension([STYLE], "naive")), d + 2))
         rows.append(("pref_aligner, gate off", await timed(port_off, KEY, model, False, requests, extension([STYLE], "pref_aligner")), 2 * d + 2))
@@ -93,7 +111,8 @@ async def run(delay_ms: int, requests: int) -> list[tuple[str, dict[str, float],
 
 def report(rows: list[tuple[str, dict[str, float], float]], delay_ms: int) -> None:
     print(f"fake upstream delay {delay_ms} ms per call; D = one direct call from the proxy's CPU (the load")
-    print("generator's raw client); D' = the same call from an aiohttp client, the proxy's own; concurrency 1\n")
+    print("generator's raw client); D' = the same call from an aiohttp client (the pass-through's); D'' = from")
+    print("proxy/calls.py (the client of the proxy's own calls); concurrency 1\n")
     print("| case | p50 ms | p99 ms | target p50 ms | met |")
     print("|---|---|---|---|---|")
     for case, figures, target in rows:
@@ -104,9 +123,10 @@ def report(rows: list[tuple[str, dict[str, float], float]], delay_ms: int) -> No
     by_case = {case: figures for case, figures, _ in rows}
     d = by_case["direct call = D"]["p50_ms"]
     d2 = by_case["direct call from an aiohttp client = D'"]["p50_ms"]
-    print(f"\nagainst D' = {d2:.2f} ms (D + {d2 - d:.2f}): pref_aligner gate off {by_case['pref_aligner, gate off']['p50_ms'] - 2 * d2:+.2f} ms over 2D', "
-          f"gate on {by_case['pref_aligner, gate on, relevant']['p50_ms'] - 2 * d2:+.2f} ms, streaming first token "
-          f"{by_case['pref_aligner streaming: first token']['ttfb_p50_ms'] - d2 - by_case['direct call, streaming: first chunk']['ttfb_p50_ms']:+.2f} ms over D' + first chunk")
+    d3 = by_case["direct call from the proxy's stage client = D''"]["p50_ms"]
+    print(f"\nper call, an aiohttp client costs D + {d2 - d:.2f} ms and the proxy's stage client (proxy/calls.py) D + {d3 - d:.2f} ms;")
+    print(f"over 2D: pref_aligner gate off {by_case['pref_aligner, gate off']['p50_ms'] - 2 * d:+.2f} ms, gate on {by_case['pref_aligner, gate on, relevant']['p50_ms'] - 2 * d:+.2f} ms; "
+          f"streaming first token {by_case['pref_aligner streaming: first token']['ttfb_p50_ms'] - d - by_case['direct call, streaming: first chunk']['ttfb_p50_ms']:+.2f} ms over D + first chunk")
     gate_cost = by_case["pref_aligner, gate on, relevant"]["p50_ms"] - by_case["pref_aligner, gate off"]["p50_ms"]
     print(f"\nthe gate (one extra, concurrent upstream call) adds {gate_cost:+.2f} ms at p50 when a preference is relevant,")
     saved = by_case["pref_aligner, gate off"]["p50_ms"] - by_case["pref_aligner, gate on, only unrelated"]["p50_ms"]

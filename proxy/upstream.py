@@ -1,14 +1,14 @@
-"""Calls to upstream OpenAI-compatible servers on the request path, on aiohttp.
+"""Calls to upstream OpenAI-compatible servers.
 
-* `UpstreamClient.open()`: byte pass-through, for `off`, `naive` and every other `/v1/*` route.
-  Bodies and streams cross untouched and chunk by chunk.
+* `UpstreamClient.open()`: byte pass-through on aiohttp, for `off`, `naive` and every other
+  `/v1/*` route. Bodies and streams cross untouched and chunk by chunk.
 * `UpstreamClient.chat()` / `stream_chat()`: the calls the proxy makes itself (Pref-Aligner's
-  stages, the relevance gate), parsed with orjson and the SSE reader of `sse.py`.
+  stages, the relevance gate, the monitor's judges), on the lean client of `calls.py` (why: see
+  there), parsed with orjson and the SSE reader of `sse.py`.
 
-The request path does not use the openai SDK: measured on this machine, it costs about 470 µs of
-CPU per call against 80 µs here (a process tops out near 1,000 calls/s), and about 1 ms of latency
-per call at concurrency 1, which two sequential Pref-Aligner stages cannot afford. Background
-calls (judges, the offline benchmark) use the SDK, in `sdk.py`, for its retries and typed errors.
+Neither uses the openai SDK: measured on this machine, it costs about 470 µs of CPU per call (a
+process tops out near 1,000 calls/s) and about 1 ms of latency per call at concurrency 1, which two
+sequential Pref-Aligner stages cannot afford. Only the offline benchmark uses it (`sdk.py`).
 
 Every failure maps onto the same exceptions: status kept (`UpstreamStatusError`), unreachable 502,
 timeouts 504, a stream that dies mid-way `UpstreamStreamBroken`.
@@ -22,7 +22,6 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
@@ -30,6 +29,7 @@ import orjson
 from multidict import CIMultiDict
 from yarl import URL
 
+from .calls import Answer, BadAnswer, Pool
 from .config import UpstreamSettings
 from .errors import ProxyError, UpstreamProtocolError, UpstreamStatusError, UpstreamTimeout, UpstreamUnreachable
 from .headers import CLIENT_REQUEST_ID, client_response_headers
@@ -37,6 +37,8 @@ from .metrics import Metrics
 from .sse import read_events
 
 ERROR_BODY_LIMIT = 1024 * 1024
+ANSWER_LIMIT = 64 * 1024 * 1024  # a chat completion the proxy reads whole (a stage, a judge)
+CHAT_PATH = "/chat/completions"
 T = TypeVar("T")
 
 
@@ -82,20 +84,30 @@ class UpstreamResponse:
             self.waited += time.perf_counter() - started
 
 
-@dataclass(frozen=True, slots=True)
 class ChatResult:
-    data: dict[str, Any]
-    headers: CIMultiDict[str]
+    """A chat completion the proxy asked for: the upstream's JSON object, untouched, and (read
+    only when a stage's headers are served, which stage 1's are) its headers as a client gets them."""
+
+    __slots__ = ("data", "_raw_headers")
+
+    def __init__(self, data: dict[str, Any], raw_headers: Mapping[str, str]) -> None:
+        self.data = data
+        self._raw_headers = raw_headers
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        return client_response_headers(self._raw_headers)
 
 
 class UpstreamClient:
-    """One upstream server: an aiohttp session for pass-through and an openai SDK client."""
+    """One upstream server: an aiohttp session for pass-through, a `calls.Pool` for its own calls."""
 
     def __init__(self, settings: UpstreamSettings, metrics: Metrics) -> None:
         self.settings = settings
         self.name = settings.name
         self._metrics = metrics
         self._session: aiohttp.ClientSession | None = None
+        self._calls: Pool | None = None
 
     async def start(self) -> None:
         t = self.settings.timeouts
@@ -104,21 +116,31 @@ class UpstreamClient:
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=t.idle),
             skip_auto_headers=("User-Agent",),
+            # One session serves every client: a cookie an upstream sets (a CDN's, say) must not
+            # ride along on other clients' requests. It also spares a jar lookup per call.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
+        fixed = {**self.settings.headers, "Content-Type": "application/json"}
+        if self.settings.api_key:
+            fixed["Authorization"] = f"Bearer {self.settings.api_key}"
+        self._calls = Pool(self.settings.base_url, self.settings.max_connections, t.connect, fixed)
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+        if self._calls is not None:
+            await self._calls.close()
 
     def count_usage(self, model: str | None, stage: str, usage: Any) -> None:
         """Token usage reported by the upstream (gen_ai.client.token.usage), by stage."""
         if not isinstance(usage, dict):
             return
-        label = self._metrics.model_label(model)
+        metrics = self._metrics
+        label = metrics.model_label(model)
         for kind, key in (("input", "prompt_tokens"), ("output", "completion_tokens")):
             value = usage.get(key)
             if isinstance(value, int) and value >= 0:
-                self._metrics.tokens.labels(label, stage, kind).inc(value)
+                metrics.child(metrics.tokens, label, stage, kind).inc(value)
 
     def url(self, path: str, query: str = "") -> URL:
         """The upstream URL for a path below its base URL, the client's encoding kept as sent."""
@@ -152,7 +174,7 @@ class UpstreamClient:
         finally:
             if raw is not None:
                 _finish(raw)
-            self._metrics.upstream_duration.labels(self.name, stage, outcome).observe(time.perf_counter() - started)
+            self._metrics.child(self._metrics.upstream_duration, self.name, stage, outcome).observe(time.perf_counter() - started)
 
     async def _send(self, method: str, url: URL, headers: Mapping[str, str], data: Any) -> aiohttp.ClientResponse:
         retries = self.settings.retries
@@ -193,22 +215,33 @@ class UpstreamClient:
             raw.close()
         return UpstreamStatusError(raw.status, payload, client_response_headers(raw.headers))
 
-    def call_headers(self, request_id: str) -> dict[str, str]:
-        """Headers of a call the proxy makes itself (a pipeline stage, a judge)."""
-        headers = {**self.settings.headers, "Content-Type": "application/json", CLIENT_REQUEST_ID: request_id}
-        if self.settings.api_key:
-            headers["Authorization"] = f"Bearer {self.settings.api_key}"
-        return headers
-
     async def chat(self, body: dict[str, Any], *, request_id: str, timeout: float, stage: str) -> ChatResult:
         """One non-streaming chat completion: the upstream's JSON object, untouched, and its
         response headers (as a client would get them). `timeout` bounds the whole call."""
+        started = time.perf_counter()
+        outcome = "ok"
         try:
             async with asyncio.timeout(timeout):
-                async with self.open("POST", "/chat/completions", headers=self.call_headers(request_id), data=orjson.dumps(body), stage=stage) as response:
-                    payload = await response.read()
+                answer = await self._call(orjson.dumps(body), request_id)
+                try:
+                    payload = await answer.read(ANSWER_LIMIT)
+                except BadAnswer as error:
+                    raise UpstreamProtocolError(f"upstream {self.name} sent an invalid {stage} answer: {error}") from None
+                except OSError as error:
+                    raise UpstreamStreamBroken(f"upstream {self.name} broke off while sending its body: {_describe(error)}") from None
+                finally:
+                    answer.close()
         except TimeoutError:
+            outcome = UpstreamTimeout.code
             raise UpstreamTimeout(f"upstream {self.name} did not answer the {stage} call within {timeout:g} s") from None
+        except ProxyError as error:
+            outcome = error.code or "error"
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self._metrics.child(self._metrics.upstream_duration, self.name, stage, outcome).observe(time.perf_counter() - started)
         try:
             data = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -216,25 +249,85 @@ class UpstreamClient:
         if not isinstance(data, dict):
             raise UpstreamProtocolError(f"upstream {self.name} answered the {stage} call with a non-object")
         self.count_usage(body.get("model"), stage, data.get("usage"))
-        return ChatResult(data, client_response_headers(response.headers))
+        return ChatResult(data, answer.headers)
 
     async def stream_chat(self, body: dict[str, Any], *, request_id: str, timeout: float, stage: str) -> AsyncIterator[dict[str, Any]]:
         """A streaming chat completion: chunk objects as they arrive. An in-band error event, a
         broken connection or a stream without `[DONE]` raise `UpstreamStreamBroken`."""
+        started = time.perf_counter()
+        outcome = "ok"
         deadline = asyncio.get_running_loop().time() + timeout
         try:
-            async with asyncio.timeout_at(deadline):
-                opened = self.open("POST", "/chat/completions", headers=self.call_headers(request_id), data=orjson.dumps({**body, "stream": True}), stage=stage)
-                response = await opened.__aenter__()
-        except TimeoutError:
-            raise UpstreamTimeout(f"upstream {self.name} did not start the {stage} stream within {timeout:g} s") from None
-        try:
-            async for event in read_events(response.chunks(), deadline, self.name):
-                if event.get("usage"):
-                    self.count_usage(body.get("model"), stage, event["usage"])
-                yield event
+            try:
+                async with asyncio.timeout_at(deadline):
+                    answer = await self._call(orjson.dumps({**body, "stream": True}), request_id)
+            except TimeoutError:
+                raise UpstreamTimeout(f"upstream {self.name} did not start the {stage} stream within {timeout:g} s") from None
+            try:
+                async for event in read_events(self._events_of(answer), deadline, self.name):
+                    if event.get("usage"):
+                        self.count_usage(body.get("model"), stage, event["usage"])
+                    yield event
+            finally:
+                answer.close()
+        except ProxyError as error:
+            outcome = error.code or "error"
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"
+            raise
         finally:
-            await opened.__aexit__(None, None, None)
+            self._metrics.child(self._metrics.upstream_duration, self.name, stage, outcome).observe(time.perf_counter() - started)
+
+    async def _events_of(self, answer: Answer) -> AsyncIterator[bytes]:
+        """An answer's body chunks; a break or a silence longer than `timeouts.idle` raises."""
+        try:
+            async for chunk in answer.chunks(self.settings.timeouts.idle):
+                yield chunk
+        except TimeoutError:
+            raise UpstreamStreamBroken(f"upstream {self.name} sent nothing for {self.settings.timeouts.idle:g} s mid-stream") from None
+        except BadAnswer as error:
+            raise UpstreamStreamBroken(f"upstream {self.name} sent an invalid stream: {error}") from None
+        except OSError as error:
+            raise UpstreamStreamBroken(f"upstream {self.name} broke off mid-stream: {_describe(error)}") from None
+
+    async def _call(self, body: bytes, request_id: str) -> Answer:
+        """POST a chat completion, with the configured retries; returns once the headers are in.
+        Status >= 400 is raised (`UpstreamStatusError`, with the upstream's body and headers)."""
+        retries = self.settings.retries
+        attempt = 0
+        while True:
+            attempt += 1
+            result = await self._call_once(body, request_id)
+            if isinstance(result, Answer):
+                return result
+            wait = retry_delay(result, attempt, retries) if attempt < retries.max_attempts else None
+            if wait is None:
+                raise result
+            await asyncio.sleep(wait)
+
+    async def _call_once(self, body: bytes, request_id: str) -> Answer | ProxyError:
+        assert self._calls is not None, "UpstreamClient.start() was not awaited"
+        timeouts = self.settings.timeouts
+        try:
+            async with asyncio.timeout(min(timeouts.first_byte, timeouts.total)):
+                answer = await self._calls.post(CHAT_PATH, body, {CLIENT_REQUEST_ID: request_id})
+        except TimeoutError:
+            return UpstreamTimeout(f"upstream {self.name} did not answer within the timeout")
+        except BadAnswer as error:
+            return UpstreamProtocolError(f"upstream {self.name} sent an invalid response: {error}")
+        except OSError as error:
+            return UpstreamUnreachable(f"upstream {self.name} is unreachable: {_describe(error)}")
+        if answer.status < 400:
+            return answer
+        try:
+            async with asyncio.timeout(timeouts.idle):
+                payload = await answer.read(ERROR_BODY_LIMIT)
+        except (TimeoutError, OSError, BadAnswer):
+            payload = b""
+        finally:
+            answer.close()
+        return UpstreamStatusError(answer.status, payload, client_response_headers(answer.headers))
 
 
 def retry_delay(error: ProxyError, attempt: int, retries: Any) -> float | None:

@@ -4,8 +4,8 @@ following (the paper's Likert 1–5 rubric, correctness ignored).
 Each asks for JSON constrained to a schema (in the judge upstream's structured-output style) and
 validates the reply into a model; a reply that does not validate, or a call that fails after its
 retries, is a `CallFailed` (a counted judge failure), never a score. How a request reaches the
-judge model is the caller's: the monitor uses the proxy's own aiohttp client (`ask_upstream`),
-the offline benchmark the openai SDK.
+judge model is the caller's: the monitor uses the proxy's own client (`ask_upstream`, on
+`UpstreamClient.chat`), the offline benchmark the openai SDK.
 """
 
 from __future__ import annotations
