@@ -86,23 +86,28 @@ class Answer:
             raise BadAnswer(f"the answer is larger than {limit} bytes")
         return body
 
-    async def chunks(self, idle: float) -> AsyncIterator[bytes]:
-        """The body as it arrives; `TimeoutError` when nothing arrives for `idle` seconds."""
+    async def next_chunk(self, timeout: float) -> bytes:
+        """What arrived of the body since the last call (b"" at its end); `TimeoutError` when
+        nothing arrives within `timeout` seconds."""
         self._streaming = True
-        while True:
-            if self._chunks:
-                chunk = self._chunks.popleft()
-                self._buffered -= len(chunk)
-                self._resume()
-                yield chunk
-                continue
+        while not self._chunks:
             if self._error is not None:
                 raise self._error
             if self._complete:
                 self._release()
-                return
-            async with asyncio.timeout(idle):
+                return b""
+            async with asyncio.timeout(timeout):
                 await self._wait()
+        chunk = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        self._resume()
+        return chunk
+
+    async def chunks(self, idle: float) -> AsyncIterator[bytes]:
+        """The body as it arrives; `TimeoutError` when nothing arrives for `idle` seconds."""
+        while chunk := await self.next_chunk(idle):
+            yield chunk
 
     def close(self) -> None:
         """Done with this answer: an unfinished one takes its connection down with it."""

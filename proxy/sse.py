@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -80,18 +80,27 @@ class UpstreamEventError(ProxyError):
     code = "upstream_stream_broken"
 
 
-async def read_events(chunks: AsyncIterator[bytes], deadline: float, upstream: str) -> AsyncIterator[dict[str, Any]]:
-    """The JSON objects of an upstream's `data:` events, until `data: [DONE]`, by `deadline`."""
+async def read_events(
+    next_chunk: Callable[[float], Awaitable[bytes]], deadline: float, idle: float, upstream: str
+) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of an upstream's `data:` events, until `data: [DONE]`, by `deadline`.
+
+    `next_chunk(timeout)` gives the next bytes (b"" at the end) or raises `TimeoutError`; one
+    timer covers both limits, the silence of `idle` seconds and the deadline."""
+    loop = asyncio.get_running_loop()
     buffer = b""
-    iterator = chunks.__aiter__()
     while True:
         try:
-            async with asyncio.timeout_at(deadline):
-                chunk = await iterator.__anext__()
-        except StopAsyncIteration:
-            raise UpstreamEventError(f"upstream {upstream}'s stream ended without [DONE]") from None
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError
+            chunk = await next_chunk(min(idle, remaining))
         except TimeoutError:
-            raise UpstreamEventError(f"upstream {upstream}'s stream did not finish in time") from None
+            if loop.time() >= deadline:
+                raise UpstreamEventError(f"upstream {upstream}'s stream did not finish in time") from None
+            raise UpstreamEventError(f"upstream {upstream} sent nothing for {idle:g} s mid-stream") from None
+        if not chunk:
+            raise UpstreamEventError(f"upstream {upstream}'s stream ended without [DONE]")
         buffer += chunk
         while (match := EVENT_END.search(buffer)) is not None:
             raw, buffer = buffer[: match.start()], buffer[match.end() :]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
@@ -264,7 +265,7 @@ class UpstreamClient:
             except TimeoutError:
                 raise UpstreamTimeout(f"upstream {self.name} did not start the {stage} stream within {timeout:g} s") from None
             try:
-                async for event in read_events(self._events_of(answer), deadline, self.name):
+                async for event in read_events(functools.partial(self._next_chunk, answer), deadline, self.settings.timeouts.idle, self.name):
                     if event.get("usage"):
                         self.count_usage(body.get("model"), stage, event["usage"])
                     yield event
@@ -279,15 +280,14 @@ class UpstreamClient:
         finally:
             self._metrics.child(self._metrics.upstream_duration, self.name, stage, outcome).observe(time.perf_counter() - started)
 
-    async def _events_of(self, answer: Answer) -> AsyncIterator[bytes]:
-        """An answer's body chunks; a break or a silence longer than `timeouts.idle` raises."""
+    async def _next_chunk(self, answer: Answer, timeout: float) -> bytes:
+        """An answer's next body bytes for `read_events`; a break raises `UpstreamStreamBroken`."""
         try:
-            async for chunk in answer.chunks(self.settings.timeouts.idle):
-                yield chunk
-        except TimeoutError:
-            raise UpstreamStreamBroken(f"upstream {self.name} sent nothing for {self.settings.timeouts.idle:g} s mid-stream") from None
+            return await answer.next_chunk(timeout)
         except BadAnswer as error:
             raise UpstreamStreamBroken(f"upstream {self.name} sent an invalid stream: {error}") from None
+        except TimeoutError:
+            raise
         except OSError as error:
             raise UpstreamStreamBroken(f"upstream {self.name} broke off mid-stream: {_describe(error)}") from None
 

@@ -1,0 +1,60 @@
+"""`sse.read_events`, the reader of the event streams the proxy asks for itself (stage 2)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxy.sse import UpstreamEventError, read_events
+
+
+def feeder(*chunks: bytes, stall: float = 0.0):
+    """A `next_chunk(timeout)` that gives `chunks`, then b"" (the end), or stalls forever."""
+    pending = list(chunks)
+
+    async def next_chunk(timeout: float) -> bytes:
+        if pending:
+            return pending.pop(0)
+        if stall:
+            async with asyncio.timeout(timeout):
+                await asyncio.sleep(stall)
+        return b""
+
+    return next_chunk
+
+
+async def events(next_chunk, deadline_in: float = 5.0, idle: float = 5.0) -> list[dict]:
+    deadline = asyncio.get_running_loop().time() + deadline_in
+    return [event async for event in read_events(next_chunk, deadline, idle, "up")]
+
+
+async def test_events_split_anywhere_are_read_whole():
+    stream = b'data: {"a": 1}\n\ndata: {"b":\ndata: 2}\r\n\r\n: comment\n\ndata: [DONE]\n\n'
+    for size in (1, 3, 7, len(stream)):
+        pieces = [stream[i : i + size] for i in range(0, len(stream), size)]
+        assert await events(feeder(*pieces)) == [{"a": 1}, {"b": 2}]
+
+
+async def test_a_stream_without_done_is_an_error():
+    with pytest.raises(UpstreamEventError, match="ended without"):
+        await events(feeder(b'data: {"a": 1}\n\n'))
+
+
+async def test_an_error_event_is_raised():
+    with pytest.raises(UpstreamEventError, match="overloaded"):
+        await events(feeder(b'event: error\ndata: {"error": {"message": "overloaded"}}\n\n'))
+
+
+async def test_silence_longer_than_idle_is_an_error():
+    with pytest.raises(UpstreamEventError, match="sent nothing for 0.1 s"):
+        await events(feeder(b'data: {"a": 1}\n\n', stall=10), idle=0.1)
+
+
+async def test_the_deadline_ends_a_stream_that_keeps_trickling():
+    async def trickle(timeout: float) -> bytes:
+        await asyncio.sleep(0.05)
+        return b": still here\n\n"
+
+    with pytest.raises(UpstreamEventError, match="did not finish in time"):
+        await events(trickle, deadline_in=0.3, idle=1.0)
