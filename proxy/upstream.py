@@ -159,23 +159,15 @@ class UpstreamClient:
         stage: str = "forward",
     ) -> AsyncIterator[UpstreamResponse]:
         """Send one request; yield once the response headers are in. Status >= 400 is raised."""
-        started = time.perf_counter()
-        outcome = "ok"
-        raw: aiohttp.ClientResponse | None = None
-        try:
-            raw = await self._send(method, self.url(path, query), headers, data)
-            deadline = asyncio.get_running_loop().time() + self.settings.timeouts.total - (time.perf_counter() - started)
-            yield UpstreamResponse(raw, time.perf_counter() - started, deadline, self.name)
-        except ProxyError as error:
-            outcome = error.code or "error"
-            raise
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        finally:
-            if raw is not None:
-                _finish(raw)
-            self._metrics.child(self._metrics.upstream_duration, self.name, stage, outcome).observe(time.perf_counter() - started)
+        with Timed(self, stage) as timed:
+            raw: aiohttp.ClientResponse | None = None
+            try:
+                raw = await self._send(method, self.url(path, query), headers, data)
+                deadline = asyncio.get_running_loop().time() + self.settings.timeouts.total - (time.perf_counter() - timed.started)
+                yield UpstreamResponse(raw, time.perf_counter() - timed.started, deadline, self.name)
+            finally:
+                if raw is not None:
+                    _finish(raw)
 
     async def _send(self, method: str, url: URL, headers: Mapping[str, str], data: Any) -> aiohttp.ClientResponse:
         retries = self.settings.retries
@@ -219,30 +211,20 @@ class UpstreamClient:
     async def chat(self, body: dict[str, Any], *, request_id: str, timeout: float, stage: str) -> ChatResult:
         """One non-streaming chat completion: the upstream's JSON object, untouched, and its
         response headers (as a client would get them). `timeout` bounds the whole call."""
-        started = time.perf_counter()
-        outcome = "ok"
-        try:
-            async with asyncio.timeout(timeout):
-                answer = await self._call(orjson.dumps(body), request_id)
-                try:
-                    payload = await answer.read(ANSWER_LIMIT)
-                except BadAnswer as error:
-                    raise UpstreamProtocolError(f"upstream {self.name} sent an invalid {stage} answer: {error}") from None
-                except OSError as error:
-                    raise UpstreamStreamBroken(f"upstream {self.name} broke off while sending its body: {_describe(error)}") from None
-                finally:
-                    answer.close()
-        except TimeoutError:
-            outcome = UpstreamTimeout.code
-            raise UpstreamTimeout(f"upstream {self.name} did not answer the {stage} call within {timeout:g} s") from None
-        except ProxyError as error:
-            outcome = error.code or "error"
-            raise
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        finally:
-            self._metrics.child(self._metrics.upstream_duration, self.name, stage, outcome).observe(time.perf_counter() - started)
+        with Timed(self, stage):
+            try:
+                async with asyncio.timeout(timeout):
+                    answer = await self._call(orjson.dumps(body), request_id)
+                    try:
+                        payload = await answer.read(ANSWER_LIMIT)
+                    except BadAnswer as error:
+                        raise UpstreamProtocolError(f"upstream {self.name} sent an invalid {stage} answer: {error}") from None
+                    except OSError as error:
+                        raise UpstreamStreamBroken(f"upstream {self.name} broke off while sending its body: {_describe(error)}") from None
+                    finally:
+                        answer.close()
+            except TimeoutError:
+                raise UpstreamTimeout(f"upstream {self.name} did not answer the {stage} call within {timeout:g} s") from None
         try:
             data = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -255,10 +237,8 @@ class UpstreamClient:
     async def stream_chat(self, body: dict[str, Any], *, request_id: str, timeout: float, stage: str) -> AsyncIterator[dict[str, Any]]:
         """A streaming chat completion: chunk objects as they arrive. An in-band error event, a
         broken connection or a stream without `[DONE]` raise `UpstreamStreamBroken`."""
-        started = time.perf_counter()
-        outcome = "ok"
-        deadline = asyncio.get_running_loop().time() + timeout
-        try:
+        with Timed(self, stage):
+            deadline = asyncio.get_running_loop().time() + timeout
             try:
                 async with asyncio.timeout_at(deadline):
                     answer = await self._call(orjson.dumps({**body, "stream": True}), request_id)
@@ -271,14 +251,6 @@ class UpstreamClient:
                     yield event
             finally:
                 answer.close()
-        except ProxyError as error:
-            outcome = error.code or "error"
-            raise
-        except (asyncio.CancelledError, GeneratorExit):
-            outcome = "cancelled"
-            raise
-        finally:
-            self._metrics.child(self._metrics.upstream_duration, self.name, stage, outcome).observe(time.perf_counter() - started)
 
     async def _next_chunk(self, answer: Answer, timeout: float) -> bytes:
         """An answer's next body bytes for `read_events`; a break raises `UpstreamStreamBroken`."""
@@ -328,6 +300,33 @@ class UpstreamClient:
         finally:
             answer.close()
         return UpstreamStatusError(answer.status, payload, client_response_headers(answer.headers))
+
+
+class Timed:
+    """Times one upstream call into `perg_upstream_duration_seconds{upstream,stage,outcome}`; the
+    outcome is `ok`, the error's code, or `cancelled` (the client or the proxy gave up first)."""
+
+    __slots__ = ("_client", "_stage", "started")
+
+    def __init__(self, client: UpstreamClient, stage: str) -> None:
+        self._client = client
+        self._stage = stage
+        self.started = time.perf_counter()
+
+    def __enter__(self) -> Timed:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: object) -> None:
+        if error is None:
+            outcome = "ok"
+        elif isinstance(error, ProxyError):
+            outcome = error.code or "error"
+        elif isinstance(error, asyncio.CancelledError | GeneratorExit):
+            outcome = "cancelled"
+        else:
+            outcome = "error"
+        metrics = self._client._metrics
+        metrics.child(metrics.upstream_duration, self._client.name, self._stage, outcome).observe(time.perf_counter() - self.started)
 
 
 def retry_delay(error: ProxyError, attempt: int, retries: Any) -> float | None:

@@ -1,4 +1,5 @@
-"""`sse.read_events`, the reader of the event streams the proxy asks for itself (stage 2)."""
+"""`sse.read_events`, the reader of the event streams the proxy asks for itself (stage 2), and the
+timing of each such upstream call."""
 
 from __future__ import annotations
 
@@ -58,3 +59,25 @@ async def test_the_deadline_ends_a_stream_that_keeps_trickling():
 
     with pytest.raises(UpstreamEventError, match="did not finish in time"):
         await events(trickle, deadline_in=0.3, idle=1.0)
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome"),
+    [(None, "ok"), (UpstreamEventError("x"), "upstream_stream_broken"), (asyncio.CancelledError(), "cancelled"), (RuntimeError("a bug"), "error")],
+)
+def test_each_upstream_call_is_timed_with_its_outcome(error, outcome):
+    from types import SimpleNamespace
+
+    from proxy.metrics import Metrics
+    from proxy.upstream import Timed
+
+    metrics = Metrics()
+    client = SimpleNamespace(_metrics=metrics, name="up")
+    try:
+        with Timed(client, "stage2"):  # type: ignore[arg-type]
+            if error is not None:
+                raise error
+    except BaseException as raised:  # noqa: BLE001 - re-raised unchanged is what is checked
+        assert raised is error
+    count = metrics.registry.get_sample_value("perg_upstream_duration_seconds_count", {"upstream": "up", "stage": "stage2", "outcome": outcome})
+    assert count == 1
