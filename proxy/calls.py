@@ -38,6 +38,7 @@ from multidict import CIMultiDict
 
 KEEPALIVE_SECONDS = 15.0  # an idle connection older than this is not reused (aiohttp's default)
 PAUSE_BYTES = 256 * 1024  # stop reading from the socket while this much is buffered unread
+MAX_BUFFERED = 64 * 1024 * 1024  # unread body bytes held at most (decompressed), else BadAnswer
 _FORBIDDEN = ("\r", "\n", "\0")
 
 
@@ -118,14 +119,19 @@ class Answer:
     # --- fed by the connection ---
 
     def _feed(self, data: bytes) -> None:
+        room = MAX_BUFFERED - self._buffered
         if self._decoder is not None:
             try:
-                data = self._decoder.decompress(data)
+                data = self._decoder.decompress(data, room + 1)  # bounded: no zip bomb
             except zlib.error as error:
                 self._fail(BadAnswer(f"the answer's compressed body is corrupt: {error}"))
                 return
             if not data:
                 return
+        if len(data) > room:
+            self._fail(BadAnswer(f"the answer holds more than {MAX_BUFFERED} unread bytes"))
+            self._connection.abort()
+            return
         self._chunks.append(data)
         self._buffered += len(data)
         if self._streaming and self._buffered > PAUSE_BYTES:
@@ -374,6 +380,7 @@ class Pool:
         """An answer is done with (read, or closed early): free its slot, keep or drop its connection."""
         self._slots.release()
         if reusable and not connection.closed and connection._answer is None:
+            connection.resume()  # a stream left unread at its end may have paused reading
             connection.idle_since = time.monotonic()
             self._idle.append(connection)
         else:

@@ -233,6 +233,26 @@ async def test_an_answer_over_the_limit_is_refused():
             await p.close()
 
 
+async def test_a_compressed_answer_that_would_inflate_past_the_limit_is_refused(monkeypatch):
+    import proxy.calls
+
+    monkeypatch.setattr(proxy.calls, "MAX_BUFFERED", 1 << 20)
+    bomb = gzip.compress(b"\0" * (64 << 20))  # 64 MiB of zeros in about 64 KiB
+
+    async def answer(reader, writer, server):
+        await server.read_request(reader)
+        writer.write(reply(bomb, "Content-Encoding: gzip"))
+        await writer.drain()
+
+    async with Server(answer) as server:
+        p = pool(server)
+        try:
+            with pytest.raises(BadAnswer, match="more than 1048576 unread bytes"):
+                await call(p)
+        finally:
+            await p.close()
+
+
 async def test_header_that_could_split_the_request_is_refused_and_frees_nothing():
     async with Server(echo_forever) as server:
         p = pool(server, limit=1)
@@ -335,6 +355,21 @@ async def test_a_stream_is_read_as_it_arrives_with_back_pressure():
             await p.close()
     assert received == total
     assert most_buffered <= PAUSE_BYTES + 256 * 1024  # one socket read past the pause mark at most
+
+
+async def test_a_connection_paused_for_back_pressure_is_resumed_before_reuse():
+    async with Server(echo_forever) as server:
+        p = pool(server, limit=1)
+        try:
+            answer = await p.post("/chat/completions", b"first")
+            assert await answer.next_chunk(5) == b"echo:first"
+            answer._connection.pause()  # as when the answer's last bytes pushed it past the mark
+            answer.close()
+            async with asyncio.timeout(2):  # a paused connection in the pool would hang here
+                assert await call(p, b"again") == b"echo:again"
+        finally:
+            await p.close()
+    assert server.connections == 1
 
 
 async def test_a_silent_stream_times_out_by_its_idle_limit():
