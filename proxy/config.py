@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 Strategy = Literal["off", "naive", "pref_aligner"]
 StructuredOutput = Literal["json_schema", "json_object_schema", "json_object", "none"]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -72,6 +73,23 @@ class UpstreamSettings(Section):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("api_key")
+    @classmethod
+    def _one_line_key(cls, value: str) -> str:
+        if any(char in value for char in "\r\n\0"):
+            raise ValueError("must not contain a line break or NUL (it is sent as a header)")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _header_lines(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an HTTP header name")
+            if any(char in text for char in "\r\n\0"):
+                raise ValueError(f"the value of {name!r} must not contain a line break or NUL")
+        return value
 
     def serves(self, model: str) -> bool:
         return any(fnmatchcase(model, pattern) for pattern in self.models)

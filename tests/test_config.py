@@ -55,6 +55,9 @@ def test_example_config_is_valid_and_points_at_the_local_model():
         ("upstreams: [{name: a, base_url: 'http://x'}, {name: a, base_url: 'http://y'}]", "unique"),
         ("upstreams: [{name: a, base_url: 'http://x'}]\nprofiles: {backend: postgres}", "profiles.dsn"),
         ("upstreams: [{name: a, base_url: 'http://x'}]\npersonalization: {aligner: {upstream: b}}", "personalization.aligner.upstream"),
+        ("upstreams: [{name: a, base_url: 'http://x', headers: {'X-A': \"v\\r\\nEvil: 1\"}}]", "upstreams.0.headers"),
+        ("upstreams: [{name: a, base_url: 'http://x', headers: {'Bad Name': v}}]", "upstreams.0.headers"),
+        ("upstreams: [{name: a, base_url: 'http://x', api_key: \"sk\\nx\"}]", "upstreams.0.api_key"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path, text, named):
