@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -28,17 +29,23 @@ def response_format(style: str, name: str, schema: dict[str, Any]) -> dict[str, 
 
 
 def extract_json_object(text: str) -> dict[str, Any] | None:
-    """The first JSON object in `text`: bare, inside a code fence, or inside prose; else None."""
-    candidates = [text.strip()]
-    candidates += [match.strip() for match in FENCE.findall(text)]
-    start = text.find("{")
-    if start >= 0:
-        candidates.append(_balanced(text, start))
-    for candidate in candidates:
+    """The first JSON object in `text`: bare, inside a code fence, or inside prose; else None.
+    Tried in that order, each only if the one before it fails (a bare object, the usual reply of a
+    constrained call, costs one parse)."""
+    for candidate in _candidates(text):
         value = _loads(candidate) if candidate else None
         if isinstance(value, dict):
             return value
     return None
+
+
+def _candidates(text: str) -> Iterator[str]:
+    yield text.strip()
+    for match in FENCE.findall(text):
+        yield match.strip()
+    start = text.find("{")
+    if start >= 0:
+        yield _balanced(text, start)
 
 
 def _loads(text: str) -> Any:
