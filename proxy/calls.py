@@ -31,7 +31,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httptools
 from multidict import CIMultiDict
@@ -318,7 +318,7 @@ class Pool:
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._ssl = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
-        self._prefix = parts.path.rstrip("/")
+        self._prefix = quote(parts.path.rstrip("/"), safe="/%!$&'()*+,;=:@-._~")  # as sent on the request line
         self._connect_timeout = connect_timeout
         self._slots = asyncio.Semaphore(limit)
         self._idle: list[Connection] = []

@@ -107,6 +107,18 @@ async def test_requests_are_framed_and_one_connection_is_kept_alive():
     assert b"Content-Length: 8" in head
 
 
+async def test_a_base_path_outside_ascii_is_sent_percent_encoded():
+    async with Server(echo_forever) as server:
+        p = Pool(f"http://127.0.0.1:{server.port}/my models/é%41", 2, 5.0, {})
+        try:
+            answer = await p.post("/chat/completions", b"{}")
+            assert await answer.read(100) == b"echo:{}"
+            answer.close()
+        finally:
+            await p.close()
+    assert server.requests[0].startswith(b"POST /my%20models/%C3%A9%41/chat/completions HTTP/1.1\r\n")
+
+
 async def test_a_kept_alive_connection_the_server_dropped_is_replaced_once():
     async def drop_second(reader, writer, server):
         body = await server.read_request(reader)
