@@ -17,9 +17,7 @@ timeouts 504, a stream that dies mid-way `UpstreamStreamBroken`.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import functools
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
@@ -35,6 +33,7 @@ from .config import UpstreamSettings
 from .errors import ProxyError, UpstreamProtocolError, UpstreamStatusError, UpstreamTimeout, UpstreamUnreachable
 from .headers import CLIENT_REQUEST_ID, client_response_headers
 from .metrics import Metrics
+from .retries import retry_delay
 from .sse import read_events
 
 ERROR_BODY_LIMIT = 1024 * 1024
@@ -327,41 +326,6 @@ class Timed:
             outcome = "error"
         metrics = self._client._metrics
         metrics.child(metrics.upstream_duration, self._client.name, self._stage, outcome).observe(time.perf_counter() - self.started)
-
-
-def retry_delay(error: ProxyError, attempt: int, retries: Any) -> float | None:
-    """Seconds to wait before attempt `attempt + 1`, or None when this error is not retried."""
-    if isinstance(error, UpstreamStatusError):
-        if error.status not in retries.retry_on:
-            return None
-        asked = retry_after_seconds(error.headers)
-        if asked is not None:
-            return asked if asked <= retries.max_backoff_seconds else None
-    elif not isinstance(error, UpstreamUnreachable | UpstreamTimeout):
-        return None
-    backoff = retries.backoff_seconds * (2 ** (attempt - 1))
-    return min(retries.max_backoff_seconds, backoff * (0.5 + random.random() / 2))
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """The upstream's `retry-after-ms` or `retry-after` (seconds or an HTTP date), in seconds."""
-    lowered = CIMultiDict(headers)
-    if "retry-after-ms" in lowered:
-        try:
-            return max(0.0, float(lowered["retry-after-ms"]) / 1000)
-        except ValueError:
-            pass
-    value = lowered.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def _finish(raw: aiohttp.ClientResponse) -> None:

@@ -22,7 +22,8 @@ from ..errors import CallFailed, ProxyError, UpstreamStatusError, UpstreamTimeou
 from ..pipeline.chat import first_content
 from ..pipeline.prompts import Prompt, load_prompt, preference_lines
 from ..structured import extract_json_object, response_format
-from ..upstream import UpstreamClient, retry_delay
+from ..retries import retry_delay
+from ..upstream import UpstreamClient
 
 AskJson = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
