@@ -9,15 +9,34 @@ the wait doubles per attempt from `backoff_seconds`, with jitter.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import random
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from multidict import CIMultiDict
 
 from .errors import ProxyError, UpstreamStatusError, UpstreamTimeout, UpstreamUnreachable
+
+T = TypeVar("T")
+
+
+async def with_retries(attempt_once: Callable[[], Awaitable[T | ProxyError]], retries: Any, *, replayable: bool = True) -> T:
+    """Await `attempt_once()` until it gives a result (anything but a `ProxyError`), as often as
+    the policy allows; the last error is raised. A call whose body cannot be sent again
+    (`replayable` false) is tried once."""
+    attempt = 0
+    while True:
+        attempt += 1
+        result = await attempt_once()
+        if not isinstance(result, ProxyError):
+            return result
+        wait = retry_delay(result, attempt, retries) if replayable and attempt < retries.max_attempts else None
+        if wait is None:
+            raise result
+        await asyncio.sleep(wait)
 
 
 def retry_delay(error: ProxyError, attempt: int, retries: Any) -> float | None:

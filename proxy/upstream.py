@@ -33,7 +33,7 @@ from .config import UpstreamSettings
 from .errors import ProxyError, UpstreamProtocolError, UpstreamStatusError, UpstreamTimeout, UpstreamUnreachable
 from .headers import CLIENT_REQUEST_ID, client_response_headers
 from .metrics import Metrics
-from .retries import retry_delay
+from .retries import with_retries
 from .sse import read_events
 
 ERROR_BODY_LIMIT = 1024 * 1024
@@ -169,18 +169,8 @@ class UpstreamClient:
                     _finish(raw)
 
     async def _send(self, method: str, url: URL, headers: Mapping[str, str], data: Any) -> aiohttp.ClientResponse:
-        retries = self.settings.retries
-        attempt = 0
-        while True:
-            attempt += 1
-            error = await self._attempt(method, url, headers, data)
-            if isinstance(error, aiohttp.ClientResponse):
-                return error
-            replayable = data is None or isinstance(data, bytes | str)
-            wait = retry_delay(error, attempt, retries) if replayable and attempt < retries.max_attempts else None
-            if wait is None:
-                raise error
-            await asyncio.sleep(wait)
+        replayable = data is None or isinstance(data, bytes | str)
+        return await with_retries(functools.partial(self._attempt, method, url, headers, data), self.settings.retries, replayable=replayable)
 
     async def _attempt(self, method: str, url: URL, headers: Mapping[str, str], data: Any) -> aiohttp.ClientResponse | ProxyError:
         assert self._session is not None, "UpstreamClient.start() was not awaited"
@@ -265,17 +255,7 @@ class UpstreamClient:
     async def _call(self, body: bytes, request_id: str) -> Answer:
         """POST a chat completion, with the configured retries; returns once the headers are in.
         Status >= 400 is raised (`UpstreamStatusError`, with the upstream's body and headers)."""
-        retries = self.settings.retries
-        attempt = 0
-        while True:
-            attempt += 1
-            result = await self._call_once(body, request_id)
-            if isinstance(result, Answer):
-                return result
-            wait = retry_delay(result, attempt, retries) if attempt < retries.max_attempts else None
-            if wait is None:
-                raise result
-            await asyncio.sleep(wait)
+        return await with_retries(functools.partial(self._call_once, body, request_id), self.settings.retries)
 
     async def _call_once(self, body: bytes, request_id: str) -> Answer | ProxyError:
         assert self._calls is not None, "UpstreamClient.start() was not awaited"

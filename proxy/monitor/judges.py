@@ -10,7 +10,6 @@ judge model is the caller's: the monitor uses the proxy's own client (`ask_upstr
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,8 +21,8 @@ from ..errors import CallFailed, ProxyError, UpstreamStatusError, UpstreamTimeou
 from ..pipeline.chat import first_content
 from ..pipeline.prompts import Prompt, load_prompt, preference_lines
 from ..structured import extract_json_object, response_format
-from ..retries import retry_delay
-from ..upstream import UpstreamClient
+from ..retries import with_retries
+from ..upstream import ChatResult, UpstreamClient
 
 AskJson = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -105,17 +104,17 @@ class Judge:
 async def ask_upstream(upstream: UpstreamClient, body: dict[str, Any], *, timeout: float, retries: Retries, request_id: str) -> dict[str, Any]:
     """One judge call on the proxy's own client: 429 / 5xx / timeouts retried with backoff
     (`retry-after` honoured), then the reply's JSON object; failures are `CallFailed`."""
-    attempt = 0
-    while True:
-        attempt += 1
+
+    async def attempt_once() -> ChatResult | ProxyError:
         try:
-            result = await upstream.chat(body, request_id=request_id, timeout=timeout, stage="judge")
-            break
+            return await upstream.chat(body, request_id=request_id, timeout=timeout, stage="judge")
         except ProxyError as error:
-            wait = retry_delay(error, attempt, retries) if attempt < retries.max_attempts else None
-            if wait is None:
-                raise CallFailed(failure_reason(error), error.message) from error
-            await asyncio.sleep(wait)
+            return error
+
+    try:
+        result = await with_retries(attempt_once, retries)
+    except ProxyError as error:
+        raise CallFailed(failure_reason(error), error.message) from error
     text = first_content(result.data)[0]
     data = extract_json_object(text)
     if data is None:
