@@ -9,7 +9,8 @@ import shutil
 import ssl
 import subprocess
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -79,8 +80,19 @@ async def echo_forever(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
         await writer.drain()
 
 
-def pool(server: Server, limit: int = 8, **kwargs: object) -> Pool:
-    return Pool(f"http://127.0.0.1:{server.port}/v1", limit, 5.0, {"Authorization": "Bearer sk-up"}, **kwargs)  # type: ignore[arg-type]
+def pool(server: Server, limit: int = 8) -> Pool:
+    return Pool(f"http://127.0.0.1:{server.port}/v1", limit, 5.0, {"Authorization": "Bearer sk-up"})
+
+
+@asynccontextmanager
+async def serving(handler: Handler, limit: int = 8) -> AsyncIterator[tuple[Server, Pool]]:
+    """A scripted server and a pool on it; both closed at the end."""
+    async with Server(handler) as server:
+        p = pool(server, limit)
+        try:
+            yield server, p
+        finally:
+            await p.close()
 
 
 async def call(p: Pool, body: bytes = b"{}") -> bytes:
@@ -92,13 +104,9 @@ async def call(p: Pool, body: bytes = b"{}") -> bytes:
 
 
 async def test_requests_are_framed_and_one_connection_is_kept_alive():
-    async with Server(echo_forever) as server:
-        p = pool(server)
-        try:
-            for index in range(5):
-                assert await call(p, b'{"n": %d}' % index) == b'echo:{"n": %d}' % index
-        finally:
-            await p.close()
+    async with serving(echo_forever) as (server, p):
+        for index in range(5):
+            assert await call(p, b'{"n": %d}' % index) == b'echo:{"n": %d}' % index
     assert server.connections == 1
     head = server.requests[0].split(b"\r\n\r\n")[0].split(b"\r\n")
     assert head[0] == b"POST /v1/chat/completions HTTP/1.1"
@@ -132,13 +140,9 @@ async def test_a_kept_alive_connection_the_server_dropped_is_replaced_once():
             await writer.drain()
             body = await server.read_request(reader)
 
-    async with Server(drop_second) as server:
-        p = pool(server)
-        try:
-            assert await call(p, b"1") == b"first:1"
-            assert await call(p, b"2") == b"fresh:2"
-        finally:
-            await p.close()
+    async with serving(drop_second) as (server, p):
+        assert await call(p, b"1") == b"first:1"
+        assert await call(p, b"2") == b"fresh:2"
     assert server.connections == 2
 
 
@@ -146,13 +150,9 @@ async def test_a_fresh_connection_closed_without_an_answer_is_an_error_not_a_ret
     async def hang_up(reader, writer, server):
         await server.read_request(reader)
 
-    async with Server(hang_up) as server:
-        p = pool(server)
-        try:
-            with pytest.raises(ConnectionError):
-                await call(p)
-        finally:
-            await p.close()
+    async with serving(hang_up) as (server, p):
+        with pytest.raises(ConnectionError):
+            await call(p)
     assert server.connections == 1
 
 
@@ -178,12 +178,8 @@ async def test_body_framings_and_encodings(raw, expected):
         writer.write(raw)
         await writer.drain()
 
-    async with Server(answer) as server:
-        p = pool(server)
-        try:
-            assert await call(p) == expected
-        finally:
-            await p.close()
+    async with serving(answer) as (server, p):
+        assert await call(p) == expected
 
 
 async def test_connection_close_is_honoured():
@@ -193,13 +189,9 @@ async def test_connection_close_is_honoured():
         await writer.drain()
         await asyncio.sleep(0.2)  # the client must not wait for this close to send its next call
 
-    async with Server(close_each) as server:
-        p = pool(server)
-        try:
-            assert await call(p) == b"ok"
-            assert await call(p) == b"ok"
-        finally:
-            await p.close()
+    async with serving(close_each) as (server, p):
+        assert await call(p) == b"ok"
+        assert await call(p) == b"ok"
     assert server.connections == 2
 
 
@@ -219,13 +211,9 @@ async def test_answers_that_cannot_be_read_are_bad_answers(raw, message):
         await writer.drain()
         await asyncio.sleep(0.5)
 
-    async with Server(answer) as server:
-        p = pool(server, limit=1)
-        try:
-            with pytest.raises(BadAnswer, match=message):
-                await call(p)
-        finally:
-            await p.close()
+    async with serving(answer, limit=1) as (server, p):
+        with pytest.raises(BadAnswer, match=message):
+            await call(p)
 
 
 async def test_an_answer_over_the_limit_is_refused():
@@ -234,15 +222,11 @@ async def test_an_answer_over_the_limit_is_refused():
         writer.write(reply(b"x" * 5000))
         await writer.drain()
 
-    async with Server(big) as server:
-        p = pool(server)
-        try:
-            answer = await p.post("/chat/completions", b"{}")
-            with pytest.raises(BadAnswer, match="larger than 1000"):
-                await answer.read(1000)
-            answer.close()
-        finally:
-            await p.close()
+    async with serving(big) as (server, p):
+        answer = await p.post("/chat/completions", b"{}")
+        with pytest.raises(BadAnswer, match="larger than 1000"):
+            await answer.read(1000)
+        answer.close()
 
 
 async def test_a_compressed_answer_that_would_inflate_past_the_limit_is_refused(monkeypatch):
@@ -256,24 +240,16 @@ async def test_a_compressed_answer_that_would_inflate_past_the_limit_is_refused(
         writer.write(reply(bomb, "Content-Encoding: gzip"))
         await writer.drain()
 
-    async with Server(answer) as server:
-        p = pool(server)
-        try:
-            with pytest.raises(BadAnswer, match="more than 1048576 unread bytes"):
-                await call(p)
-        finally:
-            await p.close()
+    async with serving(answer) as (server, p):
+        with pytest.raises(BadAnswer, match="more than 1048576 unread bytes"):
+            await call(p)
 
 
 async def test_header_that_could_split_the_request_is_refused_and_frees_nothing():
-    async with Server(echo_forever) as server:
-        p = pool(server, limit=1)
-        try:
-            with pytest.raises(ValueError, match="line break"):
-                await p.post("/chat/completions", b"{}", {"X-Client-Request-Id": "a\r\nEvil: 1"})
-            assert await call(p) == b"echo:{}"  # the one slot is still free
-        finally:
-            await p.close()
+    async with serving(echo_forever, limit=1) as (server, p):
+        with pytest.raises(ValueError, match="line break"):
+            await p.post("/chat/completions", b"{}", {"X-Client-Request-Id": "a\r\nEvil: 1"})
+        assert await call(p) == b"echo:{}"  # the one slot is still free
     with pytest.raises(ValueError, match="line break"):
         Pool("http://127.0.0.1:1", 1, 1.0, {"X-Key": "v\nw"})
 
@@ -291,18 +267,14 @@ async def test_a_call_cancelled_mid_body_leaves_no_half_read_connection_behind()
             await writer.drain()
             body = await server.read_request(reader)
 
-    async with Server(half_then_echo) as server:
-        p = pool(server, limit=1)
-        try:
-            answer = await p.post("/chat/completions", b"first")
-            with pytest.raises(TimeoutError):
-                async with asyncio.timeout(0.2):
-                    await answer.read(1 << 20)
-            answer.close()
-            async with asyncio.timeout(2):
-                assert await call(p, b"second") == b"echo:second"  # new connection, own answer
-        finally:
-            await p.close()
+    async with serving(half_then_echo, limit=1) as (server, p):
+        answer = await p.post("/chat/completions", b"first")
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await answer.read(1 << 20)
+        answer.close()
+        async with asyncio.timeout(2):
+            assert await call(p, b"second") == b"echo:second"  # new connection, own answer
     assert server.connections == 2
 
 
@@ -311,15 +283,11 @@ async def test_a_call_cancelled_before_its_headers_frees_its_slot():
         await server.read_request(reader)
         await asyncio.sleep(5)
 
-    async with Server(slow) as server:
-        p = pool(server, limit=1)
-        try:
-            for _ in range(3):  # a leaked slot would block the second round forever
-                with pytest.raises(TimeoutError):
-                    async with asyncio.timeout(0.1):
-                        await p.post("/chat/completions", b"{}")
-        finally:
-            await p.close()
+    async with serving(slow, limit=1) as (server, p):
+        for _ in range(3):  # a leaked slot would block the second round forever
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await p.post("/chat/completions", b"{}")
     assert server.connections == 3
 
 
@@ -330,12 +298,8 @@ async def test_the_limit_bounds_connections_in_use():
             writer.write(reply(b"echo:" + body))
             await writer.drain()
 
-    async with Server(slow_echo) as server:
-        p = pool(server, limit=2)
-        try:
-            results = await asyncio.gather(*(call(p, str(i).encode()) for i in range(6)))
-        finally:
-            await p.close()
+    async with serving(slow_echo, limit=2) as (server, p):
+        results = await asyncio.gather(*(call(p, str(i).encode()) for i in range(6)))
     assert results == [f"echo:{i}".encode() for i in range(6)]
     assert server.most_open == 2 and server.connections == 2
 
@@ -353,34 +317,26 @@ async def test_a_stream_is_read_as_it_arrives_with_back_pressure():
         writer.write(b"0\r\n\r\n")
         await writer.drain()
 
-    async with Server(stream) as server:
-        p = pool(server)
-        try:
-            answer = await p.post("/chat/completions", b"{}")
-            received, most_buffered = 0, 0
-            async for chunk in answer.chunks(idle=5):
-                received += len(chunk)
-                most_buffered = max(most_buffered, len(chunk))  # all that was buffered
-                await asyncio.sleep(0.001)  # a slow reader
-            answer.close()
-        finally:
-            await p.close()
+    async with serving(stream) as (server, p):
+        answer = await p.post("/chat/completions", b"{}")
+        received, most_buffered = 0, 0
+        async for chunk in answer.chunks(idle=5):
+            received += len(chunk)
+            most_buffered = max(most_buffered, len(chunk))  # all that was buffered
+            await asyncio.sleep(0.001)  # a slow reader
+        answer.close()
     assert received == total
     assert most_buffered <= PAUSE_BYTES + 256 * 1024  # one socket read past the pause mark at most
 
 
 async def test_a_connection_paused_for_back_pressure_is_resumed_before_reuse():
-    async with Server(echo_forever) as server:
-        p = pool(server, limit=1)
-        try:
-            answer = await p.post("/chat/completions", b"first")
-            assert await answer.next_chunk(5) == b"echo:first"
-            answer._connection.pause()  # as when the answer's last bytes pushed it past the mark
-            answer.close()
-            async with asyncio.timeout(2):  # a paused connection in the pool would hang here
-                assert await call(p, b"again") == b"echo:again"
-        finally:
-            await p.close()
+    async with serving(echo_forever, limit=1) as (server, p):
+        answer = await p.post("/chat/completions", b"first")
+        assert await answer.next_chunk(5) == b"echo:first"
+        answer._connection.pause()  # as when the answer's last bytes pushed it past the mark
+        answer.close()
+        async with asyncio.timeout(2):  # a paused connection in the pool would hang here
+            assert await call(p, b"again") == b"echo:again"
     assert server.connections == 1
 
 
@@ -391,17 +347,13 @@ async def test_a_silent_stream_times_out_by_its_idle_limit():
         await writer.drain()
         await asyncio.sleep(5)
 
-    async with Server(stall) as server:
-        p = pool(server)
-        try:
-            answer = await p.post("/chat/completions", b"{}")
-            chunks = []
-            with pytest.raises(TimeoutError):
-                async for chunk in answer.chunks(idle=0.2):
-                    chunks.append(chunk)
-            answer.close()
-        finally:
-            await p.close()
+    async with serving(stall) as (server, p):
+        answer = await p.post("/chat/completions", b"{}")
+        chunks = []
+        with pytest.raises(TimeoutError):
+            async for chunk in answer.chunks(idle=0.2):
+                chunks.append(chunk)
+        answer.close()
     assert chunks == [b"hello"]
 
 
