@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import run as run_async
 from bench.common import KEY, pin_self, start_fake, start_proxy, stop  # noqa: E402
 from bench.loadgen import Result, chat_request, run_load  # noqa: E402
-from proxy.calls import Pool  # noqa: E402
+from proxy.upstream.calls import Pool  # noqa: E402
 
 STYLE = "Answer in the style of a pirate."
 UNRELATED = ["I have a dog named Max.", "My favourite colour is green."]
@@ -55,7 +55,7 @@ class Case:
 
 class ClientCase:
     """D from another client, on the proxy's CPU: aiohttp's (the pass-through's) or
-    `proxy.calls.Pool` (the client of the proxy's own stage calls)."""
+    `proxy.upstream.calls.Pool` (the client of the proxy's own stage calls)."""
 
     def __init__(self, name: str, port: int, model: str, client: str) -> None:
         self.name = name

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     local.add_argument("--port", type=int, default=8081)
     local.add_argument("--alias", default=None, help="model name to answer to (default: smollm2-135m-instruct)")
 
-    from .perg.cli import add_eval_command
+    from .eval.cli import add_eval_command
 
     add_eval_command(commands)
 
@@ -75,10 +75,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     configure_logging(settings.logging)
     if args.worker_index is None and settings.server.workers > 1:
-        from .workers import run_workers
+        from .server.workers import run_workers
 
         return run_workers(settings, _serve_args(args), args.with_local_model)
-    from .server import serve
+    from .server.lifecycle import serve
 
     if args.worker_index:  # canary probes run in worker 0 only
         monitor = settings.monitor.model_copy(update={"canary": settings.monitor.canary.model_copy(update={"enabled": False})})

@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy.app import create_app
-from proxy.runner import make_runner
+from proxy.server.app import create_app
+from proxy.server.protocol_errors import make_runner
 from proxy.config import Settings, parse_settings
 from tests.fake_upstream import FakeUpstream
 

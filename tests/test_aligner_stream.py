@@ -13,8 +13,8 @@ from multidict import CIMultiDict
 from proxy.pipeline import aligner_stream
 from proxy.pipeline.aligner import Outcome, Plan
 from proxy.pipeline.chat import delta_choice
-from proxy.pipeline.turn import Turn
-from proxy.sse import DONE, HEARTBEAT
+from proxy.turn import Turn
+from proxy.upstream.events import DONE, HEARTBEAT
 
 DRAFT = {"id": "chatcmpl-1", "model": "m", "created": 1, "choices": [{"index": 0, "message": {"role": "assistant", "content": "draft"}, "finish_reason": "stop"}]}
 

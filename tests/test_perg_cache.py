@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from proxy.errors import InvalidRequest, UpstreamStatusError, UpstreamTimeout, UpstreamUnreachable
-from proxy.perg.cache import CacheKey, ResponseCache, fingerprint
-from proxy.perg.progress import Progress, duration
-from proxy.perg.retry import describe_error, retried, transient
+from proxy.eval.cache import CacheKey, ResponseCache, fingerprint
+from proxy.eval.progress import Progress, duration
+from proxy.eval.retry import describe_error, retried, transient
 from proxy.errors import CallFailed
 
 KEY = CacheKey(

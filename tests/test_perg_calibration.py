@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.perg.calibration import (
+from proxy.eval.calibration import (
     CONSISTENCY_LABELS,
     LIKERT,
     agreement,

@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from proxy.cli import main
-from proxy.perg.calibration import calibrate, load_judge_labels
-from proxy.perg.report import render_calibration
+from proxy.eval.calibration import calibrate, load_judge_labels
+from proxy.eval.report import render_calibration
 from tests.conftest import ROOT
 from tests.fake_upstream import last_user_text, pipeline_role
 from tests.test_perg_runner import mcq_script, write_inputs

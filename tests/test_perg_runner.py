@@ -12,12 +12,12 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.perg.answering import parse_strategy
-from proxy.perg.benchmark import run_benchmark
-from proxy.perg.options import RunOptions
-from proxy.perg.rescore import rescore
-from proxy.perg.results import load_results
-from proxy.perg.suite import load_units, select
+from proxy.eval.answering import parse_strategy
+from proxy.eval.benchmark import run_benchmark
+from proxy.eval.options import RunOptions
+from proxy.eval.rescore import rescore
+from proxy.eval.results import load_results
+from proxy.eval.suite import load_units, select
 from tests.fake_upstream import error_response, last_user_text, pipeline_role, scripted_reply
 
 FIXTURES = Path(__file__).parent / "fixtures" / "perg"

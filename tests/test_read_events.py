@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from proxy.sse import UpstreamEventError, read_events
+from proxy.upstream.events import UpstreamEventError, read_events
 
 
 def feeder(*chunks: bytes, stall: float = 0.0):
@@ -69,7 +69,7 @@ def test_each_upstream_call_is_timed_with_its_outcome(error, outcome):
     from types import SimpleNamespace
 
     from proxy.metrics import Metrics
-    from proxy.upstream import Timed
+    from proxy.upstream.client import Timed
 
     metrics = Metrics()
     client = SimpleNamespace(_metrics=metrics, name="up")

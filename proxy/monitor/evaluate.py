@@ -34,7 +34,7 @@ from ..preferences.handle import StoreHandle
 from ..preferences.models import JudgedSample, SampleTexts
 from ..errors import CallFailed
 from .job import Job
-from .judges import ConsistencyVerdict, FollowVerdict
+from ..perg.judges import ConsistencyVerdict, FollowVerdict
 
 T = TypeVar("T")
 SHADOW_OF = {"pref_aligner": "naive", "naive": "pref_aligner", "off": "pref_aligner"}

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from ..pipeline.chat import first_content, last_user_query
-from ..pipeline.turn import Reply, StreamReply, Turn
+from ..turn import Reply, StreamReply, Turn
 
 
 @dataclass(frozen=True, slots=True)

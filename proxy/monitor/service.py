@@ -16,13 +16,13 @@ import structlog
 from ..config import Retries, Settings
 from ..metrics import Metrics
 from ..pipeline.context import PipelineContext
-from ..pipeline.prompts import Prompts
+from ..prompts.loader import Prompts
 from ..preferences.handle import StoreHandle
-from ..upstream import Upstreams
+from ..upstream.client import Upstreams
 from .canary import Canary
 from .evaluate import Evaluator, private_metrics
 from .job import Job
-from .judges import Judge, ask_upstream
+from ..perg.judges import Judge, ask_upstream
 from .sampler import Sampler
 
 log = structlog.get_logger("perg.monitor")

@@ -21,9 +21,9 @@ from ..errors import ProxyError
 from .chat import add_usage, first_content, keep_as_is, last_user_query
 from .context import PipelineContext
 from .gate import relevant_preferences
-from .prompts import preference_lines
+from ..prompts.loader import preference_lines
 from .rewrite import parse_rewrite
-from .turn import Reply, Turn
+from ..turn import Reply, Turn
 
 log = structlog.get_logger("perg.aligner")
 HEADER_PRIORITY = ("fallback", "true", "skipped", "false")

@@ -17,12 +17,12 @@ from typing import Any
 from multidict import CIMultiDict
 
 from ..errors import ProxyError
-from ..sse import DONE, HEARTBEAT, data_event
+from ..upstream.events import DONE, HEARTBEAT, data_event
 from .aligner import Outcome, Plan, aligner_body, aligned_header, personalization_field, plan, preset, record, usable
 from .chat import add_usage, chunk, delta_choice, stream_template
 from .context import PipelineContext
 from .rewrite import RewriteFilter
-from .turn import StreamReply, Turn
+from ..turn import StreamReply, Turn
 
 
 

@@ -14,11 +14,11 @@ from typing import Any
 import structlog
 
 from ..errors import ProxyError
-from ..structured import extract_json_object, response_format
+from ..upstream.structured import extract_json_object, response_format
 from .chat import first_content
 from .context import PipelineContext
-from .prompts import preference_lines
-from .turn import Turn
+from ..prompts.loader import preference_lines
+from ..turn import Turn
 
 TOKENS_PER_PREFERENCE = 8
 log = structlog.get_logger("perg.gate")

@@ -10,7 +10,7 @@ import orjson
 from ..errors import CallFailed
 from .context import PipelineContext
 from .strategies import serve_chat
-from .turn import Reply, StreamReply, Turn
+from ..turn import Reply, StreamReply, Turn
 
 
 async def read_whole(reply: Reply | StreamReply) -> bytes:

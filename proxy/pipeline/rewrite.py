@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import re
 
-from ..structured import extract_json_object
+from ..upstream.structured import extract_json_object
 
 UNCHANGED = "UNCHANGED"
 LABEL = re.compile(

@@ -1,0 +1,115 @@
+"""Answers through the proxy's own pipeline, in process, as the monitor's `Evaluator.answer` does.
+
+Every answer is a `Turn` served by `serve_chat` on the benchmark's own `Upstreams` and a private
+metrics registry: the same prompts, the same relevance gate, the same rewrite parsing and the same
+fallbacks as live traffic, with nothing re-implemented. The no-preference baseline is the `off`
+strategy with no preferences (the request goes upstream untouched).
+
+Strategies by name: `naive`, `pref_aligner` (relevance gate `llm`, the proxy's default) and
+`pref_aligner_gate_<mode>` for the other gate modes (`off`, `aligner`: every preference goes to
+the rewrite, which may answer UNCHANGED).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+
+from ..config import GateSettings, PersonalizationSettings, PromptFiles, StageSettings, UpstreamSettings
+from ..monitor.evaluate import private_metrics
+from ..pipeline.chat import first_content
+from ..pipeline.context import PipelineContext
+from ..prompts.loader import Prompts
+from ..pipeline.inprocess import complete
+from ..upstream.client import Upstreams
+from ..perg.cases import PROMPT_VERSION
+
+GATE_MODES = ("llm", "aligner", "off")
+BASELINE = "baseline"
+
+
+class Strategy(NamedTuple):
+    """A strategy of the benchmark: its name in the report, the pipeline's strategy, the gate mode."""
+
+    name: str
+    pipeline: str  # off | naive | pref_aligner
+    gate: str | None = None
+
+
+BASELINE_STRATEGY = Strategy(BASELINE, "off")
+
+
+def parse_strategy(name: str) -> Strategy:
+    """`naive`, `pref_aligner` or `pref_aligner_gate_<llm|aligner|off>`; anything else is a ValueError."""
+    if name == "naive":
+        return Strategy(name, "naive")
+    if name == "pref_aligner":
+        return Strategy(name, "pref_aligner", "llm")
+    prefix = "pref_aligner_gate_"
+    if name.startswith(prefix) and name[len(prefix) :] in GATE_MODES:
+        return Strategy(name, "pref_aligner", name[len(prefix) :])
+    choices = ", ".join(["naive", "pref_aligner", *(prefix + mode for mode in GATE_MODES)])
+    raise ValueError(f"unknown strategy {name!r}; choose from {choices}")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a strategy served: the text of choice 0, and for Pref-Aligner the `x-perg-aligned`
+    outcome (true, skipped, fallback, false) and the stage-1 draft."""
+
+    text: str
+    aligned: str | None = None
+    draft: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text, "aligned": self.aligned, "draft": self.draft}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Answer:
+        return cls(text=data["text"], aligned=data.get("aligned"), draft=data.get("draft"))
+
+
+class Answerer:
+    """The in-process pipeline on one upstream; one `PipelineContext` per gate mode."""
+
+    def __init__(self, upstream: UpstreamSettings, timeout: float, prompts: PromptFiles | None = None) -> None:
+        self.metrics = private_metrics()
+        self.upstreams = Upstreams((upstream,), self.metrics)
+        self.prompts = Prompts.load(prompts or PromptFiles())
+        self._timeout = timeout
+        self._contexts: dict[str | None, PipelineContext] = {}
+
+    async def start(self) -> None:
+        await self.upstreams.start()
+
+    async def close(self) -> None:
+        await self.upstreams.close()
+
+    def context(self, gate: str | None) -> PipelineContext:
+        """The pipeline for a gate mode; stage timeouts are the benchmark's call timeout, so a slow
+        model is measured, not timed out into fallbacks."""
+        if gate not in self._contexts:
+            settings = PersonalizationSettings(
+                aligner=StageSettings(timeout_seconds=self._timeout),
+                relevance_gate=GateSettings(mode=gate or "llm", timeout_seconds=self._timeout),
+            )
+            self._contexts[gate] = PipelineContext(settings, self.upstreams, self.metrics, self.prompts)
+        return self._contexts[gate]
+
+    def prompt_version(self, strategy: Strategy) -> str:
+        """The MCQ prompt's version and the versions of the pipeline prompts the strategy uses."""
+        parts = [PROMPT_VERSION]
+        if strategy.pipeline == "naive":
+            parts.append(f"naive:{self.prompts.naive.version}")
+        if strategy.pipeline == "pref_aligner":
+            parts.append(f"aligner:{self.prompts.aligner.version}")
+            if strategy.gate == "llm":
+                parts.append(f"gate:{self.prompts.gate.version}")
+        return "+".join(parts)
+
+    async def answer(self, request_id: str, body: dict[str, Any], strategy: Strategy, preferences: tuple[str, ...]) -> Answer:
+        """The answer `strategy` gives to a (non-streamed) request; failures raise."""
+        data, turn = await complete(self.context(strategy.gate), request_id, body, strategy.pipeline, preferences)
+        aligned = turn.aligned if strategy.pipeline == "pref_aligner" else None
+        return Answer(first_content(data)[0], aligned, turn.draft if aligned is not None else None)

@@ -1,0 +1,132 @@
+"""The three judges: relevance (PrefRel), consistency with the reference, and preference
+following (the paper's Likert 1–5 rubric, correctness ignored).
+
+Each asks for JSON constrained to a schema (in the judge upstream's structured-output style) and
+validates the reply into a model; a reply that does not validate, or a call that fails after its
+retries, is a `CallFailed` (a counted judge failure), never a score. How a request reaches the
+judge model is the caller's: the monitor uses the proxy's own client (`ask_upstream`, on
+`UpstreamClient.chat`), the offline benchmark the openai SDK.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..config import Retries
+from ..errors import CallFailed, ProxyError, UpstreamStatusError, UpstreamTimeout, UpstreamUnreachable
+from ..pipeline.chat import first_content
+from ..prompts.loader import Prompt, load_prompt, preference_lines
+from ..upstream.structured import extract_json_object, response_format
+from ..upstream.retries import with_retries
+from ..upstream.client import ChatResult, UpstreamClient
+
+AskJson = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+REASON = {"type": "string", "maxLength": 120}  # short: a tiny judge model can run on and on
+
+
+class Verdict(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    reason: str = Field(default="", max_length=2000)
+
+
+class RelevanceVerdict(Verdict):
+    relevant: bool
+
+
+class ConsistencyVerdict(Verdict):
+    verdict: Literal["consistent", "contradicts", "cannot_compare"]
+
+
+class FollowVerdict(Verdict):
+    score: int = Field(ge=1, le=5)
+
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "relevance": {"reason": REASON, "relevant": {"type": "boolean"}},
+    "consistency": {"reason": REASON, "verdict": {"type": "string", "enum": ["consistent", "contradicts", "cannot_compare"]}},
+    "follow": {"reason": REASON, "score": {"type": "integer", "enum": [1, 2, 3, 4, 5]}},
+}
+MODELS: dict[str, type[Verdict]] = {"relevance": RelevanceVerdict, "consistency": ConsistencyVerdict, "follow": FollowVerdict}
+
+
+def schema(name: str) -> dict[str, Any]:
+    properties = SCHEMAS[name]
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+
+@dataclass(frozen=True, slots=True)
+class Judge:
+    """The judges on one upstream: how to ask it for JSON, its structured-output style, the prompts."""
+
+    ask_json: AskJson
+    style: str
+    max_tokens: int
+    prompts: dict[str, Prompt]
+
+    @classmethod
+    def create(cls, ask_json: AskJson, style: str, max_tokens: int) -> Judge:
+        prompts = {name: load_prompt(f"judge_{name}") for name in SCHEMAS}
+        return cls(ask_json, style, max_tokens, prompts)
+
+    async def ask(self, name: str, model: str, **values: str) -> Any:
+        prompt = self.prompts[name]
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": "system", "content": prompt.system}, {"role": "user", "content": prompt.render_user(**values)}],
+            "temperature": 0,
+            "max_tokens": self.max_tokens,
+        }
+        constraint = response_format(self.style, f"perg_{name}_verdict", schema(name))
+        if constraint is not None:
+            body["response_format"] = constraint
+        data = await self.ask_json(body)
+        try:
+            return MODELS[name].model_validate(data)
+        except ValidationError as error:
+            raise CallFailed("invalid_verdict", str(error.errors()[0]["msg"])) from error
+
+    async def relevance(self, model: str, query: str, preferences: Sequence[str]) -> RelevanceVerdict:
+        return await self.ask("relevance", model, query=query, preferences=preference_lines(list(preferences)))
+
+    async def consistency(self, model: str, query: str, reference: str, answer: str) -> ConsistencyVerdict:
+        return await self.ask("consistency", model, query=query, reference=reference, answer=answer)
+
+    async def follow(self, model: str, query: str, preferences: Sequence[str], without: str, with_: str) -> FollowVerdict:
+        values = {"query": query, "preferences": preference_lines(list(preferences)), "answer_without": without, "answer_with": with_}
+        return await self.ask("follow", model, **values)
+
+
+async def ask_upstream(upstream: UpstreamClient, body: dict[str, Any], *, timeout: float, retries: Retries, request_id: str) -> dict[str, Any]:
+    """One judge call on the proxy's own client: 429 / 5xx / timeouts retried with backoff
+    (`retry-after` honoured), then the reply's JSON object; failures are `CallFailed`."""
+
+    async def attempt_once() -> ChatResult | ProxyError:
+        try:
+            return await upstream.chat(body, request_id=request_id, timeout=timeout, stage="judge")
+        except ProxyError as error:
+            return error
+
+    try:
+        result = await with_retries(attempt_once, retries)
+    except ProxyError as error:
+        raise CallFailed(failure_reason(error), error.message) from error
+    text = first_content(result.data)[0]
+    data = extract_json_object(text)
+    if data is None:
+        raise CallFailed("unparseable", f"no JSON object in the reply: {text[:120]!r}")
+    return data
+
+
+def failure_reason(error: ProxyError) -> str:
+    if isinstance(error, UpstreamStatusError):
+        return f"http_{error.status}"
+    if isinstance(error, UpstreamTimeout):
+        return "timeout"
+    if isinstance(error, UpstreamUnreachable):
+        return "unreachable"
+    return error.code or "error"

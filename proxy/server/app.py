@@ -1,0 +1,94 @@
+"""`create_app(settings)`: routes, the middleware, and the shared resources' lifetimes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from . import admin, handlers
+from .auth import Authenticator
+from ..config import ConfigError, Settings
+from ..metrics import Metrics
+from .middleware import request_middleware
+from ..monitor.service import Monitor
+from ..pipeline.context import PipelineContext
+from ..prompts.loader import Prompts
+from ..preferences.handle import StoreHandle
+from .ratelimit import RateLimiter
+from .services import SERVICES, Services
+from ..upstream.client import Upstreams
+
+log = structlog.get_logger("perg.app")
+
+
+def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> web.Application:
+    """The proxy as an aiohttp application; resources open when it starts, close when it stops."""
+    app = web.Application(middlewares=[request_middleware], client_max_size=settings.server.max_body_bytes)
+    metrics = Metrics(registry)
+    upstreams = Upstreams(settings.upstreams, metrics)
+    prompts = load_prompts(settings)
+    store = StoreHandle(settings.profiles)
+    app[SERVICES] = Services(
+        settings=settings,
+        metrics=metrics,
+        auth=Authenticator(settings.auth),
+        upstreams=upstreams,
+        store=store,
+        pipeline=PipelineContext(
+            settings=settings.personalization,
+            upstreams=upstreams,
+            metrics=metrics,
+            prompts=prompts,
+            heartbeat_seconds=settings.server.heartbeat_seconds,
+            log_content=settings.logging.log_content,
+        ),
+        monitor=Monitor(settings, metrics, store, prompts),
+        limiter=RateLimiter(settings.auth.rate_limits, metrics),
+    )
+    app.cleanup_ctx.append(_upstreams)
+    app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(_monitor)
+    admin.add_routes(app)
+    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
+    app.router.add_get("/v1/models", handlers.list_models)
+    app.router.add_route("*", "/v1/models/{model}", handlers.passthrough)
+    app.router.add_route("*", "/v1/{tail:.*}", handlers.passthrough)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_get("/openapi.json", handlers.openapi)
+    return app
+
+
+async def _upstreams(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    if services.auth.open:
+        log.warning("auth_open", detail="auth.client_keys is empty: any client may use the proxy")
+    await services.upstreams.start()
+    yield
+    await services.upstreams.close()
+    await services.limiter.close()
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    store = app[SERVICES].store
+    await store.start()
+    yield
+    await store.close()
+
+
+async def _monitor(app: web.Application) -> AsyncIterator[None]:
+    monitor = app[SERVICES].monitor
+    await monitor.start()
+    yield
+    await monitor.stop()
+
+
+def load_prompts(settings: Settings) -> Prompts:
+    try:
+        return Prompts.load(settings.personalization.prompts)
+    except OSError as error:
+        raise ConfigError(f"personalization.prompts: cannot read {error.filename}: {error.strerror}") from None

@@ -1,0 +1,69 @@
+"""Client and admin keys, compared in constant time.
+
+Keys are compared as SHA-256 digests with `hmac.compare_digest`, and every configured key is
+compared on every check (no early exit), so the time taken says nothing about how close a guess
+was or which key matched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from ..config import AuthSettings, ClientKey
+from ..errors import AuthenticationFailed, PermissionDenied
+
+ANONYMOUS = ClientKey(key="-", name="anonymous")
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
+
+def bearer_token(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class Authenticator:
+    def __init__(self, settings: AuthSettings) -> None:
+        self._clients = [(_digest(client.key), client) for client in settings.client_keys]
+        self._admin = _digest(settings.admin_key) if settings.admin_key else None
+        self.open = not self._clients
+
+    def check(self, authorization: str | None, *, admin: bool) -> ClientKey | None:
+        """The client a request comes from; raises 401 / 403. Admin routes need the admin key."""
+        token = bearer_token(authorization)
+        if admin:
+            return self._check_admin(token)
+        if self.open:
+            return ANONYMOUS
+        if token is None:
+            raise AuthenticationFailed("Missing API key: send it as 'Authorization: Bearer <key>'.")
+        found = self._match(token)
+        if found is None:
+            raise AuthenticationFailed("Incorrect API key provided.")
+        return found
+
+    def _check_admin(self, token: str | None) -> None:
+        if self._admin is None:
+            raise PermissionDenied("Admin routes are disabled: set auth.admin_key to enable them.")
+        if token is None:
+            raise AuthenticationFailed("Missing admin key: send it as 'Authorization: Bearer <key>'.")
+        if not hmac.compare_digest(_digest(token), self._admin):
+            if self._match(token) is not None:
+                raise PermissionDenied("Client keys cannot use admin routes.")
+            raise AuthenticationFailed("Incorrect admin key provided.")
+        return None
+
+    def _match(self, token: str) -> ClientKey | None:
+        digest = _digest(token)
+        found = None
+        for known, client in self._clients:
+            if hmac.compare_digest(digest, known) and found is None:
+                found = client
+        return found

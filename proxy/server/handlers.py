@@ -1,0 +1,196 @@
+"""Thin HTTP handlers: read and check the request, call the pipeline, write the reply.
+
+Nothing below this layer sees an aiohttp type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from importlib import resources
+from typing import Any
+
+import orjson
+import structlog
+import yaml
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ..errors import InvalidRequest, NotFound, ProxyError
+from ..upstream.headers import upstream_request_headers
+from ..metrics import exposition
+from .middleware import TURN
+from ..monitor.job import job_of
+from ..pipeline.forward import forward
+from ..pipeline.strategies import serve_chat
+from ..preferences.resolve import resolve
+from ..turn import Reply, StreamReply, Turn
+from .protocol import check_chat_request, parse_json_object
+from .services import SERVICES, Services
+from ..upstream.events import send_stream
+from ..upstream.client import UpstreamClient
+
+READY_TIMEOUT = 2.0
+log = structlog.get_logger("perg.content")
+
+
+async def respond(request: web.Request, turn: Turn, reply: Reply | StreamReply) -> web.StreamResponse:
+    if isinstance(reply, StreamReply):
+        return await send_stream(request, turn, reply)
+    headers = reply.headers
+    if "Content-Type" not in headers:
+        headers["Content-Type"] = "application/json"
+    return web.Response(status=reply.status, body=reply.body, headers=headers)
+
+
+def json_response(payload: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json")
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    turn = request[TURN]
+    services = request.app[SERVICES]
+    payload = await request.read()
+    data = parse_json_object(payload)
+    check_chat_request(data)
+    had_extension = "personalization" in data
+    wanted = await resolve(data, request.headers, turn.client, services.settings.personalization, services.store, services.metrics)
+    turn.body = data
+    turn.raw_body = None if had_extension else payload
+    turn.model = data["model"]
+    turn.stream = data.get("stream") is True
+    turn.strategy = wanted.strategy
+    turn.preferences = wanted.preferences
+    turn.preference_source = wanted.source
+    turn.user_id = wanted.user_id
+    turn.return_draft = wanted.return_draft
+    if services.settings.logging.log_content:
+        log.info("chat_content", messages=data.get("messages"), preferences=list(wanted.preferences))
+    monitored = _sample(turn, services)
+    reply = await serve_chat(turn, services.pipeline)
+    response = await respond(request, turn, reply)
+    if monitored:
+        _submit(turn, reply, services)
+    await services.limiter.spend_tokens(turn.client, turn.usage)
+    return response
+
+
+def _sample(turn: Turn, services: Services) -> bool:
+    """Decide (deterministically) whether the monitor judges this request; prepare to capture."""
+    turn.judge, turn.shadow = services.monitor.sampler.decide(turn.request_id, turn.model or "", turn.strategy or "off", bool(turn.preferences))
+    # A pass-through stream's answer is only seen as it passes: capture it. Pref-Aligner (which
+    # runs only with preferences) records its own answer and draft.
+    passes_through = turn.strategy != "pref_aligner" or not turn.preferences
+    if (turn.judge or turn.shadow) and turn.stream and passes_through:
+        turn.captured = bytearray()
+    return turn.judge or turn.shadow
+
+
+def _submit(turn: Turn, reply: Reply | StreamReply, services: Services) -> None:
+    """Hand a served, sampled request to the monitor; never fails the request."""
+    if turn.error_code is not None or reply.status != 200:
+        return
+    try:
+        services.monitor.submit(job_of(turn, reply))
+    except Exception:  # noqa: BLE001 - monitoring never fails a request
+        log.exception("monitor_submit_failed")
+
+
+async def list_models(request: web.Request) -> web.StreamResponse:
+    turn = request[TURN]
+    upstreams = request.app[SERVICES].upstreams.all
+    if len(upstreams) == 1:
+        return await _forward_request(request, turn, upstreams[0], "/models", None)
+    listings = await asyncio.gather(*(_model_listing(turn, upstream) for upstream in upstreams), return_exceptions=True)
+    merged: dict[str, Any] = {}
+    for listing in listings:
+        if isinstance(listing, BaseException):
+            continue
+        for model in listing:
+            merged.setdefault(model.get("id"), model)
+    if not merged and isinstance(listings[0], ProxyError):
+        raise listings[0]
+    return json_response({"object": "list", "data": list(merged.values())})
+
+
+async def _model_listing(turn: Turn, upstream: UpstreamClient) -> list[dict[str, Any]]:
+    headers = upstream_request_headers(turn.headers, turn.request_id, upstream.settings.api_key, upstream.settings.headers)
+    async with upstream.open("GET", "/models", headers=headers, stage="models") as response:
+        body = await response.read()
+    turn.upstream_wait += response.waited
+    data = orjson.loads(body)
+    return [item for item in data.get("data", []) if isinstance(item, dict) and "id" in item]
+
+
+async def passthrough(request: web.Request) -> web.StreamResponse:
+    """Any other `/v1/*` route: method, path, query and body forwarded, the response streamed back."""
+    turn = request[TURN]
+    segments = request.path.split("/")
+    if "." in segments or ".." in segments:
+        raise NotFound(f"Unknown route: {request.method} {request.path}")
+    body = await request.read() if request.body_exists else None
+    upstream = _route(request, body)
+    return await _forward_request(request, turn, upstream, request.raw_path.split("?", 1)[0][3:], body)
+
+
+def _route(request: web.Request, body: bytes | None) -> UpstreamClient:
+    upstreams = request.app[SERVICES].upstreams
+    if len(upstreams.all) == 1:
+        return upstreams.all[0]
+    model = request.match_info.get("model")
+    if model is None and body and request.content_type == "application/json":
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from None
+        model = data.get("model") if isinstance(data, dict) and isinstance(data.get("model"), str) else None
+    return upstreams.for_model(model or "")
+
+
+async def _forward_request(request: web.Request, turn: Turn, upstream: UpstreamClient, path: str, body: bytes | None) -> web.StreamResponse:
+    settings = upstream.settings
+    headers = upstream_request_headers(request.headers, turn.request_id, settings.api_key, settings.headers)
+    reply = await forward(turn, upstream, request.method, path, data=body, headers=headers, query=request.rel_url.raw_query_string)
+    return await respond(request, turn, reply)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    services: Services = request.app[SERVICES]
+    store, *checks = await asyncio.gather(services.store.ping(), *(_probe(upstream) for upstream in services.upstreams.all))
+    upstreams = {upstream.name: result for upstream, result in zip(services.upstreams.all, checks)}
+    ready = all(result == "ok" for result in (store, *checks)) and not services.draining
+    status = "draining" if services.draining else ("ready" if ready else "not_ready")
+    return json_response({"status": status, "store": store, "upstreams": upstreams}, 200 if ready else 503)
+
+
+async def _probe(upstream: UpstreamClient) -> str:
+    headers = upstream_request_headers({}, "readyz", upstream.settings.api_key, upstream.settings.headers)
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            async with upstream.open("GET", "/models", headers=headers, stage="readyz") as response:
+                await response.read()
+    except ProxyError as error:
+        return error.code or "error"
+    except TimeoutError:
+        return "upstream_timeout"
+    return "ok"
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI description of the proxy's own routes (proxy/openapi.yaml), as JSON."""
+    return web.Response(body=openapi_json(), content_type="application/json")
+
+
+@functools.cache
+def openapi_json() -> bytes:
+    return orjson.dumps(yaml.safe_load(resources.files("proxy").joinpath("openapi.yaml").read_text(encoding="utf-8")))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[SERVICES].metrics.registry
+    return web.Response(body=exposition(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+

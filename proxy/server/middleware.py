@@ -1,0 +1,143 @@
+"""The request middleware: request id, auth, structlog context, timing, metrics, error mapping.
+
+One middleware rather than a chain of small ones: every request passes here, and each extra
+layer costs a coroutine frame on the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+
+import orjson
+import structlog
+from aiohttp import web
+
+from ..errors import MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError, error_payload
+from ..metrics import Metrics
+from ..turn import Turn
+from .services import SERVICES
+from ..upstream.events import apply_turn_headers
+
+TURN: web.RequestKey[Turn] = web.RequestKey("turn", Turn)
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+
+log = structlog.get_logger("perg.request")
+
+
+def route_of(path: str) -> str:
+    """A bounded route label for metrics and logs."""
+    if path == "/v1/chat/completions":
+        return "chat_completions"
+    if path == "/v1/models" or path.startswith("/v1/models/"):
+        return "models"
+    if path.startswith("/v1/"):
+        return "passthrough"
+    if path.startswith("/perg/profiles"):
+        return "profiles"
+    if path.startswith("/perg/monitor"):
+        return "monitor"
+    if path in OPEN_PATHS:
+        return path[1:]
+    return "unknown"
+
+
+def request_id_of(request: web.Request) -> str:
+    incoming = request.headers.get("X-Request-ID")
+    if incoming and REQUEST_ID.match(incoming):
+        return incoming
+    return os.urandom(16).hex()
+
+
+def error_response(error: BaseException, turn: Turn) -> web.Response:
+    status, body, headers = error_payload(error)
+    turn.status = status
+    turn.error_code = body["error"].get("code") or body["error"].get("type")
+    response = web.Response(status=status, body=orjson.dumps(body), headers=headers)
+    response.headers["Content-Type"] = "application/json"
+    apply_turn_headers(response, turn)
+    return response
+
+
+def _from_http_exception(error: web.HTTPException, request: web.Request) -> ProxyError:
+    if error.status == 404:
+        return NotFound(f"Unknown route: {request.method} {request.path}")
+    if error.status == 405:
+        allowed = sorted(getattr(error, "allowed_methods", ()) or ())
+        return MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}", headers={"Allow": ", ".join(allowed)})
+    if error.status == 413:
+        return PayloadTooLarge(f"The request body exceeds the limit of {request.app[SERVICES].settings.server.max_body_bytes} bytes.")
+    generic = ProxyError(error.reason or "HTTP error")
+    generic.status = error.status
+    generic.type = "invalid_request_error" if error.status < 500 else "server_error"
+    return generic
+
+
+@web.middleware
+async def request_middleware(request: web.Request, handler) -> web.StreamResponse:
+    path = request.path
+    turn = Turn(request_id=request_id_of(request), route=route_of(path), method=request.method, headers=request.headers)
+    request[TURN] = turn
+    services = request.app[SERVICES]
+    metrics = services.metrics
+    metrics.in_flight.inc()
+    tokens = structlog.contextvars.bind_contextvars(request_id=turn.request_id)
+    try:
+        if path.startswith(("/v1/", "/perg/")):
+            turn.client = services.auth.check(request.headers.get("Authorization"), admin=path.startswith("/perg/"))
+            await services.limiter.admit(turn.client)
+        response = await handler(request)
+        if not response.prepared:
+            turn.status = response.status
+            apply_turn_headers(response, turn)
+        return response
+    except web.HTTPException as error:
+        return error_response(_from_http_exception(error, request), turn)
+    except ProxyError as error:
+        return error_response(error, turn)
+    except Exception as error:  # noqa: BLE001 - the one place a stray exception becomes a 500
+        log.exception("unhandled_error", path=path)
+        return error_response(error, turn)
+    finally:
+        metrics.in_flight.dec()
+        # After the response is handed to the transport, not before: logging and metrics are
+        # off the response's critical path (the callback keeps this request's log context).
+        asyncio.get_running_loop().call_soon(_record, request.path, turn, metrics)
+        structlog.contextvars.reset_contextvars(**tokens)
+
+
+def _record(path: str, turn: Turn, metrics: Metrics) -> None:
+    elapsed = turn.elapsed()
+    overhead = turn.overhead()
+    strategy = turn.strategy or "none"
+    status = turn.status or 499
+    method = turn.method if turn.method in METHODS else "other"  # clients may send any token
+    metrics.child(metrics.requests, turn.route, method, str(status), strategy).inc()
+    metrics.child(metrics.request_duration, turn.route, strategy).observe(elapsed)
+    metrics.child(metrics.overhead, turn.route, strategy).observe(overhead)
+    if turn.first_token_at is not None:
+        metrics.ttft.labels(strategy).observe(turn.first_token_at)
+    if turn.error_code and status < 400:
+        metrics.stream_errors.labels(turn.error_code).inc()
+    if turn.route in ("metrics", "healthz", "readyz", "openapi.json"):
+        return
+    log.info(
+        "request",
+        method=turn.method,
+        path=path,
+        route=turn.route,
+        status=status,
+        duration_ms=round(elapsed * 1000, 3),
+        overhead_ms=round(overhead * 1000, 3),
+        upstream_ms=round(turn.upstream_wait * 1000, 3),
+        client=turn.client.name if turn.client else None,
+        model=turn.model,
+        stream=turn.stream,
+        strategy=turn.strategy,
+        preferences=turn.preference_source,
+        aligned=turn.aligned,
+        error=turn.error_code,
+    )

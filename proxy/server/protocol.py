@@ -1,0 +1,111 @@
+"""OpenAI wire models: lenient (unknown fields kept), strict on the types of known ones.
+
+These models only *check* a request. What travels upstream is the client's own JSON object (or its
+very bytes), so a field the proxy does not know, or a number format, is never altered.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+
+from ..errors import InvalidRequest
+
+Number = StrictFloat | StrictInt
+
+
+def _integral(value: Any) -> Any:
+    """JSON has one number type: 2.0 is the integer 2 (as JSON Schema says); "2" and true are not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Integer = Annotated[StrictInt, BeforeValidator(_integral)]
+
+
+class Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class Message(Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: StrictStr | list[dict[str, Any]] | None = None
+    name: StrictStr | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: StrictStr | None = None
+
+
+class ChatCompletionRequest(Lenient):
+    model: StrictStr = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    stream: StrictBool | None = None
+    stream_options: dict[str, Any] | None = None
+    n: Integer | None = Field(None, ge=1, le=128)  # OpenAI's own limit; bounds the aligner's fan-out
+    temperature: Number | None = None
+    top_p: Number | None = None
+    max_tokens: Integer | None = None
+    max_completion_tokens: Integer | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    presence_penalty: Number | None = None
+    frequency_penalty: Number | None = None
+    logit_bias: dict[str, Number] | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: Integer | None = None
+    seed: Integer | None = None
+    user: StrictStr | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None
+    response_format: dict[str, Any] | None = None
+
+
+def parse_json_object(payload: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 that says what is wrong with it."""
+    if not payload:
+        raise InvalidRequest("The request body is empty; a JSON object was expected.", code="invalid_json")
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError as error:
+        raise InvalidRequest(f"The request body is not valid JSON: {error}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    return data
+
+
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "none", "list", "dict"})
+
+
+def param_path(loc: tuple[int | str, ...]) -> str:
+    """pydantic's location as OpenAI names a parameter: `messages[0].content`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _UNION_TAGS or "[" in part or "-" in part:
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def validation_error(error: ValidationError) -> InvalidRequest:
+    first = error.errors()[0]
+    param = param_path(first["loc"])
+    kind = first["type"]
+    if kind == "missing":
+        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    if kind == "literal_error":
+        return InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param, code="invalid_value")
+    if kind.endswith("_type") or kind in ("union_tag_invalid", "model_type", "dict_type", "list_type"):
+        return InvalidRequest(f"Invalid type for '{param}': {first['msg']}.", param=param, code="invalid_type")
+    return InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param, code="invalid_value")
+
+
+def check_chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as error:
+        raise validation_error(error) from None

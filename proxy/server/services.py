@@ -1,0 +1,32 @@
+"""The shared resources of one running proxy, held on the aiohttp application."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .auth import Authenticator
+from ..config import Settings
+from ..metrics import Metrics
+from ..monitor.service import Monitor
+from ..pipeline.context import PipelineContext
+from ..preferences.handle import StoreHandle
+from .ratelimit import RateLimiter
+from ..upstream.client import Upstreams
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    metrics: Metrics
+    auth: Authenticator
+    upstreams: Upstreams
+    store: StoreHandle
+    pipeline: PipelineContext
+    monitor: Monitor
+    limiter: RateLimiter
+    draining: bool = False
+
+
+SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
