@@ -27,7 +27,7 @@ from ..preferences.resolve import resolve
 from ..turn import Reply, StreamReply, Turn
 from .protocol import check_chat_request, parse_json_object
 from .services import SERVICES, Services
-from ..upstream.events import send_stream
+from .responses import send_stream
 from ..upstream.client import UpstreamClient
 
 READY_TIMEOUT = 2.0

@@ -18,7 +18,7 @@ from ..errors import MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError, er
 from ..metrics import Metrics
 from ..turn import Turn
 from .services import SERVICES
-from ..upstream.events import apply_turn_headers
+from .responses import apply_turn_headers
 
 TURN: web.RequestKey[Turn] = web.RequestKey("turn", Turn)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")

@@ -1,0 +1,98 @@
+"""Writing a `StreamReply` to a client, and the proxy's own response headers.
+
+Chunks are written as they arrive, never buffered past an event boundary. Once a stream has
+started, an error can only be reported in band (`upstream/events.py`). A stream that ends without
+the upstream's `[DONE]` is an error too, so a dead upstream never looks like a finished answer.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from aiohttp import web
+
+from ..errors import ProxyError
+from ..turn import StreamReply, Turn
+from ..upstream.events import DONE, HEARTBEAT, EventFramer, error_event
+
+CAPTURE_LIMIT = 1024 * 1024
+
+log = structlog.get_logger("perg.sse")
+
+
+class StreamEndedEarly(ProxyError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_stream_incomplete"
+
+
+def apply_turn_headers(response: web.StreamResponse, turn: Turn) -> None:
+    """The proxy's own response headers; set before the response starts."""
+    headers = response.headers
+    headers["x-request-id"] = turn.request_id
+    if turn.strategy is not None:
+        headers["x-perg-strategy"] = turn.strategy
+    if turn.aligned is not None:
+        headers["x-perg-aligned"] = turn.aligned
+    headers["x-perg-overhead-ms"] = f"{turn.overhead() * 1000:.3f}"
+
+
+async def send_stream(request: web.Request, turn: Turn, reply: StreamReply) -> web.StreamResponse:
+    """Write `reply` to the client chunk by chunk; errors after the start go in band."""
+    response = web.StreamResponse(status=reply.status, headers=reply.headers)
+    response.content_type = reply.content_type
+    if reply.sse:
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Accel-Buffering"] = "no"
+    turn.status = reply.status
+    try:
+        apply_turn_headers(response, turn)
+        await response.prepare(request)
+        await _pump(response, turn, reply)
+    except ProxyError as error:
+        await _fail(request, response, turn, reply, error)
+    except (ConnectionResetError, ConnectionError):
+        turn.error_code = "client_disconnected"
+        return response
+    except Exception as error:  # noqa: BLE001 - reported in band, never as a traceback
+        log.exception("stream_failed", request_id=turn.request_id)
+        await _fail(request, response, turn, reply, error)
+    finally:
+        await reply.close()
+    return response
+
+
+async def _pump(response: web.StreamResponse, turn: Turn, reply: StreamReply) -> None:
+    framer = EventFramer() if reply.sse else None
+    async for chunk in reply.chunks:
+        if framer is not None:
+            chunk = framer.feed(chunk)
+            if not chunk:
+                continue
+        if turn.first_token_at is None and chunk != HEARTBEAT:
+            turn.first_token_at = turn.elapsed()
+        if turn.captured is not None and len(turn.captured) < CAPTURE_LIMIT:
+            turn.captured += chunk
+        started = time.perf_counter()
+        await response.write(chunk)
+        turn.client_wait += time.perf_counter() - started
+    if framer is not None and reply.expect_done and not framer.saw_done:
+        raise StreamEndedEarly("the upstream stream ended without its end-of-stream marker ([DONE])")
+    await response.write_eof()
+
+
+async def _fail(request: web.Request, response: web.StreamResponse, turn: Turn, reply: StreamReply, error: BaseException) -> None:
+    turn.error_code = getattr(error, "code", None) or "internal_error"
+    if not response.prepared:
+        raise error
+    if not reply.sse:
+        # A byte stream has no in-band error: cut the connection so the body is visibly incomplete.
+        if request.transport is not None:
+            request.transport.abort()
+        return
+    try:
+        await response.write(error_event(error) + DONE)
+        await response.write_eof()
+    except (ConnectionResetError, ConnectionError):
+        turn.error_code = "client_disconnected"
