@@ -206,3 +206,8 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*values)
         return found
+
+
+def private_metrics() -> Metrics:
+    """A registry nobody scrapes: the monitor's own pipeline runs count there, not in /metrics."""
+    return Metrics(CollectorRegistry())

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 
 from ..config import GateSettings, PersonalizationSettings, PromptFiles, StageSettings, UpstreamSettings
-from ..monitor.evaluate import private_metrics
+from ..metrics import private_metrics
 from ..pipeline.chat import first_content
 from ..pipeline.context import PipelineContext
 from ..prompts.loader import Prompts

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
-from prometheus_client import CollectorRegistry
 
 from ..config import MonitorSettings
 from ..metrics import Metrics
@@ -148,8 +147,3 @@ class Evaluator:
 def _inc_if(condition: bool, counter: Any) -> None:
     if condition:
         counter.inc()
-
-
-def private_metrics() -> Metrics:
-    """A registry nobody scrapes: the monitor's own pipeline runs count there, not in /metrics."""
-    return Metrics(CollectorRegistry())

@@ -20,7 +20,8 @@ from ..prompts.loader import Prompts
 from ..preferences.handle import StoreHandle
 from ..upstream.client import Upstreams
 from .canary import Canary
-from .evaluate import Evaluator, private_metrics
+from ..metrics import private_metrics
+from .evaluate import Evaluator
 from .job import Job
 from ..perg.judges import Judge, ask_upstream
 from .sampler import Sampler

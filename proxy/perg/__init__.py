@@ -1,7 +1,3 @@
-"""Offline PERG benchmark (`perg-proxy eval`).
-
-Pure parts (no model calls): datasets, cases, extract, metrics, stats, summary, rescore,
-calibration, report. The run: options, suite (items and their cases), answering (the proxy's own
-pipeline, in process), judging (the monitor's judges), cache, retry, runner, benchmark, results,
-progress; cli wires the commands.
-"""
+"""The PERG library, shared by the online monitor and the offline benchmark: datasets, cases,
+answer extraction, rates (BR, AFR, RER, PVR), statistics and the LLM judges. No model calls of
+its own: the judges are given a completion function."""

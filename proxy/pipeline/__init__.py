@@ -1,1 +1,1 @@
-"""Per-request object (`Turn`) and the strategies that turn a chat request into a reply."""
+"""The strategies that turn a chat request (a `Turn`) into a reply: off, naive, pref_aligner."""
