@@ -70,7 +70,9 @@ auth: {{client_keys: [{KEY}], admin_key: admin}}
 """
     )
     log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
-    process = subprocess.Popen(pinned(0, [sys.executable, "-m", "proxy", "serve", "--config", str(config)]), cwd=ROOT, stdout=log, stderr=log)
+    process = subprocess.Popen(
+        pinned(0, [sys.executable, "-m", "proxy", "serve", "--config", str(config)]), cwd=ROOT, stdout=log, stderr=log
+    )
     wait_port(port)
     return process, port
 

@@ -147,7 +147,9 @@ def latency_target(rows: list[dict], subject: str = PERG) -> tuple[bool, list[st
             ok = all(added < other for other in rivals.values())
             met &= ok
             others = ", ".join(f"{name} {value:+.2f}" for name, value in rivals.items())
-            lines.append(f"stream={stream!s:5} c={concurrency:<3} {key[:3]}: {subject} {added:+.2f} ms vs {others} -> {'yes' if ok else 'NO'}")
+            lines.append(
+                f"stream={stream!s:5} c={concurrency:<3} {key[:3]}: {subject} {added:+.2f} ms vs {others} -> {'yes' if ok else 'NO'}"
+            )
     return met, lines
 
 
@@ -207,13 +209,19 @@ def targets_section(rows: list[dict], soak: dict | None) -> list[str]:
         "   ```",
         "",
     ]
-    out += [f"2. At least 10x LiteLLM's and 2x Portkey's requests/s: on every row {yes(per_row)}; at each one's best concurrency {yes(best)}", ""]
+    out += [
+        f"2. At least 10x LiteLLM's and 2x Portkey's requests/s: on every row {yes(per_row)}; at each one's best concurrency {yes(best)}",
+        "",
+    ]
     out += ["   ```", *(f"   {line}" for line in throughput_lines), "   ```", ""]
     out += [f"3. No errors at 256 concurrent streams: {yes(errors_met)}", ""]
     out += ["   ```", *(f"   {line}" for line in error_lines), "   ```", ""]
     if soak:
         flat = soak["growth_max_pct"] <= 10
-        out += [f"4. Soak: resident memory flat within 10%: {yes(flat)} (max {soak['growth_max_pct']:+.1f}% over the first sample after warm-up)", ""]
+        out += [
+            f"4. Soak: resident memory flat within 10%: {yes(flat)} (max {soak['growth_max_pct']:+.1f}% over the first sample after warm-up)",
+            "",
+        ]
     else:
         out += ["4. Soak: not run (`--soak-minutes 0`).", ""]
     return out
@@ -245,7 +253,9 @@ def errors_section(rows: list[dict]) -> list[str]:
     lines = ["Failed requests, by kind:", ""]
     for row in failed:
         kinds = ", ".join(f"{count} {kind}" for kind, count in row.get("error_kinds", {}).items())
-        lines.append(f"- {row['path']}, {'streaming' if row['stream'] else 'plain'}, concurrency {row['concurrency']}: {kinds or row['errors']}")
+        lines.append(
+            f"- {row['path']}, {'streaming' if row['stream'] else 'plain'}, concurrency {row['concurrency']}: {kinds or row['errors']}"
+        )
     return [*lines, ""]
 
 

@@ -55,7 +55,14 @@ class Result:
 
 
 def chat_request(
-    host: str, port: int, path: str, model: str, stream: bool, key: str = "", extra: dict | None = None, headers: dict[str, str] | None = None
+    host: str,
+    port: int,
+    path: str,
+    model: str,
+    stream: bool,
+    key: str = "",
+    extra: dict | None = None,
+    headers: dict[str, str] | None = None,
 ) -> bytes:
     """One pre-built HTTP request; `extra` adds body fields (a `personalization` extension, say),
     `headers` adds request headers (a gateway's routing headers, say)."""

@@ -70,7 +70,9 @@ def report(results: dict[tuple[float, int], list[dict[str, float]]]) -> None:
     print("| sample rate | concurrency | p50 ms | p99 ms | req/s |")
     print("|---|---|---|---|---|")
     for (rate, concurrency), rows in sorted(results.items(), key=lambda item: (item[0][1], item[0][0])):
-        print(f"| {rate} | {concurrency} | {median([r['p50_ms'] for r in rows]):.3f} | {median([r['p99_ms'] for r in rows]):.3f} | {median([r['rps'] for r in rows]):.0f} |")
+        print(
+            f"| {rate} | {concurrency} | {median([r['p50_ms'] for r in rows]):.3f} | {median([r['p99_ms'] for r in rows]):.3f} | {median([r['rps'] for r in rows]):.0f} |"
+        )
     for concurrency in (1, 32):
         off, on = results[(0.0, concurrency)], results[(1.0, concurrency)]
         p50 = median([r["p50_ms"] for r in on]) - median([r["p50_ms"] for r in off])

@@ -75,7 +75,9 @@ class ClientCase:
         for _ in range(requests):
             started = time.perf_counter()
             if self.session is not None:
-                async with self.session.post(f"http://127.0.0.1:{self.port}/v1/chat/completions", data=self.body, headers={"Content-Type": "application/json"}) as response:
+                async with self.session.post(
+                    f"http://127.0.0.1:{self.port}/v1/chat/completions", data=self.body, headers={"Content-Type": "application/json"}
+                ) as response:
                     await response.read()
             else:
                 assert self.pool is not None
@@ -161,8 +163,10 @@ def report(rows: list[tuple[str, dict[str, float], float]], delay_ms: int) -> No
     d2 = by_case["direct call from an aiohttp client = D'"]["p50_ms"]
     d3 = by_case["direct call from the proxy's stage client = D''"]["p50_ms"]
     print(f"\nper call, an aiohttp client costs D + {d2 - d:.2f} ms and the proxy's stage client (proxy/calls.py) D + {d3 - d:.2f} ms;")
-    print(f"over 2D: pref_aligner gate off {by_case['pref_aligner, gate off']['p50_ms'] - 2 * d:+.2f} ms, gate on {by_case['pref_aligner, gate on, relevant']['p50_ms'] - 2 * d:+.2f} ms; "
-          f"streaming first token {by_case['pref_aligner streaming: first token']['ttfb_p50_ms'] - d - by_case['direct call, streaming: first chunk']['ttfb_p50_ms']:+.2f} ms over D + first chunk")
+    print(
+        f"over 2D: pref_aligner gate off {by_case['pref_aligner, gate off']['p50_ms'] - 2 * d:+.2f} ms, gate on {by_case['pref_aligner, gate on, relevant']['p50_ms'] - 2 * d:+.2f} ms; "
+        f"streaming first token {by_case['pref_aligner streaming: first token']['ttfb_p50_ms'] - d - by_case['direct call, streaming: first chunk']['ttfb_p50_ms']:+.2f} ms over D + first chunk"
+    )
     gate_cost = by_case["pref_aligner, gate on, relevant"]["p50_ms"] - by_case["pref_aligner, gate off"]["p50_ms"]
     print(f"\nthe gate (one extra, concurrent upstream call) adds {gate_cost:+.2f} ms at p50 when a preference is relevant,")
     saved = by_case["pref_aligner, gate off"]["p50_ms"] - by_case["pref_aligner, gate on, only unrelated"]["p50_ms"]

@@ -26,7 +26,6 @@ from bench.common import KEY, pin_self, rss_kib, start_fake, start_proxy, stop  
 from bench.loadgen import chat_request, run_load  # noqa: E402
 
 
-
 def start_processes(strategy: str, workdir: Path) -> tuple[subprocess.Popen, subprocess.Popen, int, int]:
     fake, upstream_port = start_fake()
     proxy, proxy_port = start_proxy(upstream_port, workdir, f'personalization: {{default_strategy: "{strategy}"}}')
@@ -92,7 +91,9 @@ def report(outcome: dict) -> None:
             )
     if outcome["memory"]:
         at_10k, at_end, errors = outcome["memory"]
-        print(f"soak: RSS {at_10k / 1024:.1f} MiB at request 10,000, {at_end / 1024:.1f} MiB at the end ({(at_end / at_10k - 1) * 100:+.1f}%), {errors} errors")
+        print(
+            f"soak: RSS {at_10k / 1024:.1f} MiB at request 10,000, {at_end / 1024:.1f} MiB at the end ({(at_end / at_10k - 1) * 100:+.1f}%), {errors} errors"
+        )
 
 
 def main() -> None:

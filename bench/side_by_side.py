@@ -61,7 +61,13 @@ class Tally:
     overflows: int = 0
 
     def row(self, target: Target, stream: bool, concurrency: int) -> dict:
-        row = {"path": target.name, "stream": stream, "concurrency": concurrency, **self.result.summary(), "listen_overflows": self.overflows}
+        row = {
+            "path": target.name,
+            "stream": stream,
+            "concurrency": concurrency,
+            **self.result.summary(),
+            "listen_overflows": self.overflows,
+        }
         row["error_kinds"] = dict(self.result.error_kinds)
         if target.process:
             row["peak_rss_mib"] = self.peak_kib / 1024
@@ -82,7 +88,15 @@ async def measure_round(target: Target, stream: bool, concurrency: int, budget: 
     """One steady-state run: connect, warm up every connection, then time requests until the budget."""
     requests, seconds = budget
     warmup_each = max(2, 200 // concurrency)
-    load = run_load("127.0.0.1", target.port, target.request(stream), concurrency=concurrency, requests=requests, max_seconds=seconds, warmup_each=warmup_each)
+    load = run_load(
+        "127.0.0.1",
+        target.port,
+        target.request(stream),
+        concurrency=concurrency,
+        requests=requests,
+        max_seconds=seconds,
+        warmup_each=warmup_each,
+    )
     overflows, pid = listen_overflows(), target.process.pid if target.process else None
     if pid:
         cpu_before = cpu_seconds(pid)
@@ -209,7 +223,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--soak-rate", type=float, default=200.0, help="requests/s offered during the soak")
     parser.add_argument("--docs", type=Path, help=f"write the Markdown here (default for full runs: {DOCS.relative_to(ROOT)})")
     parser.add_argument(
-        "--from-json", type=Path, nargs="+", help=f"measure nothing: render the figures runs saved ({JSON_OUT.relative_to(ROOT)}), one section each"
+        "--from-json",
+        type=Path,
+        nargs="+",
+        help=f"measure nothing: render the figures runs saved ({JSON_OUT.relative_to(ROOT)}), one section each",
     )
     args = parser.parse_args()
     if args.docs is None and not args.quick:
@@ -235,7 +252,11 @@ def measured(args: argparse.Namespace) -> dict:
 def main() -> None:
     args = parse_args()
     outcomes = [json.loads(path.read_text()) for path in args.from_json] if args.from_json else [measured(args)]
-    titles = [f"Results: run {index} ({outcome['machine']['date']})" for index, outcome in enumerate(outcomes, 1)] if len(outcomes) > 1 else ["Results"]
+    titles = (
+        [f"Results: run {index} ({outcome['machine']['date']})" for index, outcome in enumerate(outcomes, 1)]
+        if len(outcomes) > 1
+        else ["Results"]
+    )
     markdown = "\n".join(comparison.results_markdown(outcome, title) for outcome, title in zip(outcomes, titles, strict=True))
     print(markdown)
     if args.docs:

@@ -82,19 +82,28 @@ async def _sample_rss(pid: int, started: float, every: float, soak: Soak) -> Non
         soak.rss.append((now - started, tree_rss_kib(pid)))
         if now >= next_report:
             done, mib = soak.result.count, soak.rss[-1][1] / 1024
-            print(f"  soak {now - started:5.0f}s: {done} answered, {soak.result.errors} errors, RSS {mib:.1f} MiB", file=sys.stderr, flush=True)
+            print(
+                f"  soak {now - started:5.0f}s: {done} answered, {soak.result.errors} errors, RSS {mib:.1f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
             next_report += 60
         await asyncio.sleep(every)
 
 
-async def run_soak(host: str, port: int, requests: tuple[bytes, bytes], pid: int, *, rate: float, seconds: float, connections: int = 16) -> Soak:
+async def run_soak(
+    host: str, port: int, requests: tuple[bytes, bytes], pid: int, *, rate: float, seconds: float, connections: int = 16
+) -> Soak:
     """`requests` is (plain, streaming); RSS of `pid`'s tree is sampled every 5 s."""
     soak = Soak(warmup_seconds=min(120.0, seconds * 0.2))
     interval = connections / rate
     started = time.perf_counter()
     end = started + seconds
     sampler = asyncio.create_task(_sample_rss(pid, started, 5.0, soak), name="soak-rss")
-    workers = [_paced_worker(host, port, requests[index % 2], started + index * interval / connections, interval, end, soak) for index in range(connections)]
+    workers = [
+        _paced_worker(host, port, requests[index % 2], started + index * interval / connections, interval, end, soak)
+        for index in range(connections)
+    ]
     try:
         await asyncio.wait_for(asyncio.gather(*workers), seconds + 120)
     finally:

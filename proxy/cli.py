@@ -60,7 +60,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if path:
         settings = load_settings(path)
     else:
-        settings = parse_settings({"upstreams": [{"name": "local", "base_url": DEFAULT_UPSTREAM, "structured_output": "json_object_schema"}]})
+        settings = parse_settings(
+            {"upstreams": [{"name": "local", "base_url": DEFAULT_UPSTREAM, "structured_output": "json_object_schema"}]}
+        )
     overrides = (("host", args.host), ("port", args.port), ("workers", getattr(args, "workers", None)))
     server = settings.server.model_copy(update={key: value for key, value in overrides if value is not None})
     try:

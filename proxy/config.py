@@ -257,7 +257,6 @@ class Settings(Section):
         return self
 
 
-
 def expand_env(value: Any, environ: dict[str, str] | None = None) -> Any:
     """Expand ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML tree."""
     env = os.environ if environ is None else environ

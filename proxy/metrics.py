@@ -57,9 +57,7 @@ class Metrics:
         self.model_label = BoundedLabel()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
-        self.requests = Counter(
-            "perg_requests", "Client requests handled.", ["route", "method", "status", "strategy"], registry=r
-        )
+        self.requests = Counter("perg_requests", "Client requests handled.", ["route", "method", "status", "strategy"], registry=r)
         self.request_duration = Histogram(
             "perg_request_duration_seconds",
             "Client request duration, first byte in to last byte out.",
@@ -130,9 +128,7 @@ class Metrics:
         )
         # online PERG monitor (issue: monitor); labels model, strategy, role, relevance
         monitor_labels = ["model", "strategy", "role", "relevance"]
-        self.monitor_judged = Counter(
-            "perg_monitor_judged", "Samples judged (consistency verdict comparable).", monitor_labels, registry=r
-        )
+        self.monitor_judged = Counter("perg_monitor_judged", "Samples judged (consistency verdict comparable).", monitor_labels, registry=r)
         self.monitor_broken = Counter(
             "perg_monitor_broken", "Judged samples whose answer contradicts the reference.", monitor_labels, registry=r
         )

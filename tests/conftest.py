@@ -34,7 +34,9 @@ def free_port() -> int:
 class ServerThread:
     """An aiohttp application served on 127.0.0.1 from its own thread and event loop."""
 
-    def __init__(self, app: web.Application, runner_factory: Callable[[web.Application], web.AppRunner] | None = None, port: int = 0) -> None:
+    def __init__(
+        self, app: web.Application, runner_factory: Callable[[web.Application], web.AppRunner] | None = None, port: int = 0
+    ) -> None:
         self.app = app
         self._wanted_port = port
         self._runner_factory = runner_factory or (lambda a: web.AppRunner(a, access_log=None, handler_cancellation=True))

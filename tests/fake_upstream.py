@@ -83,7 +83,9 @@ class FakeUpstream:
         body = await request.read()
         if self.record:
             self.received.append(
-                Received(request.method, request.path, request.rel_url.raw_query_string, {str(k): v for k, v in request.headers.items()}, body)
+                Received(
+                    request.method, request.path, request.rel_url.raw_query_string, {str(k): v for k, v in request.headers.items()}, body
+                )
             )
         return body
 

@@ -35,7 +35,9 @@ class Proxy:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.out = config.with_suffix(".log").open("wb")
-        self.process = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(config), *args], stdout=self.out, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve", "--config", str(config), *args], stdout=self.out, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.process.poll() is None, config.with_suffix(".log").read_text()

@@ -16,11 +16,18 @@ from proxy.pipeline.chat import delta_choice
 from proxy.turn import Turn
 from proxy.upstream.events import DONE, HEARTBEAT
 
-DRAFT = {"id": "chatcmpl-1", "model": "m", "created": 1, "choices": [{"index": 0, "message": {"role": "assistant", "content": "draft"}, "finish_reason": "stop"}]}
+DRAFT = {
+    "id": "chatcmpl-1",
+    "model": "m",
+    "created": 1,
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "draft"}, "finish_reason": "stop"}],
+}
 
 
 def turn() -> Turn:
-    return Turn(request_id="r1", route="chat_completions", method="POST", headers={}, body={"model": "m", "messages": []}, strategy="pref_aligner")
+    return Turn(
+        request_id="r1", route="chat_completions", method="POST", headers={}, body={"model": "m", "messages": []}, strategy="pref_aligner"
+    )
 
 
 @pytest.fixture

@@ -115,7 +115,9 @@ def test_tool_calls_identical_streamed_and_not(proxy, fake_upstream):
     with client(proxy) as c:
         whole = c.chat.completions.create(model="tool-call", messages=[{"role": "user", "content": "weather?"}], tools=TOOLS)
         calls: dict[int, dict] = {}
-        for chunk in c.chat.completions.create(model="tool-call", messages=[{"role": "user", "content": "weather?"}], tools=TOOLS, stream=True):
+        for chunk in c.chat.completions.create(
+            model="tool-call", messages=[{"role": "user", "content": "weather?"}], tools=TOOLS, stream=True
+        ):
             for delta in chunk.choices[0].delta.tool_calls or []:
                 entry = calls.setdefault(delta.index, {"id": None, "name": "", "arguments": ""})
                 entry["id"] = delta.id or entry["id"]

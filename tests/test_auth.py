@@ -98,21 +98,37 @@ def test_upstream_gets_proxy_key_and_no_hop_by_hop_or_perg_headers(proxy, fake_u
     assert sent["authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert sent["x-custom-kept"] == "yes"
     assert sent["x-client-request-id"] == "trace-123"
-    for dropped in ("x-drop-me", "te", "proxy-authorization", "upgrade", "x-perg-preferences", "x-perg-user", "cookie", "openai-organization", "api-key"):
+    for dropped in (
+        "x-drop-me",
+        "te",
+        "proxy-authorization",
+        "upgrade",
+        "x-perg-preferences",
+        "x-perg-user",
+        "cookie",
+        "openai-organization",
+        "api-key",
+    ):
         assert dropped not in sent, dropped
     assert CLIENT_KEY not in str(sent)
 
 
 def test_invalid_request_id_is_replaced(proxy, fake_upstream):
     response = httpx2.post(
-        f"{proxy.base_url}/chat/completions", json=BODY, headers={"Authorization": f"Bearer {CLIENT_KEY}", "X-Request-ID": "bad id\twith spaces"}
+        f"{proxy.base_url}/chat/completions",
+        json=BODY,
+        headers={"Authorization": f"Bearer {CLIENT_KEY}", "X-Request-ID": "bad id\twith spaces"},
     )
     assert response.headers["x-request-id"] != "bad id\twith spaces"
     assert len(response.headers["x-request-id"]) == 32
 
 
 def test_header_helpers():
-    sent = upstream_request_headers({"Connection": "close, X-A", "X-A": "1", "X-B": "2", "Host": "h"}, "rid", "key", {"OpenAI-Organization": "org"})
+    sent = upstream_request_headers(
+        {"Connection": "close, X-A", "X-A": "1", "X-B": "2", "Host": "h"}, "rid", "key", {"OpenAI-Organization": "org"}
+    )
     assert dict(sent) == {"X-B": "2", "OpenAI-Organization": "org", "X-Client-Request-Id": "rid", "Authorization": "Bearer key"}
-    back = client_response_headers({"x-request-id": "up", "Transfer-Encoding": "chunked", "Set-Cookie": "a", "retry-after": "3", "Content-Type": "x"})
+    back = client_response_headers(
+        {"x-request-id": "up", "Transfer-Encoding": "chunked", "Set-Cookie": "a", "retry-after": "3", "Content-Type": "x"}
+    )
     assert dict(back) == {"x-upstream-request-id": "up", "retry-after": "3", "Content-Type": "x"}

@@ -39,7 +39,14 @@ def canary_proxy(start_proxy, fake_upstream, tmp_path, follow_score: int, settin
         monitor={
             "enabled": True,
             "sample_rate": 0.0,
-            "canary": {"enabled": True, "interval_seconds": 3600, "items_per_run": 2, "dataset": str(dataset), "settings": settings, "model": "script:mcq"},
+            "canary": {
+                "enabled": True,
+                "interval_seconds": 3600,
+                "items_per_run": 2,
+                "dataset": str(dataset),
+                "settings": settings,
+                "model": "script:mcq",
+            },
         },
     )
 
@@ -69,5 +76,7 @@ def test_irrelevant_canary_is_not_follow_judged(start_proxy, fake_upstream, tmp_
 
 
 def test_builtin_dataset_loads_for_the_canary(start_proxy, fake_upstream):
-    proxy = start_proxy(monitor={"enabled": True, "canary": {"enabled": True, "interval_seconds": 3600, "items_per_run": 1, "model": "echo"}})
+    proxy = start_proxy(
+        monitor={"enabled": True, "canary": {"enabled": True, "interval_seconds": 3600, "items_per_run": 1, "model": "echo"}}
+    )
     assert wait_for(lambda: proxy.metric("perg_canary_probes_total", {"model": "echo", "strategy": "off", "setting": "relevant"}) == 1)

@@ -103,7 +103,11 @@ def test_serve_logs_one_event_per_request_without_secrets(tmp_path, fake_upstrea
         ]
         for request_id, extra, headers in requests:
             body = {"model": "echo", "messages": [{"role": "user", "content": SECRET_CONTENT}], **extra}
-            response = httpx2.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {CLIENT_KEY}", "X-Request-ID": request_id, **headers})
+            response = httpx2.post(
+                f"{url}/v1/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {CLIENT_KEY}", "X-Request-ID": request_id, **headers},
+            )
             assert response.status_code == (500 if request_id == "req-four" else 200)
         assert httpx2.get(f"{url}/v1/models", headers={"Authorization": "Bearer wrong-key-333"}).status_code == 401
         deadline = time.monotonic() + 20

@@ -98,7 +98,10 @@ def test_env_expansion_in_a_file(tmp_path, monkeypatch):
 
 def test_client_keys_as_objects():
     settings = parse_settings(
-        {"upstreams": [{"name": "a", "base_url": "http://x"}], "auth": {"client_keys": ["k1", {"key": "k2", "name": "app", "user_id": "alice", "strategy": "naive"}]}}
+        {
+            "upstreams": [{"name": "a", "base_url": "http://x"}],
+            "auth": {"client_keys": ["k1", {"key": "k2", "name": "app", "user_id": "alice", "strategy": "naive"}]},
+        }
     )
     first, second = settings.auth.client_keys
     assert (first.name, second.name, second.user_id, second.strategy) == ("client-1", "app", "alice", "naive")

@@ -157,10 +157,10 @@ TOKEN = re.compile(
     """,
     re.VERBOSE,
 )
-AGGREGATIONS = frozenset(
-    {"sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk", "topk", "quantile"}
+AGGREGATIONS = frozenset({"sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk", "topk", "quantile"})
+KEYWORDS = frozenset(
+    {"and", "or", "unless", "bool", "offset", "inf", "nan", "by", "without", "on", "ignoring", "group_left", "group_right"}
 )
-KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "inf", "nan", "by", "without", "on", "ignoring", "group_left", "group_right"})
 LABEL_LIST_KEYWORDS = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right"})
 
 
@@ -210,7 +210,7 @@ def tokenize(expr: str) -> list[tuple[str, str]]:
     while position < len(expr):
         match = TOKEN.match(expr, position)
         if match is None:
-            raise AssertionError(f"cannot tokenize {expr[position:position + 30]!r} in {expr!r}")
+            raise AssertionError(f"cannot tokenize {expr[position : position + 30]!r} in {expr!r}")
         kind = match.lastgroup or ""
         if kind != "space":
             tokens.append((kind, match.group()))
@@ -606,9 +606,7 @@ class Prometheus:
                 {
                     "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
                     "rule_files": [str(path) for path in RULE_FILES],
-                    "scrape_configs": [
-                        {"job_name": "perg-proxy", "metrics_path": "/metrics", "static_configs": [{"targets": [target]}]}
-                    ],
+                    "scrape_configs": [{"job_name": "perg-proxy", "metrics_path": "/metrics", "static_configs": [{"targets": [target]}]}],
                 }
             )
         )
@@ -725,7 +723,9 @@ def send_traffic(proxy) -> None:
         for index, (strategy, preferences) in enumerate([("pref_aligner", [STYLE]), ("naive", [STYLE]), ("pref_aligner", [UNRELATED])]):
             extension = {"personalization": {"preferences": preferences, "strategy": strategy}}
             question = [{"role": "user", "content": f"Name the capital of country number {index + 1} in Europe."}]
-            assert client.chat.completions.create(model=MODEL, messages=question, extra_body=extension, **options).choices[0].message.content
+            assert (
+                client.chat.completions.create(model=MODEL, messages=question, extra_body=extension, **options).choices[0].message.content
+            )
             stream = client.chat.completions.create(model=MODEL, messages=question, stream=True, extra_body=extension, **options)
             with stream:
                 assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
@@ -757,10 +757,15 @@ def test_live_prometheus_evaluates_every_rule_and_panel(live_proxy, prometheus):
     prometheus.wait_for('perg_requests_total{route="chat_completions"}')
     send_traffic(proxy)
     prometheus.wait_for('perg:request_duration_seconds:p99_5m{route="chat_completions"}')
-    prometheus.wait_for('perg:time_to_first_token_seconds:p50_5m > 0')
+    prometheus.wait_for("perg:time_to_first_token_seconds:p50_5m > 0")
     prometheus.wait_for('perg:overhead_seconds:p99_5m{route="chat_completions"}')
     # The monitor judges in the background (the 135M model as judge, one call at a time).
-    for expr in ("perg:monitor_judged:rate_5m", 'perg:monitor_judged:rate_5m{role="shadow"}', "perg:monitor_breakage:ratio_5m", "perg:canary_accuracy_without_preferences:ratio_1h"):
+    for expr in (
+        "perg:monitor_judged:rate_5m",
+        'perg:monitor_judged:rate_5m{role="shadow"}',
+        "perg:monitor_breakage:ratio_5m",
+        "perg:canary_accuracy_without_preferences:ratio_1h",
+    ):
         prometheus.wait_for(expr, timeout=240)
 
     (target,) = prometheus.api("targets")["activeTargets"]
@@ -826,4 +831,6 @@ def test_live_prometheus_evaluates_every_rule_and_panel(live_proxy, prometheus):
     assert {(s["strategy"], s["role"]) for s in samples} >= {("pref_aligner", "served"), ("naive", "shadow")}
     print(f"\n=== /perg/monitor/samples: {len(samples)} judged samples behind the figures ===")
     for sample in samples[:8]:
-        print(f"  {sample['strategy']}/{sample['role']}/{sample['relevance']}: verdict={sample['verdict']} follow={sample['follow_score']} reasons={sample['reasons']}")
+        print(
+            f"  {sample['strategy']}/{sample['role']}/{sample['relevance']}: verdict={sample['verdict']} follow={sample['follow_score']} reasons={sample['reasons']}"
+        )

@@ -78,7 +78,9 @@ def test_retry_waits_for_the_upstreams_retry_after(start_proxy, fake_upstream):
 def test_429_storm_passes_through_quickly(proxy, fake_upstream):
     async def storm() -> list[httpx2.Response]:
         async with httpx2.AsyncClient(timeout=10) as client:
-            return await asyncio.gather(*(client.post(f"{proxy.base_url}/chat/completions", json={**BODY, "model": "error-429"}, headers=AUTH) for _ in range(100)))
+            return await asyncio.gather(
+                *(client.post(f"{proxy.base_url}/chat/completions", json={**BODY, "model": "error-429"}, headers=AUTH) for _ in range(100))
+            )
 
     started = time.monotonic()
     responses = asyncio.run(storm())
@@ -90,7 +92,9 @@ def test_429_storm_passes_through_quickly(proxy, fake_upstream):
 
 def test_locked_sqlite_file_answers_503_and_keeps_serving(start_proxy, fake_upstream, tmp_path):
     path = tmp_path / "profiles.db"
-    proxy = start_proxy(profiles={"backend": "sqlite", "path": str(path), "busy_timeout_seconds": 0.3}, personalization={"default_strategy": "naive"})
+    proxy = start_proxy(
+        profiles={"backend": "sqlite", "path": str(path), "busy_timeout_seconds": 0.3}, personalization={"default_strategy": "naive"}
+    )
     assert httpx2.put(f"{proxy.url}/perg/profiles/alice", json={"preferences": ["Be brief."]}, headers=ADMIN).status_code == 200
     holder = sqlite3.connect(path, timeout=0)
     holder.execute("BEGIN EXCLUSIVE")
@@ -134,4 +138,3 @@ def test_both_stop_signals_exit_cleanly(tmp_path, fake_upstream, signum):
     proxy.process.send_signal(signum)
     assert proxy.process.wait(30) == 0
     proxy.out.close()
-

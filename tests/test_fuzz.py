@@ -140,7 +140,11 @@ def test_oversized_preference_lists(target, count):
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "personalization": {"preferences": ["be brief"] * count}}
     response = post_raw(target, orjson.dumps(body))
     assert response.status_code == 400 and response.json()["error"]["param"] == "personalization.preferences"
-    header = post_raw(target, orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}]}), {"X-Perg-Preferences": orjson.dumps(["p"] * count).decode()})
+    header = post_raw(
+        target,
+        orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}]}),
+        {"X-Perg-Preferences": orjson.dumps(["p"] * count).decode()},
+    )
     assert header.status_code == 400 and header.json()["error"]["param"] == "X-Perg-Preferences"
 
 
@@ -159,7 +163,9 @@ def raw_request(target, request: bytes) -> bytes:
             chunks.append(data)
             if b"\r\n\r\n" in b"".join(chunks) and b"content-length: 0" not in b"".join(chunks).lower():
                 head, _, rest = b"".join(chunks).partition(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")), None)
+                length = next(
+                    (int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")), None
+                )
                 if length is not None and len(rest) >= length:
                     break
         return b"".join(chunks)
@@ -171,7 +177,7 @@ def raw_request(target, request: bytes) -> bytes:
         b"X-Request-ID: abc\rInjected: yes\r\n",
         b"X-Perg-User: alice\r\n\tcontinued: value\r\n",
         b"X-Request-ID: " + b"a" * 9000 + b"\r\n",
-        b"X-Perg-Preferences: [\"a\"]\r\nX-Perg-Preferences: [\"b\"]\r\n",
+        b'X-Perg-Preferences: ["a"]\r\nX-Perg-Preferences: ["b"]\r\n',
         b"Content-Length: 5\r\n",
     ],
 )

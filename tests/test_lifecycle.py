@@ -57,7 +57,9 @@ def test_sigterm_mid_stream_drains_gracefully(tmp_path, fake_upstream, processes
     ready = httpx2.get(proxy.url + "/readyz", timeout=5)  # still listening: the pre-stop delay
     assert ready.status_code == 503 and ready.json()["status"] == "draining"
     assert httpx2.get(proxy.url + "/healthz").status_code == 200
-    late = httpx2.post(proxy.url + "/v1/chat/completions", json={"model": "echo", "messages": [{"role": "user", "content": "late"}]}, headers=AUTH)
+    late = httpx2.post(
+        proxy.url + "/v1/chat/completions", json={"model": "echo", "messages": [{"role": "user", "content": "late"}]}, headers=AUTH
+    )
     assert late.status_code == 200  # new requests are still served during the pre-stop delay
     time.sleep(1.2)
     with pytest.raises(httpx2.ConnectError):
@@ -72,7 +74,11 @@ def test_sigterm_mid_stream_drains_gracefully(tmp_path, fake_upstream, processes
 
 def test_stream_longer_than_the_grace_period_is_cut_not_completed(tmp_path, fake_upstream, processes):
     port = free_port()
-    config = write_config(tmp_path, port, fake_upstream.url).read_text().replace("pre_stop_seconds: 1.0, grace_seconds: 10", "pre_stop_seconds: 0, grace_seconds: 1")
+    config = (
+        write_config(tmp_path, port, fake_upstream.url)
+        .read_text()
+        .replace("pre_stop_seconds: 1.0, grace_seconds: 10", "pre_stop_seconds: 0, grace_seconds: 1")
+    )
     (tmp_path / "short.yaml").write_text(config)
     proxy = Proxy(tmp_path / "short.yaml", port)
     processes.append(proxy)
@@ -95,14 +101,18 @@ def test_workers_share_the_port_and_metrics_add_up(tmp_path, fake_upstream, proc
     async def load() -> list[int]:
         async with httpx2.AsyncClient(timeout=30, limits=httpx2.Limits(max_keepalive_connections=0)) as client:
             body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
-            responses = await asyncio.gather(*(client.post(proxy.url + "/v1/chat/completions", json=body, headers=AUTH) for _ in range(120)))
+            responses = await asyncio.gather(
+                *(client.post(proxy.url + "/v1/chat/completions", json=body, headers=AUTH) for _ in range(120))
+            )
         return [r.status_code for r in responses]
 
     assert asyncio.run(load()) == [200] * 120
     totals = set()
     for _ in range(6):  # each scrape may land on either worker: each reports the sum
         text = httpx2.get(proxy.url + "/metrics", headers={"Connection": "close"}).text
-        line = next(line for line in text.splitlines() if line.startswith('perg_requests_total{method="POST",route="chat_completions",status="200"'))
+        line = next(
+            line for line in text.splitlines() if line.startswith('perg_requests_total{method="POST",route="chat_completions",status="200"')
+        )
         totals.add(float(line.rsplit(" ", 1)[1]))
     assert totals == {120.0}
     assert proxy.stop() == 0

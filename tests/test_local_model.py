@@ -50,7 +50,11 @@ def test_completion_identical_to_direct(real_proxy, local_model):
 
 def test_streaming_identical_to_direct(real_proxy, local_model):
     with direct(local_model) as d, via(real_proxy) as p:
-        expected = "".join(ch.choices[0].delta.content or "" for ch in d.chat.completions.create(model=MODEL_ALIAS, messages=QUESTION, stream=True, **DETERMINISTIC) if ch.choices)
+        expected = "".join(
+            ch.choices[0].delta.content or ""
+            for ch in d.chat.completions.create(model=MODEL_ALIAS, messages=QUESTION, stream=True, **DETERMINISTIC)
+            if ch.choices
+        )
         chunks = list(p.chat.completions.create(model=MODEL_ALIAS, messages=QUESTION, stream=True, **DETERMINISTIC))
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == expected
     assert len({ch.id for ch in chunks}) == 1

@@ -41,7 +41,9 @@ def test_each_strategy_streaming_and_not(local_proxy, strategy, stream):
     extension = {"personalization": {"preferences": [STYLE], "strategy": strategy}}
     with client(local_proxy) as c:
         if stream:
-            raw = c.chat.completions.with_raw_response.create(model=MODEL_ALIAS, messages=QUESTION, stream=True, extra_body=extension, **OPTIONS)
+            raw = c.chat.completions.with_raw_response.create(
+                model=MODEL_ALIAS, messages=QUESTION, stream=True, extra_body=extension, **OPTIONS
+            )
             chunks = list(raw.parse())
             text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
             assert len({ch.id for ch in chunks}) == 1

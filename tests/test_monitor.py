@@ -40,7 +40,11 @@ def judge_script(consistency="consistent", score=4, relevant=True):
     def reply(body):
         role = pipeline_role(body)
         if role == "judge_consistency":
-            return consistency if consistency.startswith("{") or " " in consistency else orjson.dumps({"reason": "r", "verdict": consistency}).decode()
+            return (
+                consistency
+                if consistency.startswith("{") or " " in consistency
+                else orjson.dumps({"reason": "r", "verdict": consistency}).decode()
+            )
         if role == "judge_follow":
             return score if isinstance(score, str) else orjson.dumps({"reason": "r", "score": score}).decode()
         return orjson.dumps({"reason": "r", "relevant": relevant}).decode()
@@ -58,7 +62,9 @@ def test_sampling_is_deterministic_and_nested():
 
 
 def test_sampler_filters():
-    sampler = Sampler(MonitorSettings(enabled=True, sample_rate=1.0, shadow_rate=0.0, filters={"models": ["gpt-*"], "strategies": ["naive"]}))
+    sampler = Sampler(
+        MonitorSettings(enabled=True, sample_rate=1.0, shadow_rate=0.0, filters={"models": ["gpt-*"], "strategies": ["naive"]})
+    )
     assert sampler.decide("r", "gpt-4o", "naive", True) == (True, False)
     assert sampler.decide("r", "llama", "naive", True) == (False, False)
     assert sampler.decide("r", "gpt-4o", "pref_aligner", True) == (False, False)
@@ -84,7 +90,12 @@ def test_exact_verdicts_become_counters(start_proxy, fake_upstream, consistency,
     for name, value in expected.items():
         assert proxy.metric(f"perg_monitor_{name}_total", SERVED) == value, name
     assert proxy.metric("perg_monitor_follow_score_count", {k: SERVED[k] for k in ("model", "strategy", "role")}) == 1
-    assert proxy.metric("perg_monitor_follow_score_bucket", {"model": "echo", "strategy": "pref_aligner", "role": "served", "le": str(float(score))}) == 1
+    assert (
+        proxy.metric(
+            "perg_monitor_follow_score_bucket", {"model": "echo", "strategy": "pref_aligner", "role": "served", "le": str(float(score))}
+        )
+        == 1
+    )
 
 
 def test_the_judges_see_the_draft_as_reference_and_the_served_answer(start_proxy, fake_upstream):
@@ -110,7 +121,10 @@ def test_irrelevant_preferences_are_not_follow_judged(start_proxy, fake_upstream
     assert proxy.metric("perg_monitor_not_followed_total", labels) == 0
 
 
-@pytest.mark.parametrize(("reply", "reason"), [("not json at all", "unparseable"), ('{"reason": "r", "verdict": "maybe"}', "invalid_verdict"), ('{"score": 9}', "invalid_verdict")])
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [("not json at all", "unparseable"), ('{"reason": "r", "verdict": "maybe"}', "invalid_verdict"), ('{"score": 9}', "invalid_verdict")],
+)
 def test_malformed_judge_replies_are_counted_failures_never_scores(start_proxy, fake_upstream, reply, reason):
     fake_upstream.scripts["judge"] = judge_script(consistency=reply, score=reply)
     proxy = monitored(start_proxy, judge={"model": "script:judge", "max_retries": 0})
@@ -164,7 +178,9 @@ def test_shadow_runs_the_other_strategy_and_is_judged_the_same_way(start_proxy, 
     assert response.json()["choices"][0]["message"]["content"] == "Personalized: What is the capital of France?"
     shadow = {**SERVED, "strategy": "naive", "role": "shadow"}
     assert wait_for(lambda: judged(proxy, shadow) == 1 and judged(proxy) == 1)
-    naive_calls = [b for b in fake_upstream.chat_bodies("chat") if any(m["role"] == "system" and STYLE in m["content"] for m in b["messages"])]
+    naive_calls = [
+        b for b in fake_upstream.chat_bodies("chat") if any(m["role"] == "system" and STYLE in m["content"] for m in b["messages"])
+    ]
     assert len(naive_calls) == 1  # the shadow naive call, never returned to the client
     samples = httpx2.get(f"{proxy.url}/perg/monitor/samples?role=shadow", headers=ADMIN).json()["data"]
     assert [(s["strategy"], s["role"]) for s in samples] == [("naive", "shadow")]
@@ -204,13 +220,24 @@ def test_samples_drill_down_and_summary(start_proxy, fake_upstream):
     assert wait_for(lambda: judged(proxy) == 1)
     page = httpx2.get(f"{proxy.url}/perg/monitor/samples?verdict=contradicts", headers=ADMIN).json()
     (sample,) = page["data"]
-    assert (sample["verdict"], sample["broken"], sample["followed"], sample["robust"], sample["follow_score"]) == ("contradicts", True, False, False, 2)
+    assert (sample["verdict"], sample["broken"], sample["followed"], sample["robust"], sample["follow_score"]) == (
+        "contradicts",
+        True,
+        False,
+        False,
+        2,
+    )
     assert sample["user_id"] == "alice" and set(sample["reasons"]) == {"relevance", "consistency", "follow"}
     assert sample["texts"]["answer"] == "Personalized: What is the capital of France?"
     assert httpx2.get(f"{proxy.url}/perg/monitor/samples?verdict=consistent", headers=ADMIN).json()["data"] == []
     summary = httpx2.get(f"{proxy.url}/perg/monitor/summary", headers=ADMIN).json()
     (group,) = summary["groups"]
-    assert (group["strategy"], group["role"], group["breakage_rate"], group["robustness_error_rate"]) == ("pref_aligner", "served", 1.0, 1.0)
+    assert (group["strategy"], group["role"], group["breakage_rate"], group["robustness_error_rate"]) == (
+        "pref_aligner",
+        "served",
+        1.0,
+        1.0,
+    )
     assert httpx2.get(f"{proxy.url}/perg/monitor/samples?verdict=maybe", headers=ADMIN).status_code == 400
     httpx2.put(f"{proxy.url}/perg/profiles/alice", json={"preferences": ["x"]}, headers=ADMIN)
     assert httpx2.delete(f"{proxy.url}/perg/profiles/alice", headers=ADMIN).status_code == 200
@@ -231,7 +258,12 @@ def test_a_hanging_judge_does_not_touch_the_request_path(start_proxy, fake_upstr
     async def burst() -> list[int]:
         async with httpx2.AsyncClient(timeout=10) as client:
             body = {"model": "echo", "messages": [{"role": "user", "content": "q"}], "personalization": {"preferences": [STYLE]}}
-            responses = await asyncio.gather(*(client.post(f"{proxy.base_url}/chat/completions", json=body, headers={"Authorization": f"Bearer {CLIENT_KEY}"}) for _ in range(20)))
+            responses = await asyncio.gather(
+                *(
+                    client.post(f"{proxy.base_url}/chat/completions", json=body, headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+                    for _ in range(20)
+                )
+            )
         return [r.status_code for r in responses]
 
     assert asyncio.run(burst()) == [200] * 20
@@ -241,7 +273,9 @@ def test_pref_aligner_stream_without_preferences_is_captured(start_proxy, fake_u
     # with require_preferences off, a pref_aligner request without preferences passes through
     proxy = monitored(start_proxy, filters={"require_preferences": False})
     body = {"model": "echo", "messages": [{"role": "user", "content": "What is the capital of France?"}], "stream": True}
-    assert httpx2.post(f"{proxy.base_url}/chat/completions", json=body, headers={"Authorization": f"Bearer {CLIENT_KEY}"}).status_code == 200
+    assert (
+        httpx2.post(f"{proxy.base_url}/chat/completions", json=body, headers={"Authorization": f"Bearer {CLIENT_KEY}"}).status_code == 200
+    )
     assert wait_for(lambda: fake_upstream.chat_bodies("judge_consistency"))
     prompt = fake_upstream.chat_bodies("judge_consistency")[0]["messages"][1]["content"]
     assert "### Personalized answer\nWhat is the capital of France?" in prompt

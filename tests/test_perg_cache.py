@@ -14,7 +14,13 @@ from proxy.eval.retry import describe_error, retried, transient
 from proxy.errors import CallFailed
 
 KEY = CacheKey(
-    kind="answer", item_id="q1", setting="relevant", strategy="naive", model="m", prompt_version="mcq-v1+naive:abc", inputs=fingerprint({"a": 1}, ["p"])
+    kind="answer",
+    item_id="q1",
+    setting="relevant",
+    strategy="naive",
+    model="m",
+    prompt_version="mcq-v1+naive:abc",
+    inputs=fingerprint({"a": 1}, ["p"]),
 )
 
 

@@ -48,7 +48,13 @@ def test_metrics_options(capsys) -> None:
     assert list(json.loads(capsys.readouterr().out)) == ["breakage_rate", "performance_variation", "n_q_star"]
     assert main(["eval", "metrics", "--results", str(FIXTURES / "results_raw.csv"), "--format", "json", "--per-row"]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
-    assert [(r["line"], r["nopref"], r["pref"]) for r in rows] == [(2, "B", "B"), (3, "B", "A"), (5, "A", "A"), (6, None, "A"), (7, "A", None)]
+    assert [(r["line"], r["nopref"], r["pref"]) for r in rows] == [
+        (2, "B", "B"),
+        (3, "B", "A"),
+        (5, "A", "A"),
+        (6, None, "A"),
+        (7, "A", None),
+    ]
 
 
 def test_metrics_text(capsys) -> None:

@@ -225,7 +225,6 @@ def test_bad_preference_pool(tmp_path: Path) -> None:
 def test_mcq_prompt() -> None:
     item = Item(id="x", source="s", question="Which planet is largest?", options=("Mars", "Jupiter", "Venus"), gold="B")
     assert mcq_prompt(item) == (
-        "Which planet is largest?\n\nA. Mars\nB. Jupiter\nC. Venus\n\n"
-        "Answer with the letter of the correct option (A, B or C)."
+        "Which planet is largest?\n\nA. Mars\nB. Jupiter\nC. Venus\n\nAnswer with the letter of the correct option (A, B or C)."
     )
     assert PROMPT_VERSION

@@ -70,9 +70,7 @@ def test_empty_q_star_gives_none_not_zero() -> None:
 
 
 def test_all_unextractable_answers_count_as_wrong() -> None:
-    records = [
-        rec(f"q{i}", False, False, extracted_nopref=False, extracted_pref=False) for i in range(4)
-    ]
+    records = [rec(f"q{i}", False, False, extracted_nopref=False, extracted_pref=False) for i in range(4)]
     rates = point_rates(records)
     assert rates.breakage_rate is None  # nothing right without preferences: Q* is empty
     assert rates.performance_variation == 0.0  # both correct sets empty: defined as 0.0

@@ -34,7 +34,9 @@ def write_inputs(tmp_path: Path) -> tuple[Path, Path]:
     dataset = tmp_path / "items.jsonl"
     dataset.write_text("\n".join(json.dumps(item) for item in ITEMS) + "\n")
     pool = tmp_path / "pool.json"
-    pool.write_text(json.dumps({"style": [{"id": "s", "text": STYLE}], "unrelated": [{"id": f"u{i}", "text": t} for i, t in enumerate(UNRELATED)]}))
+    pool.write_text(
+        json.dumps({"style": [{"id": "s", "text": STYLE}], "unrelated": [{"id": f"u{i}", "text": t} for i, t in enumerate(UNRELATED)]})
+    )
     return dataset, pool
 
 
@@ -329,8 +331,12 @@ def test_options_are_validated():
 
 
 def test_the_report_states_the_command_that_reproduces_it():
-    opts = RunOptions(base_url="http://h/v1", api_key="sk-secret", settings=("relevant", "mixed"), llm_extract=True, note="a note", out=Path("o"))
-    assert opts.command_line() == "perg-proxy eval run --base-url http://h/v1 --settings relevant,mixed --llm-extract --out o --note 'a note'"
+    opts = RunOptions(
+        base_url="http://h/v1", api_key="sk-secret", settings=("relevant", "mixed"), llm_extract=True, note="a note", out=Path("o")
+    )
+    assert (
+        opts.command_line() == "perg-proxy eval run --base-url http://h/v1 --settings relevant,mixed --llm-extract --out o --note 'a note'"
+    )
     assert RunOptions().command_line() == "perg-proxy eval run"
 
 

@@ -118,7 +118,10 @@ def test_patch_over_the_limit_adds_nothing(profiles_proxy):
 
 def test_profile_routes_need_the_admin_key(profiles_proxy):
     assert httpx2.get(url(profiles_proxy)).status_code == 401
-    assert httpx2.put(url(profiles_proxy, "x"), json={"preferences": ["a"]}, headers={"Authorization": "Bearer sk-client-1"}).status_code == 403
+    assert (
+        httpx2.put(url(profiles_proxy, "x"), json={"preferences": ["a"]}, headers={"Authorization": "Bearer sk-client-1"}).status_code
+        == 403
+    )
 
 
 def test_invalid_list_parameters(profiles_proxy):

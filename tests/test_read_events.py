@@ -63,7 +63,12 @@ async def test_the_deadline_ends_a_stream_that_keeps_trickling():
 
 @pytest.mark.parametrize(
     ("error", "outcome"),
-    [(None, "ok"), (UpstreamEventError("x"), "upstream_stream_broken"), (asyncio.CancelledError(), "cancelled"), (RuntimeError("a bug"), "error")],
+    [
+        (None, "ok"),
+        (UpstreamEventError("x"), "upstream_stream_broken"),
+        (asyncio.CancelledError(), "cancelled"),
+        (RuntimeError("a bug"), "error"),
+    ],
 )
 def test_each_upstream_call_is_timed_with_its_outcome(error, outcome):
     from types import SimpleNamespace
@@ -79,5 +84,7 @@ def test_each_upstream_call_is_timed_with_its_outcome(error, outcome):
                 raise error
     except BaseException as raised:  # noqa: BLE001 - re-raised unchanged is what is checked
         assert raised is error
-    count = metrics.registry.get_sample_value("perg_upstream_duration_seconds_count", {"upstream": "up", "stage": "stage2", "outcome": outcome})
+    count = metrics.registry.get_sample_value(
+        "perg_upstream_duration_seconds_count", {"upstream": "up", "stage": "stage2", "outcome": outcome}
+    )
     assert count == 1

@@ -28,7 +28,11 @@ CASES = [
     ("Under the sea it is blue.", "Under the sea it is blue.", False),
     ("   ", "", False),
     ("U", "U", False),
-    ("## A heading of my own\nText with # inside and `code`.\n### Question\nWho?", "## A heading of my own\nText with # inside and `code`.", False),
+    (
+        "## A heading of my own\nText with # inside and `code`.\n### Question\nWho?",
+        "## A heading of my own\nText with # inside and `code`.",
+        False,
+    ),
     ("Line one.\n\n\nLine two.   \n\n", "Line one.\n\n\nLine two.", False),
     ("Paris is the capital. ### not a heading at line start", "Paris is the capital. ### not a heading at line start", False),
 ]
@@ -62,7 +66,10 @@ def test_extract_json_object():
 
 def test_response_format_styles():
     schema = {"type": "object"}
-    assert response_format("json_schema", "n", schema) == {"type": "json_schema", "json_schema": {"name": "n", "schema": schema, "strict": True}}
+    assert response_format("json_schema", "n", schema) == {
+        "type": "json_schema",
+        "json_schema": {"name": "n", "schema": schema, "strict": True},
+    }
     assert response_format("json_object_schema", "n", schema) == {"type": "json_object", "schema": schema}
     assert response_format("json_object", "n", schema) == {"type": "json_object"}
     assert response_format("none", "n", schema) is None

@@ -252,7 +252,9 @@ async def test_sqlite_connections_use_wal_full_sync_and_a_busy_timeout(tmp_path)
     store = SqliteStore(tmp_path / "p.db", busy_timeout=2.5)
     async with store:
         pragmas = await store._pool.write(
-            lambda db: [db.execute(f"PRAGMA {name}").fetchone()[0] for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")],
+            lambda db: [
+                db.execute(f"PRAGMA {name}").fetchone()[0] for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")
+            ],
             transaction=False,
         )
         reader = await store._pool.read(lambda db: db.execute("PRAGMA synchronous").fetchone()[0])

@@ -35,9 +35,7 @@ async def test_concurrent_adds_and_removes_on_one_user_all_apply(store: Store):
 
 async def test_a_limit_holds_under_concurrent_patches(store: Store):
     """The caller's maximum count, checked inside the write: 50 racing adds, exactly 32 land."""
-    results = await asyncio.gather(
-        *(store.patch("fay", add=[f"p{i}"], limit=32) for i in range(CONCURRENT)), return_exceptions=True
-    )
+    results = await asyncio.gather(*(store.patch("fay", add=[f"p{i}"], limit=32) for i in range(CONCURRENT)), return_exceptions=True)
     refused = [r for r in results if isinstance(r, BaseException)]
     assert len(refused) == CONCURRENT - 32 and all(isinstance(r, TooManyPreferences) for r in refused)
     assert refused[0].status == 400 and refused[0].code == "too_many_preferences"

@@ -108,8 +108,15 @@ async def test_summary_counts_per_strategy_and_role_within_the_window(store: Sto
     assert summary.groups == (
         SampleCounts(strategy="naive", role="shadow", samples=1, judged=1, broken=1, not_followed=1, not_robust=1),
         SampleCounts(
-            strategy="pref_aligner", role="served", samples=5, judged=4, broken=1, not_followed=1, not_robust=2,
-            uncomparable=1, judge_failed=1,
+            strategy="pref_aligner",
+            role="served",
+            samples=5,
+            judged=4,
+            broken=1,
+            not_followed=1,
+            not_robust=2,
+            uncomparable=1,
+            judge_failed=1,
         ),
     )
     assert (await store.sample_summary(10_000)).groups[1].samples == 6

@@ -67,9 +67,7 @@ def confusion_matrix(pairs: Sequence[tuple[Hashable, Hashable]], labels: Sequenc
     return matrix
 
 
-def cohen_kappa(
-    pairs: Sequence[tuple[Hashable, Hashable]], labels: Sequence[Hashable], weights: Weights = None
-) -> float | None:
+def cohen_kappa(pairs: Sequence[tuple[Hashable, Hashable]], labels: Sequence[Hashable], weights: Weights = None) -> float | None:
     """Cohen's κ = 1 − observed / chance-expected disagreement. Unweighted: every disagreement weighs 1;
     `linear` / `quadratic`: |i − j| / (k − 1), or its square, for ordered labels. None when undefined
     (no pairs, or no disagreement expected by chance, e.g. both raters always give the same label)."""
@@ -142,9 +140,7 @@ def follow_agreement(pairs: Sequence[tuple[int, int | None]]) -> FollowAgreement
     """The Likert score (exact accuracy, κ unweighted / linear / quadratic) and, for t = 1..5, the
     decision "followed" = score ≥ t (accuracy, unweighted κ, 2×2 matrix with not-followed first)."""
     judged = [(human, judge) for human, judge in pairs if judge is not None]
-    thresholds = {
-        t: agreement([(h >= t, None if j is None else j >= t) for h, j in pairs], (False, True)) for t in LIKERT
-    }
+    thresholds = {t: agreement([(h >= t, None if j is None else j >= t) for h, j in pairs], (False, True)) for t in LIKERT}
     return FollowAgreement(
         **agreement(pairs, LIKERT).model_dump(),
         kappa_linear=cohen_kappa(judged, LIKERT, "linear"),

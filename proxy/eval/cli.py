@@ -54,11 +54,17 @@ def _add_server(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--concurrency", type=int, default=_default("concurrency"), help="items (or labels) in flight (default: %(default)s)")
-    parser.add_argument("--attempts", type=int, default=_default("attempts"), help="tries per call on transient errors (default: %(default)s)")
+    parser.add_argument(
+        "--concurrency", type=int, default=_default("concurrency"), help="items (or labels) in flight (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--attempts", type=int, default=_default("attempts"), help="tries per call on transient errors (default: %(default)s)"
+    )
     parser.add_argument("--timeout", type=float, default=_default("timeout"), help="seconds per model call (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="error", help="log level on stderr (default: %(default)s)")
+    parser.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), default="error", help="log level on stderr (default: %(default)s)"
+    )
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -71,15 +77,36 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default="builtin", help="builtin, a JSONL file (shared-data schema) or a CSV (PERGData layout)")
     p.add_argument("--preferences", help="preference pool (preferences.json layout; default: the built-in pool)")
     p.add_argument("--settings", type=_csv_list, default=SETTINGS, help="comma-separated: relevant,irrelevant,mixed (default: all)")
-    p.add_argument("--strategies", type=_csv_list, default=_default("strategies"), help="comma-separated: naive, pref_aligner, pref_aligner_gate_off, pref_aligner_gate_aligner (default: naive,pref_aligner)")
+    p.add_argument(
+        "--strategies",
+        type=_csv_list,
+        default=_default("strategies"),
+        help="comma-separated: naive, pref_aligner, pref_aligner_gate_off, pref_aligner_gate_aligner (default: naive,pref_aligner)",
+    )
     p.add_argument("--limit", type=int, help="at most N items (a seeded choice; default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the cases, the model calls and the bootstrap (default: %(default)s)")
-    p.add_argument("--n-unrelated", type=int, default=_default("n_unrelated"), help="unrelated preferences in the irrelevant and mixed settings (default: %(default)s)")
-    p.add_argument("--max-tokens", type=int, default=_default("max_tokens"), help="token cap of every answer and rewrite (default: %(default)s)")
-    p.add_argument("--judge-max-tokens", type=int, default=_default("judge_max_tokens"), help="token cap of a judge verdict (default: %(default)s)")
-    p.add_argument("--follow-threshold", type=int, default=_default("follow_threshold"), help="a follow score of at least this is followed (default: %(default)s)")
+    p.add_argument(
+        "--n-unrelated",
+        type=int,
+        default=_default("n_unrelated"),
+        help="unrelated preferences in the irrelevant and mixed settings (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-tokens", type=int, default=_default("max_tokens"), help="token cap of every answer and rewrite (default: %(default)s)"
+    )
+    p.add_argument(
+        "--judge-max-tokens", type=int, default=_default("judge_max_tokens"), help="token cap of a judge verdict (default: %(default)s)"
+    )
+    p.add_argument(
+        "--follow-threshold",
+        type=int,
+        default=_default("follow_threshold"),
+        help="a follow score of at least this is followed (default: %(default)s)",
+    )
     p.add_argument("--llm-extract", action="store_true", help="ask the model for the letter when the rules find none")
-    p.add_argument("--resamples", type=int, default=_default("resamples"), help="bootstrap resamples of the intervals (default: %(default)s)")
+    p.add_argument(
+        "--resamples", type=int, default=_default("resamples"), help="bootstrap resamples of the intervals (default: %(default)s)"
+    )
     p.add_argument("--out", default=str(_default("out")), help="output folder (default: %(default)s)")
     p.add_argument("--cache", help="response cache file (default: OUT/cache.sqlite)")
     p.add_argument("--title", default=_default("title"), help="report title")
@@ -90,7 +117,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 def _add_metrics(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("metrics", help="PERG rates of a results CSV in the paper's layout", description="Re-score a results CSV.")
-    p.add_argument("--results", required=True, help="CSV with question, options, gold_option, the answers or letters, optional follow column")
+    p.add_argument(
+        "--results", required=True, help="CSV with question, options, gold_option, the answers or letters, optional follow column"
+    )
     p.add_argument("--setting", choices=SETTINGS, default="relevant", help="irrelevant: Robust = Acc (default: %(default)s)")
     p.add_argument("--follow-threshold", type=int, default=3, help="a pref_eval_rating of at least this is followed (default: %(default)s)")
     p.add_argument("--format", choices=("text", "json"), default="text")
@@ -99,7 +128,9 @@ def _add_metrics(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_judge(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("judge", help="agreement of the judges with human labels", description="Calibrate the follow and consistency judges.")
+    p = sub.add_parser(
+        "judge", help="agreement of the judges with human labels", description="Calibrate the follow and consistency judges."
+    )
     p.add_argument("--labels", help="labelled samples, JSONL (default: the shipped judge_labels.jsonl)")
     _add_server(p, "judge")
     p.add_argument("--max-tokens", type=int, default=_default("judge_max_tokens"), help="token cap of a verdict (default: %(default)s)")
@@ -151,8 +182,7 @@ def render_overall(run: Any) -> str:
     from .report import estimate_cell, table
 
     rows = [
-        [g.strategy, g.setting, str(g.n_items), str(g.n_q_star)]
-        + [estimate_cell(getattr(g, key)) for key in RATE_KEYS]
+        [g.strategy, g.setting, str(g.n_items), str(g.n_q_star)] + [estimate_cell(getattr(g, key)) for key in RATE_KEYS]
         for g in run.summary.overall()
     ]
     failed = sum(not result.answered for result in run.results)
@@ -212,7 +242,9 @@ async def _calibrate(args: argparse.Namespace, labels: list[Any]) -> tuple[Any, 
     from .judging import Judging, judge_labels
     from .progress import Progress
 
-    judging = Judging(args.base_url.rstrip("/"), args.api_key, args.model, args.structured_output, max_tokens=args.max_tokens, timeout=args.timeout)
+    judging = Judging(
+        args.base_url.rstrip("/"), args.api_key, args.model, args.structured_output, max_tokens=args.max_tokens, timeout=args.timeout
+    )
     bar = Progress(len(labels), "labels", enabled=not args.quiet)
     try:
         scores, verdicts, failures = await judge_labels(

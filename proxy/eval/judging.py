@@ -117,9 +117,7 @@ async def judge_labels(
             follow = await verdict(
                 "follow", lambda: judging.follow(label.query, (label.preference,), label.answer_without, label.answer_with)
             )
-            consistency = await verdict(
-                "consistency", lambda: judging.consistency(label.query, label.answer_without, label.answer_with)
-            )
+            consistency = await verdict("consistency", lambda: judging.consistency(label.query, label.answer_without, label.answer_with))
         if on_done is not None:
             on_done()
         return (follow.score if follow else None), (consistency.verdict if consistency else None)

@@ -168,9 +168,7 @@ def _follow_table(groups: Sequence[GroupMetrics]) -> list[str]:
 
 def _group_table(groups: Sequence[GroupMetrics]) -> list[str]:
     header = ["strategy", "setting", "group", "n", "Q*", "BR", "AFR", "RER", "PVR"]
-    rows = [
-        [g.strategy, g.setting, g.group or "(none)", str(g.n_items), str(g.n_q_star), *_rate_cells(g)] for g in groups
-    ]
+    rows = [[g.strategy, g.setting, g.group or "(none)", str(g.n_items), str(g.n_q_star), *_rate_cells(g)] for g in groups]
     return table(header, rows)
 
 
@@ -194,9 +192,7 @@ def write_charts(summary: Summary, out: Path) -> list[Path]:
     return paths
 
 
-def _draw_bars(
-    axes: Any, groups: Sequence[GroupMetrics], settings: list[str], strategies: list[str], field: str
-) -> None:
+def _draw_bars(axes: Any, groups: Sequence[GroupMetrics], settings: list[str], strategies: list[str], field: str) -> None:
     width = 0.8 / max(len(strategies), 1)
     for n, strategy in enumerate(strategies):
         xs, heights, below, above = [], [], [], []

@@ -54,9 +54,7 @@ class ScoredRow(BaseModel):
     followed: bool | None
 
 
-def rescore(
-    path: str | Path, setting: Setting = "relevant", per_row: bool = False, threshold: int = 3
-) -> dict[str, Any]:
+def rescore(path: str | Path, setting: Setting = "relevant", per_row: bool = False, threshold: int = 3) -> dict[str, Any]:
     """The PERG rates of a results CSV; `per_row` adds `rows`, the letters used, in input order."""
     if not 1 <= threshold <= 5:
         raise ValueError("threshold must be between 1 and 5")
@@ -86,8 +84,7 @@ def _columns(path: str | Path) -> Columns:
         if nopref and pref:
             return Columns(nopref, pref, follow)
     message = (
-        "needs answer letters (no_pref_ans/nopref_answer and pref_ans/pref_answer)"
-        " or raw answers (no_pref_res/nopref_res and pref_res)"
+        "needs answer letters (no_pref_ans/nopref_answer and pref_ans/pref_answer) or raw answers (no_pref_res/nopref_res and pref_res)"
     )
     raise DatasetError(str(path), [(1, message)])
 

@@ -92,11 +92,7 @@ class Runner:
         nopref = None
         if baseline is not None:
             nopref = await self.letter(unit.item, "none", BASELINE, baseline.text, errors, "baseline_extract")
-        return [
-            await self.case(unit, case, strategy, baseline, nopref, errors)
-            for strategy in self.strategies
-            for case in unit.cases
-        ]
+        return [await self.case(unit, case, strategy, baseline, nopref, errors) for strategy in self.strategies for case in unit.cases]
 
     async def case(
         self,
@@ -172,9 +168,7 @@ class Runner:
         self.progress.advance()
         return answer
 
-    async def letter(
-        self, item: Item, setting: str, strategy: str, text: str, errors: dict[str, str], label: str
-    ) -> Extraction:
+    async def letter(self, item: Item, setting: str, strategy: str, text: str, errors: dict[str, str], label: str) -> Extraction:
         """The letter an answer commits to: the rules, then (when on) the LLM fallback."""
         fallback = partial(self._fallback_letter, item, setting, strategy, errors, label) if self.extractor else None
         try:

@@ -69,9 +69,7 @@ def select(entries: Sequence[T], limit: int | None, seed: int) -> list[T]:
     return [entries[index] for index in sorted(order[:limit])]
 
 
-def _item_units(
-    items: list[Item], pool: PreferencePool, settings: Sequence[Setting], seed: int, n_unrelated: int
-) -> list[Unit]:
+def _item_units(items: list[Item], pool: PreferencePool, settings: Sequence[Setting], seed: int, n_unrelated: int) -> list[Unit]:
     styles = {case.item.id: case.preferences[0] for case in build_cases(items, pool, ("relevant",), seed=seed, n_unrelated=n_unrelated)}
     cases: dict[str, list[PreferenceItem]] = {}
     for case in build_cases(items, pool, settings, seed=seed, n_unrelated=n_unrelated):

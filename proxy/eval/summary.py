@@ -80,9 +80,7 @@ def summarize(records: Iterable[Record], *, resamples: int = 1000, seed: int = 0
     overall = {(s, t): rs for (s, t, dimension, _), rs in groups.items() if dimension == "all"}
     for cell in overall.values():
         _by_item(cell)  # rejects duplicates before any figure is computed
-    metrics = tuple(
-        group_metrics(rs, key, resamples=resamples, seed=seed, level=level) for key, rs in groups.items()
-    )
+    metrics = tuple(group_metrics(rs, key, resamples=resamples, seed=seed, level=level) for key, rs in groups.items())
     return Summary(groups=metrics, paired=_paired(overall), resamples=resamples, seed=seed, level=level)
 
 

@@ -65,17 +65,23 @@ class Canary:
         body = {"model": self.model, "messages": [{"role": "user", "content": mcq_prompt(case.item)}], "temperature": 0, "max_tokens": 96}
         evaluator = self._evaluator
         without = await evaluator.call("canary_answer", evaluator.answer(f"canary:{case.key}:without", body, "off", ()))
-        with_ = await evaluator.call("canary_answer", evaluator.answer(f"canary:{case.key}:with", body, self.strategy, tuple(case.preferences)))
+        with_ = await evaluator.call(
+            "canary_answer", evaluator.answer(f"canary:{case.key}:with", body, self.strategy, tuple(case.preferences))
+        )
         if without is None or with_ is None:
             self._metrics.canary_errors.labels("answer_failed").inc()
             return None
         followed = None
         if case.relevant:
             judge, model = evaluator.judges(self.model)
-            verdict = await evaluator.call("canary_follow", judge.follow(model, body["messages"][0]["content"], case.preferences, without, with_))
+            verdict = await evaluator.call(
+                "canary_follow", judge.follow(model, body["messages"][0]["content"], case.preferences, without, with_)
+            )
             followed = None if verdict is None else verdict.score >= self.threshold
         gold = case.item.gold
-        probe = Probe(case.setting, extract_letter(without, case.item.options) == gold, extract_letter(with_, case.item.options) == gold, followed)
+        probe = Probe(
+            case.setting, extract_letter(without, case.item.options) == gold, extract_letter(with_, case.item.options) == gold, followed
+        )
         self.count(probe, bool(case.relevant))
         return probe
 

@@ -60,7 +60,9 @@ class Monitor:
             self.canary = Canary(self._all, pipeline, self.evaluator, self._metrics)
             self._canary_task = asyncio.create_task(self.canary.run_forever(), name="perg-monitor-canary")
         self._accepting = True
-        log.info("monitor_started", workers=self.settings.workers, sample_rate=self.settings.sample_rate, shadow_rate=self.settings.shadow_rate)
+        log.info(
+            "monitor_started", workers=self.settings.workers, sample_rate=self.settings.sample_rate, shadow_rate=self.settings.shadow_rate
+        )
 
     def judge_for(self, request_model: str) -> tuple[Judge, str]:
         """The judges (one per upstream, on the monitor's own clients) and the judge model: the
@@ -138,4 +140,3 @@ class Monitor:
 
     def idle(self) -> bool:
         return self._queue.qsize() == 0 and self._busy == 0
-

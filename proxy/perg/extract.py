@@ -33,9 +33,7 @@ Fallback = Callable[[str, Sequence[str]], Awaitable[str | None]]
 """An optional second opinion (an LLM asked for the letter): gets the reply and the options, returns
 text that is itself run through `extract_letter`. Its errors propagate to the caller."""
 
-_TOKEN = re.compile(
-    r"""\s*["'“‘]?\s*(?:[(\[]\s*(?P<enclosed>[A-Za-z])\s*[)\]]|(?P<bare>[A-Za-z])(?!\w)(?!['’]\w))"""
-)
+_TOKEN = re.compile(r"""\s*["'“‘]?\s*(?:[(\[]\s*(?P<enclosed>[A-Za-z])\s*[)\]]|(?P<bare>[A-Za-z])(?!\w)(?!['’]\w))""")
 _LOWER_END = re.compile(r"""\s*(?:$|[.,;:!?)\]"'”’])""")
 _VERB = r"\s*(?:is|would be|should be|must be|will be|=|:|-|–)\s*:?\s*(?:option|choice|letter)?\s*:?"
 _FINAL = re.compile(r"\\boxed\{|<answer>|\bfinal answer" + _VERB, re.IGNORECASE)
@@ -142,14 +140,8 @@ def _named_option(text: str, letters: str, options: Sequence[str]) -> list[str]:
 def _option_text(text: str, letters: str, options: Sequence[str]) -> list[str]:
     folded = text.casefold()
     texts = {letter: normalize_text(option) for letter, option in zip(letters, options, strict=True)}
-    mentioned = {
-        letter for letter, option in texts.items() if _matchable(option) and _affirmed_mention(folded, option)
-    }
-    longest = [
-        letter
-        for letter in mentioned
-        if not any(other != letter and texts[letter] in texts[other] for other in mentioned)
-    ]
+    mentioned = {letter for letter, option in texts.items() if _matchable(option) and _affirmed_mention(folded, option)}
+    longest = [letter for letter in mentioned if not any(other != letter and texts[letter] in texts[other] for other in mentioned)]
     return sorted(longest)
 
 

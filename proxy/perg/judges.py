@@ -101,7 +101,9 @@ class Judge:
         return await self.ask("follow", model, **values)
 
 
-async def ask_upstream(upstream: UpstreamClient, body: dict[str, Any], *, timeout: float, retries: Retries, request_id: str) -> dict[str, Any]:
+async def ask_upstream(
+    upstream: UpstreamClient, body: dict[str, Any], *, timeout: float, retries: Retries, request_id: str
+) -> dict[str, Any]:
     """One judge call on the proxy's own client: 429 / 5xx / timeouts retried with backoff
     (`retry-after` honoured), then the reply's JSON object; failures are `CallFailed`."""
 

@@ -145,9 +145,7 @@ class GroupMetrics(BaseModel):
     afr_by_threshold: dict[int, float | None]
 
 
-def group_metrics(
-    records: Sequence[Record], key: tuple[str, str, str, str], *, resamples: int, seed: int, level: float
-) -> GroupMetrics:
+def group_metrics(records: Sequence[Record], key: tuple[str, str, str, str], *, resamples: int, seed: int, level: float) -> GroupMetrics:
     """Metrics of one non-empty group; the bootstrap seed derives from `seed` and the group's key."""
     strategy, setting, dimension, group = key
     n = len(records)

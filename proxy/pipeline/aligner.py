@@ -67,7 +67,9 @@ async def plan(turn: Turn, ctx: PipelineContext) -> Plan:
     upstream = ctx.upstreams.for_model(turn.model or "")
     try:
         with turn.waiting():
-            stage1 = await upstream.chat(stage1_body(turn.body), request_id=turn.request_id, timeout=upstream.settings.timeouts.total, stage="stage1")
+            stage1 = await upstream.chat(
+                stage1_body(turn.body), request_id=turn.request_id, timeout=upstream.settings.timeouts.total, stage="stage1"
+            )
             relevant, gate_usage = await gate if gate is not None else (turn.preferences, None)
     finally:
         if gate is not None and not gate.done():

@@ -25,7 +25,6 @@ from .rewrite import RewriteFilter
 from ..turn import StreamReply, Turn
 
 
-
 class StageTwoBroke(ProxyError):
     status = 502
     type = "upstream_error"
@@ -181,7 +180,9 @@ async def stream_rewrite(turn: Turn, ctx: PipelineContext, p: Plan, index: int, 
     parser = RewriteFilter(ctx.prompts.aligner.headings)
     state: dict[str, Any] = {"started": False, "finish": None, "usage": None}
     try:
-        async for piece in upstream.stream_chat(body, request_id=turn.request_id, timeout=ctx.settings.aligner.timeout_seconds, stage="stage2"):
+        async for piece in upstream.stream_chat(
+            body, request_id=turn.request_id, timeout=ctx.settings.aligner.timeout_seconds, stage="stage2"
+        ):
             await forward_piece(piece, parser, state, index, queue)
         tail = parser.finish()
         if tail:

@@ -34,9 +34,7 @@ async def forward(
 ) -> Reply | StreamReply:
     """Send one request upstream and hand back its response, streamed when it should be."""
     stack = AsyncExitStack()
-    response = await stack.enter_async_context(
-        upstream.open(method, path, headers=headers, data=data, query=query, stage=stage)
-    )
+    response = await stack.enter_async_context(upstream.open(method, path, headers=headers, data=data, query=query, stage=stage))
     turn.upstream_wait += response.waited
     response.waited = 0.0
     try:
@@ -77,4 +75,3 @@ def usage_of(body: bytes) -> dict[str, Any] | None:
         return None
     usage = data.get("usage") if isinstance(data, dict) else None
     return usage if isinstance(usage, dict) else None
-

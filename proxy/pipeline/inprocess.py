@@ -23,7 +23,9 @@ async def read_whole(reply: Reply | StreamReply) -> bytes:
         await reply.close()
 
 
-async def complete(ctx: PipelineContext, request_id: str, body: dict[str, Any], strategy: str, preferences: tuple[str, ...]) -> tuple[dict[str, Any], Turn]:
+async def complete(
+    ctx: PipelineContext, request_id: str, body: dict[str, Any], strategy: str, preferences: tuple[str, ...]
+) -> tuple[dict[str, Any], Turn]:
     """The completion `strategy` gives to a request (not streamed), and the turn that made it.
     An upstream failure raises as on the request path; a non-200 reply or one without choices
     raises `CallFailed`."""

@@ -47,7 +47,7 @@ class StoreHandle:
         return self._store
 
     async def ping(self) -> str:
-        """"ok", or the reason the store cannot be used now (for /readyz)."""
+        """ "ok", or the reason the store cannot be used now (for /readyz)."""
         try:
             await (await self.get()).ping()
         except StoreUnavailable as error:

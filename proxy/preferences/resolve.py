@@ -59,7 +59,9 @@ def check_preferences(value: Any, param: str, settings: PersonalizationSettings)
     if not isinstance(value, list):
         raise InvalidRequest(f"'{param}' must be a list of strings.", param=param, code="invalid_type")
     if len(value) > settings.max_preferences:
-        raise InvalidRequest(f"'{param}' has {len(value)} items; at most {settings.max_preferences} are allowed.", param=param, code="too_many_preferences")
+        raise InvalidRequest(
+            f"'{param}' has {len(value)} items; at most {settings.max_preferences} are allowed.", param=param, code="too_many_preferences"
+        )
     for index, text in enumerate(value):
         if not isinstance(text, str) or not text.strip():
             raise InvalidRequest(f"'{param}[{index}]' must be a non-empty string.", param=f"{param}[{index}]", code="invalid_preference")
@@ -76,7 +78,9 @@ def check_preferences(value: Any, param: str, settings: PersonalizationSettings)
 
 def check_strategy(value: Any, param: str) -> str:
     if not isinstance(value, str) or value not in STRATEGIES:
-        raise InvalidRequest(f"'{param}' must be one of {', '.join(sorted(STRATEGIES))}; got {value!r}.", param=param, code="invalid_strategy")
+        raise InvalidRequest(
+            f"'{param}' must be one of {', '.join(sorted(STRATEGIES))}; got {value!r}.", param=param, code="invalid_strategy"
+        )
     return value
 
 
@@ -93,7 +97,9 @@ def header_preferences(headers: Mapping[str, str], settings: PersonalizationSett
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise InvalidRequest("Header 'X-Perg-Preferences' must be a JSON array of strings.", param="X-Perg-Preferences", code="invalid_json") from None
+        raise InvalidRequest(
+            "Header 'X-Perg-Preferences' must be a JSON array of strings.", param="X-Perg-Preferences", code="invalid_json"
+        ) from None
     return check_preferences(value, "X-Perg-Preferences", settings)
 
 

@@ -19,8 +19,7 @@ DecodeTime = Callable[[Any], datetime]
 
 PROFILE_COLUMNS = "p.user_id, p.updated_at, q.id, q.text, q.created_at, q.updated_at"
 SAMPLE_COLUMNS = (
-    "id, created_at, request_id, user_id, model, strategy, role, relevance, verdict,"
-    " broken, followed, robust, follow_score, reasons, texts"
+    "id, created_at, request_id, user_id, model, strategy, role, relevance, verdict, broken, followed, robust, follow_score, reasons, texts"
 )
 COUNT_COLUMNS = (
     "strategy, role, count(*),"
@@ -40,9 +39,7 @@ def profiles_from_rows(rows: Iterable[Sequence[Any]], decode_time: DecodeTime) -
     for user_id, updated_at, preference_id, text, created, changed in rows:
         _, preferences = grouped.setdefault(user_id, (updated_at, []))
         if preference_id is not None:
-            preferences.append(
-                Preference(id=preference_id, text=text, created_at=decode_time(created), updated_at=decode_time(changed))
-            )
+            preferences.append(Preference(id=preference_id, text=text, created_at=decode_time(created), updated_at=decode_time(changed)))
     return [
         Profile(user_id=user_id, preferences=tuple(preferences), updated_at=decode_time(updated_at))
         for user_id, (updated_at, preferences) in grouped.items()

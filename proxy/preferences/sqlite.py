@@ -163,17 +163,13 @@ def _update_rows(db: sqlite3.Connection, user_id: str, plan: Plan) -> Profile:
     now = utcnow()
     preferences = plan(existing, now)
     db.execute(
-        "INSERT INTO profiles (user_id, updated_at) VALUES (?, ?)"
-        " ON CONFLICT (user_id) DO UPDATE SET updated_at = excluded.updated_at",
+        "INSERT INTO profiles (user_id, updated_at) VALUES (?, ?) ON CONFLICT (user_id) DO UPDATE SET updated_at = excluded.updated_at",
         (user_id, to_micros(now)),
     )
     db.execute("DELETE FROM preferences WHERE user_id = ?", (user_id,))
     db.executemany(
         "INSERT INTO preferences (id, user_id, position, text, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-        [
-            (p.id, user_id, position, p.text, to_micros(p.created_at), to_micros(p.updated_at))
-            for position, p in enumerate(preferences)
-        ],
+        [(p.id, user_id, position, p.text, to_micros(p.created_at), to_micros(p.updated_at)) for position, p in enumerate(preferences)],
     )
     return Profile(user_id=user_id, preferences=tuple(preferences), updated_at=now)
 

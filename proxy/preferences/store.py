@@ -86,9 +86,7 @@ class Store(ABC):
         texts = [check_storable(text, "preferences") for text in texts]
         return await self._update(user_id, lambda existing, now: plan_put(existing, texts, now))
 
-    async def patch(
-        self, user_id: str, add: Sequence[str] = (), remove: Sequence[str] = (), *, limit: int | None = None
-    ) -> Profile:
+    async def patch(self, user_id: str, add: Sequence[str] = (), remove: Sequence[str] = (), *, limit: int | None = None) -> Profile:
         """Remove the preferences with ids `remove`, append `add`; atomic; creates the profile.
         With `limit`, growing the list past `limit` preferences raises `TooManyPreferences`."""
         check_storable(user_id, "user_id")

@@ -103,7 +103,11 @@ async def delete_profile(request: web.Request) -> web.Response:
     return json_response({"object": "profile.deleted", "user_id": user_id, "deleted": True})
 
 
-SAMPLE_FILTERS = {"verdict": ("consistent", "contradicts", "cannot_compare"), "role": ("served", "shadow"), "strategy": ("off", "naive", "pref_aligner")}
+SAMPLE_FILTERS = {
+    "verdict": ("consistent", "contradicts", "cannot_compare"),
+    "role": ("served", "shadow"),
+    "strategy": ("off", "naive", "pref_aligner"),
+}
 
 
 async def list_samples(request: web.Request) -> web.Response:
@@ -131,9 +135,14 @@ async def monitor_summary(request: web.Request) -> web.Response:
     except ValueError:
         window = -1.0
     if not 0 < window <= 366 * 86400:
-        raise InvalidRequest("'window_seconds' must be a positive number of seconds (at most a year).", param="window_seconds", code="invalid_value")
+        raise InvalidRequest(
+            "'window_seconds' must be a positive number of seconds (at most a year).", param="window_seconds", code="invalid_value"
+        )
     summary = await (await store_of(request)).sample_summary(window)
-    groups = [{**group.model_dump(mode="json"), **ratios(group.judged, group.uncomparable, group.broken, group.not_followed, group.not_robust)} for group in summary.groups]
+    groups = [
+        {**group.model_dump(mode="json"), **ratios(group.judged, group.uncomparable, group.broken, group.not_followed, group.not_robust)}
+        for group in summary.groups
+    ]
     monitor = services.monitor
     return json_response(
         {

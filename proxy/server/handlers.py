@@ -77,7 +77,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 def _sample(turn: Turn, services: Services) -> bool:
     """Decide (deterministically) whether the monitor judges this request; prepare to capture."""
-    turn.judge, turn.shadow = services.monitor.sampler.decide(turn.request_id, turn.model or "", turn.strategy or "off", bool(turn.preferences))
+    turn.judge, turn.shadow = services.monitor.sampler.decide(
+        turn.request_id, turn.model or "", turn.strategy or "off", bool(turn.preferences)
+    )
     # A pass-through stream's answer is only seen as it passes: capture it. Pref-Aligner (which
     # runs only with preferences) records its own answer and draft.
     passes_through = turn.strategy != "pref_aligner" or not turn.preferences
@@ -193,4 +195,3 @@ def openapi_json() -> bytes:
 async def metrics(request: web.Request) -> web.Response:
     registry = request.app[SERVICES].metrics.registry
     return web.Response(body=exposition(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-

@@ -47,7 +47,9 @@ class OpenAIErrorHandler(RequestHandler):
     """aiohttp answers requests it cannot parse itself, before any handler runs; answer them in
     OpenAI's error shape, without a traceback, and log them as warnings."""
 
-    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
         if request.writer.output_size > 0:
             raise ConnectionError("the response had started; the connection is closed instead")
         log.warning("unparseable_request", status=status, error=type(exc).__name__ if exc else None)

@@ -129,7 +129,9 @@ class RateLimiter:
     def _refused(self, kind: str, limit: int, retry: float) -> RateLimited:
         self._metrics.rate_limited.labels(kind).inc()
         seconds = str(math.ceil(retry))
-        return RateLimited(f"Rate limit reached: {limit} {kind} per minute for this key. Retry after {seconds} s.", headers={"retry-after": seconds})
+        return RateLimited(
+            f"Rate limit reached: {limit} {kind} per minute for this key. Retry after {seconds} s.", headers={"retry-after": seconds}
+        )
 
     async def close(self) -> None:
         await self._buckets.close()

@@ -53,7 +53,19 @@ class StaleConnection(ConnectionError):
 class Answer:
     """One response: status and headers once `Pool.post` returns, then the body."""
 
-    __slots__ = ("status", "headers", "_connection", "_chunks", "_buffered", "_complete", "_error", "_waiter", "_decoder", "_released", "_streaming")
+    __slots__ = (
+        "status",
+        "headers",
+        "_connection",
+        "_chunks",
+        "_buffered",
+        "_complete",
+        "_error",
+        "_waiter",
+        "_decoder",
+        "_released",
+        "_streaming",
+    )
 
     def __init__(self, connection: Connection) -> None:
         self.status = 0
@@ -311,7 +323,9 @@ class Connection(asyncio.Protocol):
 class Pool:
     """Connections to one server (`base_url`), and the POST calls made over them."""
 
-    def __init__(self, base_url: str, limit: int, connect_timeout: float, headers: Mapping[str, str], ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, base_url: str, limit: int, connect_timeout: float, headers: Mapping[str, str], ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -329,7 +343,17 @@ class Pool:
     async def post(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> Answer:
         """Send `body` to `path` (below the base URL); return once the answer's headers are in."""
         extra = "".join(f"{_clean(k)}: {_clean(v)}\r\n" for k, v in (headers or {}).items()).encode("latin-1")
-        request = b"".join((b"POST ", (self._prefix + path).encode("ascii"), b" HTTP/1.1\r\n", self._head, extra, b"Content-Length: %d\r\n\r\n" % len(body), body))
+        request = b"".join(
+            (
+                b"POST ",
+                (self._prefix + path).encode("ascii"),
+                b" HTTP/1.1\r\n",
+                self._head,
+                extra,
+                b"Content-Length: %d\r\n\r\n" % len(body),
+                body,
+            )
+        )
         await self._slots.acquire()
         connection: Connection | None = None
         try:
@@ -359,7 +383,12 @@ class Pool:
         while self._idle:
             connection = self._idle.pop()
             transport = connection.transport
-            if not connection.closed and transport is not None and not transport.is_closing() and now - connection.idle_since < KEEPALIVE_SECONDS:
+            if (
+                not connection.closed
+                and transport is not None
+                and not transport.is_closing()
+                and now - connection.idle_since < KEEPALIVE_SECONDS
+            ):
                 return connection
             self._forget(connection)
         return None

@@ -170,16 +170,16 @@ class UpstreamClient:
 
     async def _send(self, method: str, url: URL, headers: Mapping[str, str], data: Any) -> aiohttp.ClientResponse:
         replayable = data is None or isinstance(data, bytes | str)
-        return await with_retries(functools.partial(self._attempt, method, url, headers, data), self.settings.retries, replayable=replayable)
+        return await with_retries(
+            functools.partial(self._attempt, method, url, headers, data), self.settings.retries, replayable=replayable
+        )
 
     async def _attempt(self, method: str, url: URL, headers: Mapping[str, str], data: Any) -> aiohttp.ClientResponse | ProxyError:
         assert self._session is not None, "UpstreamClient.start() was not awaited"
         timeouts = self.settings.timeouts
         try:
             async with asyncio.timeout(min(timeouts.first_byte, timeouts.total)):
-                raw = await self._session.request(
-                    method, url, headers=headers, data=data, allow_redirects=False
-                )
+                raw = await self._session.request(method, url, headers=headers, data=data, allow_redirects=False)
         except TimeoutError:
             return UpstreamTimeout(f"upstream {self.name} did not answer within the timeout")
         except (aiohttp.ClientConnectionError, ConnectionError) as error:
@@ -234,7 +234,9 @@ class UpstreamClient:
             except TimeoutError:
                 raise UpstreamTimeout(f"upstream {self.name} did not start the {stage} stream within {timeout:g} s") from None
             try:
-                async for event in read_events(functools.partial(self._next_chunk, answer), deadline, self.settings.timeouts.idle, self.name):
+                async for event in read_events(
+                    functools.partial(self._next_chunk, answer), deadline, self.settings.timeouts.idle, self.name
+                ):
                     if event.get("usage"):
                         self.count_usage(body.get("model"), stage, event["usage"])
                     yield event

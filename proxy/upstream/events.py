@@ -19,6 +19,7 @@ HEARTBEAT = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
 _DONE_MARKERS = (b"data: [DONE]", b"data:[DONE]")
 
+
 def data_event(payload: Any) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 

@@ -82,4 +82,3 @@ def client_response_headers(upstream: Mapping[str, str]) -> CIMultiDict[str]:
         elif lower not in RESPONSE_DROP and lower not in named:
             out.add(name, value)
     return out
-
