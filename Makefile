@@ -11,7 +11,7 @@ CONFIG ?= config.example.yaml
 # project's Xeon machines), so build a portable AVX2 library without them.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 
-.PHONY: run test bench clean
+.PHONY: run test check bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ run: $(VENV)/.run-installed
 
 test: $(VENV)/.test-installed
 	$(PY) -m pytest
+
+# The static checks CI runs before the tests: lint, formatting, types.
+check: $(VENV)/.test-installed
+	$(VENV)/bin/ruff check proxy tests bench deploy
+	$(VENV)/bin/ruff format --check proxy tests bench deploy
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.test-installed
 	$(PY) bench/proxy_overhead.py

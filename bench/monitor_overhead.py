@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import run as run_async
 from bench.common import KEY, pin_self, start_fake, start_proxy, stop  # noqa: E402
+from bench.common import run as run_async  # noqa: E402
 from bench.loadgen import chat_request, run_load  # noqa: E402
 
 MONITOR = """
@@ -48,7 +48,7 @@ async def run(requests: int, rounds: int, delay_ms: int) -> dict[tuple[float, in
     proxies = {rate: start_proxy(upstream_port, workdir, MONITOR.format(rate=rate), f"rate-{rate}") for rate in (0.0, 1.0)}
     results: dict[tuple[float, int], list[dict[str, float]]] = {}
     try:
-        for rate, (_, port) in proxies.items():
+        for _, port in proxies.values():
             await measure(port, model, 8, 300)  # warm-up
         for _ in range(rounds):  # interleaved, so drift on the machine hits both alike
             for concurrency in (1, 32):

@@ -25,8 +25,8 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import run as run_async
 from bench.common import KEY, pin_self, start_fake, start_proxy, stop  # noqa: E402
+from bench.common import run as run_async  # noqa: E402
 from bench.loadgen import Result, chat_request, run_load  # noqa: E402
 from proxy.upstream.calls import Pool  # noqa: E402
 

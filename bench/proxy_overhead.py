@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import run as run_async
 from bench.common import KEY, pin_self, rss_kib, start_fake, start_proxy, stop  # noqa: E402
+from bench.common import run as run_async  # noqa: E402
 from bench.loadgen import chat_request, run_load  # noqa: E402
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -20,7 +21,7 @@ class ProxyError(Exception):
         *,
         param: str | None = None,
         code: str | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -105,7 +106,7 @@ class UpstreamStatusError(ProxyError):
 
     type = "upstream_error"
 
-    def __init__(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
+    def __init__(self, status: int, payload: bytes, headers: Mapping[str, str]) -> None:
         self.status = status
         self.upstream_body = _openai_error(payload)
         message = (
@@ -150,7 +151,7 @@ class CallFailed(Exception):
 INTERNAL_MESSAGE = "The proxy failed to handle the request; the request id identifies it in the logs."
 
 
-def error_payload(error: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
+def error_payload(error: BaseException) -> tuple[int, dict[str, Any], Mapping[str, str]]:
     """(status, OpenAI error body, extra headers) for any exception; unknown ones become a bare 500."""
     if isinstance(error, ProxyError):
         return error.status, error.body(), error.headers

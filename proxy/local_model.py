@@ -3,6 +3,7 @@ wheel) served by `llama_cpp.server` on loopback. Nothing is downloaded at run ti
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import os
@@ -89,12 +90,8 @@ class LocalModelProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self, ready_timeout: float = 180.0) -> LocalModelProcess:
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        try:
+        with open(self.log_path, "ab") if self.log_path else contextlib.nullcontext(subprocess.DEVNULL) as out:
             self.process = subprocess.Popen(command(self.host, self.port, self.alias), stdout=out, stderr=subprocess.STDOUT)
-        finally:
-            if self.log_path:
-                out.close()
         try:
             wait_ready(self.base_url, ready_timeout, self.process)
         except BaseException:

@@ -5,30 +5,39 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import Any, TextIO
 
 import orjson
 import structlog
+from structlog.typing import EventDict, Processor
 
 from .config import LoggingSettings
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def configure_logging(settings: LoggingSettings, stream=None) -> None:
+def configure_logging(settings: LoggingSettings, stream: TextIO | None = None) -> None:
     """Configure structlog (and the stdlib loggers of libraries) once per process."""
     level = LEVELS[settings.level]
     pid = os.getpid()
-    shared = [
+
+    def add_pid(logger: Any, name: str, event: EventDict) -> EventDict:
+        return {**event, "pid": pid}
+
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
-        lambda logger, name, event: {**event, "pid": pid},
+        add_pid,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
     ]
     out = stream or sys.stdout
+    renderer: Processor
+    factory: Callable[..., Any]
     if settings.format == "json":
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        factory = structlog.BytesLoggerFactory(out.buffer if hasattr(out, "buffer") else out)
+        factory = structlog.BytesLoggerFactory(out.buffer if hasattr(out, "buffer") else out)  # type: ignore[arg-type]
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=False)
         factory = structlog.PrintLoggerFactory(out)

@@ -14,10 +14,13 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from proxy.config import Settings, parse_settings
 from proxy.server.app import create_app
 from proxy.server.protocol_errors import make_runner
-from proxy.config import Settings, parse_settings
 from tests.fake_upstream import FakeUpstream
+
+# The profile-store fixtures (every backend; PostgreSQL with PERG_TEST_POSTGRES_DSN).
+pytest_plugins = ("tests.store_fixtures",)
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_KEY = "sk-client-1"

@@ -8,9 +8,9 @@ import httpx2
 import openai
 import pytest
 
-from proxy.server.auth import Authenticator, bearer_token
 from proxy.config import AuthSettings
 from proxy.errors import AuthenticationFailed, PermissionDenied
+from proxy.server.auth import Authenticator, bearer_token
 from proxy.upstream.headers import client_response_headers, upstream_request_headers
 from tests.conftest import CLIENT_KEY, UPSTREAM_KEY
 

@@ -178,7 +178,7 @@ async def test_body_framings_and_encodings(raw, expected):
         writer.write(raw)
         await writer.drain()
 
-    async with serving(answer) as (server, p):
+    async with serving(answer) as (_server, p):
         assert await call(p) == expected
 
 
@@ -211,7 +211,7 @@ async def test_answers_that_cannot_be_read_are_bad_answers(raw, message):
         await writer.drain()
         await asyncio.sleep(0.5)
 
-    async with serving(answer, limit=1) as (server, p):
+    async with serving(answer, limit=1) as (_server, p):
         with pytest.raises(BadAnswer, match=message):
             await call(p)
 
@@ -222,7 +222,7 @@ async def test_an_answer_over_the_limit_is_refused():
         writer.write(reply(b"x" * 5000))
         await writer.drain()
 
-    async with serving(big) as (server, p):
+    async with serving(big) as (_server, p):
         answer = await p.post("/chat/completions", b"{}")
         with pytest.raises(BadAnswer, match="larger than 1000"):
             await answer.read(1000)
@@ -240,13 +240,13 @@ async def test_a_compressed_answer_that_would_inflate_past_the_limit_is_refused(
         writer.write(reply(bomb, "Content-Encoding: gzip"))
         await writer.drain()
 
-    async with serving(answer) as (server, p):
+    async with serving(answer) as (_server, p):
         with pytest.raises(BadAnswer, match="more than 1048576 unread bytes"):
             await call(p)
 
 
 async def test_header_that_could_split_the_request_is_refused_and_frees_nothing():
-    async with serving(echo_forever, limit=1) as (server, p):
+    async with serving(echo_forever, limit=1) as (_server, p):
         with pytest.raises(ValueError, match="line break"):
             await p.post("/chat/completions", b"{}", {"X-Client-Request-Id": "a\r\nEvil: 1"})
         assert await call(p) == b"echo:{}"  # the one slot is still free
@@ -317,7 +317,7 @@ async def test_a_stream_is_read_as_it_arrives_with_back_pressure():
         writer.write(b"0\r\n\r\n")
         await writer.drain()
 
-    async with serving(stream) as (server, p):
+    async with serving(stream) as (_server, p):
         answer = await p.post("/chat/completions", b"{}")
         received, most_buffered = 0, 0
         async for chunk in answer.chunks(idle=5):
@@ -347,7 +347,7 @@ async def test_a_silent_stream_times_out_by_its_idle_limit():
         await writer.drain()
         await asyncio.sleep(5)
 
-    async with serving(stall) as (server, p):
+    async with serving(stall) as (_server, p):
         answer = await p.post("/chat/completions", b"{}")
         chunks = []
         with pytest.raises(TimeoutError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from proxy.config import ConfigError, expand_env, load_settings, parse_settings
 from tests.conftest import ROOT
@@ -109,7 +110,7 @@ def test_client_keys_as_objects():
 
 def test_settings_are_frozen(tmp_path):
     settings = load_settings(write(tmp_path, MINIMAL))
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         settings.server.port = 1  # type: ignore[misc]
 
 

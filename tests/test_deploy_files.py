@@ -33,8 +33,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from proxy import cli, local_model
-from proxy.server.app import create_app
 from proxy.config import ENV_PATTERN, ConfigError, Settings, expand_env, parse_settings
+from proxy.server.app import create_app
 from proxy.server.handlers import READY_TIMEOUT
 from tests.conftest import free_port, wait_for
 
@@ -469,7 +469,9 @@ def context_files() -> list[str]:
         relative = "" if relative == "." else relative
         inside = [f"{relative}/{name}".lstrip("/") for name in names]
         # Skip ignored directories that no exception reaches into (.git, .venv, caches ...).
-        names[:] = [n for n, p in zip(names, inside) if not ignored(p, patterns) or any(e.startswith(p + "/") for e in exceptions)]
+        names[:] = [
+            n for n, p in zip(names, inside, strict=True) if not ignored(p, patterns) or any(e.startswith(p + "/") for e in exceptions)
+        ]
         kept += [p for p in (f"{relative}/{f}".lstrip("/") for f in files) if not ignored(p, patterns)]
     return sorted(kept)
 
@@ -891,7 +893,7 @@ def test_k8s_service_monitor_scrapes_metrics():
 def test_k8s_prometheus_rule_is_the_repository_rules():
     path = KUBERNETES / "monitoring" / "render_prometheusrule.py"
     namespace: dict[str, Any] = {"__file__": str(path), "__name__": "render_prometheusrule"}
-    exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), namespace)  # noqa: S102 - the repository's own script
+    exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), namespace)  # the repository's own script
     assert (KUBERNETES / "monitoring" / "prometheusrule.yaml").read_text(encoding="utf-8") == namespace["render"](), (
         "stale: run python deploy/kubernetes/monitoring/render_prometheusrule.py"
     )

@@ -12,10 +12,10 @@ import httpx2
 import orjson
 import pytest
 import schemathesis
-from schemathesis.checks import positive_data_acceptance
 import yaml
 from aiohttp import web
 from hypothesis import HealthCheck, settings
+from schemathesis.checks import positive_data_acceptance
 
 from tests.conftest import ADMIN_KEY, CLIENT_KEY, ServerThread
 

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy.errors import InvalidRequest, UpstreamStatusError, UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import CallFailed, InvalidRequest, UpstreamStatusError, UpstreamTimeout, UpstreamUnreachable
 from proxy.eval.cache import CacheKey, ResponseCache, fingerprint
 from proxy.eval.progress import Progress, duration
 from proxy.eval.retry import describe_error, retried, transient
-from proxy.errors import CallFailed
 
 KEY = CacheKey(
     kind="answer",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from proxy.perg.rates import Record, afr_by_threshold, follow_distribution, point_rates, robust
 from proxy.eval.summary import paired_test, summarize
+from proxy.perg.rates import Record, afr_by_threshold, follow_distribution, point_rates, robust
 
 
 def rec(item: str, nopref: bool, pref: bool, followed: bool | None = None, score: int | None = None, **extra) -> Record:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from proxy.eval.calibration import calibrate, load_judge_labels
-from proxy.perg.rates import Record
 from proxy.eval.report import NO_CHARTS, render_calibration, write_report
 from proxy.eval.summary import Summary, summarize
+from proxy.perg.rates import Record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.perg.datasets import DatasetError
 from proxy.eval.rescore import rescore
+from proxy.perg.datasets import DatasetError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "perg"
 KEYS = ["breakage_rate", "alignment_failure_rate", "robustness_error_rate", "performance_variation", "n_q_star"]

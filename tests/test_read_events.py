@@ -48,7 +48,7 @@ async def test_an_error_event_is_raised():
 
 
 async def test_silence_longer_than_idle_is_an_error():
-    with pytest.raises(UpstreamEventError, match="sent nothing for 0.1 s"):
+    with pytest.raises(UpstreamEventError, match=r"sent nothing for 0\.1 s"):
         await events(feeder(b'data: {"a": 1}\n\n', stall=10), idle=0.1)
 
 

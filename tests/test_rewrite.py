@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.prompts.loader import load_prompt, parse_prompt, preference_lines
 from proxy.pipeline.rewrite import RewriteFilter, parse_rewrite
+from proxy.prompts.loader import load_prompt, parse_prompt, preference_lines
 from proxy.upstream.structured import extract_json_object, response_format
 
 HEADINGS = load_prompt("aligner").headings

@@ -14,7 +14,7 @@ from proxy.preferences.memory import MemoryStore
 from proxy.preferences.models import utcnow
 from proxy.preferences.postgres import PostgresStore
 from proxy.preferences.sqlite import SqliteStore
-from tests.test_store_fixtures import Stores, shared_stores, store, stores  # noqa: F401 - fixtures
+from tests.store_fixtures import Stores
 
 PREFERENCE_ID = re.compile(r"^pref_[0-9a-f]{16}$")
 TRICKY_TEXTS = [
@@ -209,7 +209,7 @@ async def test_opening_twice_migrates_once(stores: Stores):
 async def _postgres_versions(stores: Stores) -> list[int]:
     import asyncpg
 
-    from tests.test_store_fixtures import POSTGRES_DSN
+    from tests.store_fixtures import POSTGRES_DSN
 
     connection = await asyncpg.connect(POSTGRES_DSN)
     try:

@@ -8,7 +8,7 @@ import secrets
 import pytest
 
 from proxy.preferences import PreferenceNotFound, Store, TooManyPreferences
-from tests.test_store_fixtures import Stores, run_workers, shared_stores, store, stores  # noqa: F401 - fixtures
+from tests.store_fixtures import Stores, run_workers
 
 CONCURRENT = 50
 

@@ -17,7 +17,7 @@ from yarl import URL
 
 from proxy.preferences import StoreError, StoreUnavailable
 from proxy.preferences.postgres import PostgresStore, translate
-from tests.test_store_fixtures import POSTGRES_DSN, ROOT, drop_schema, needs_postgres, stop_processes
+from tests.store_fixtures import POSTGRES_DSN, ROOT, drop_schema, needs_postgres, stop_processes
 
 
 def free_port() -> int:

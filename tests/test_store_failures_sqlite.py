@@ -17,7 +17,7 @@ import pytest
 from proxy.preferences import StoreError, StoreUnavailable
 from proxy.preferences.sqlite import SqliteStore
 from proxy.preferences.sqlite_pool import translate
-from tests.test_store_fixtures import ROOT, stop_processes
+from tests.store_fixtures import ROOT, stop_processes
 
 
 def integrity(path: Path) -> str:
@@ -151,7 +151,9 @@ async def test_a_really_full_disk_is_unavailable_and_recovers_when_space_returns
                 acked.append((await store.patch("alice", add=[f"{i:04d}" + "y" * 4000])).preferences[-1].id)
         assert "full" in raised.value.message and "SQLITE_FULL" in raised.value.message
         assert len(await store.preference_texts("alice")) == len(acked) > 0
-        subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], capture_output=True, timeout=10, check=True)
+        await asyncio.to_thread(
+            subprocess.run, ["mount", "-o", "remount,size=8m", str(small_disk)], capture_output=True, timeout=10, check=True
+        )
         assert (await store.patch("alice", add=["room again"])).texts[-1] == "room again"
     finally:
         await store.close()

@@ -10,7 +10,7 @@ import pytest
 from proxy.preferences import InvalidCursor, JudgedSample, SampleCounts, SampleTexts, Store, UnstorableText
 from proxy.preferences.models import utcnow
 from proxy.preferences.store import PRUNE_EVERY
-from tests.test_store_fixtures import Stores, shared_stores, store, stores  # noqa: F401 - fixtures
+from tests.store_fixtures import Stores
 
 
 def sample(seconds_ago: float = 0.0, **fields: Any) -> JudgedSample:

@@ -15,15 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-
 from ..config import GateSettings, PersonalizationSettings, PromptFiles, StageSettings, UpstreamSettings
 from ..metrics import private_metrics
+from ..perg.cases import PROMPT_VERSION
 from ..pipeline.chat import first_content
 from ..pipeline.context import PipelineContext
-from ..prompts.loader import Prompts
 from ..pipeline.inprocess import complete
+from ..prompts.loader import Prompts
 from ..upstream.client import Upstreams
-from ..perg.cases import PROMPT_VERSION
 
 GATE_MODES = ("llm", "aligner", "off")
 BASELINE = "baseline"

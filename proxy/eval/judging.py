@@ -15,13 +15,13 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
+from ..perg.datasets import LETTERS
 from ..perg.judges import ConsistencyVerdict, FollowVerdict, Judge
 from ..prompts.loader import parse_prompt
-from ..upstream.sdk import complete_json
 from ..upstream.sdk import client as sdk_client
+from ..upstream.sdk import complete_json
 from ..upstream.structured import response_format
 from .calibration import Consistency, JudgeLabel
-from ..perg.datasets import LETTERS
 from .retry import describe_error, retried
 
 EXTRACT_PROMPT = "extract_letter.txt"

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..config import StructuredOutput
 from ..local_model import MODEL_ALIAS
-from .answering import parse_strategy
 from ..perg.datasets import SETTINGS, Setting
+from .answering import parse_strategy
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8081/v1"
 DEFAULT_STRATEGIES = ("naive", "pref_aligner")

@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from .calibration import Calibration
 from ..perg.rates import THRESHOLDS, Estimate, GroupMetrics
+from .calibration import Calibration
 from .summary import Summary
 
 CHART_METRICS = (
@@ -148,8 +148,17 @@ def _paired_table(summary: Summary) -> list[str]:
         return ["Only one strategy per setting: nothing to pair."]
     header = ["setting", "A", "B", "pairs", "acc A", "acc B", "only A right", "only B right", "p"]
     rows = [
-        [t.setting, t.strategy_a, t.strategy_b, str(t.n_pairs), percent(t.accuracy_a), percent(t.accuracy_b)]
-        + [str(t.only_a_correct), str(t.only_b_correct), f"{t.p_value:.4g}"]
+        [
+            t.setting,
+            t.strategy_a,
+            t.strategy_b,
+            str(t.n_pairs),
+            percent(t.accuracy_a),
+            percent(t.accuracy_b),
+            str(t.only_a_correct),
+            str(t.only_b_correct),
+            f"{t.p_value:.4g}",
+        ]
         for t in summary.paired
     ]
     return table(header, rows)

@@ -14,8 +14,7 @@ from typing import TypeVar
 
 import aiohttp
 
-from ..errors import ProxyError, UpstreamProtocolError, UpstreamStatusError, UpstreamTimeout, UpstreamUnreachable
-from ..errors import CallFailed
+from ..errors import CallFailed, ProxyError, UpstreamProtocolError, UpstreamStatusError, UpstreamTimeout, UpstreamUnreachable
 from ..upstream.client import UpstreamStreamBroken
 
 T = TypeVar("T")

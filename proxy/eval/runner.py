@@ -22,11 +22,11 @@ from functools import partial
 from typing import Any
 
 from ..errors import CallFailed
-from .answering import BASELINE, BASELINE_STRATEGY, Answer, Answerer, Strategy, parse_strategy
-from .cache import CacheKey, ResponseCache, fingerprint
 from ..perg.cases import mcq_prompt
 from ..perg.datasets import Item, PreferenceItem
 from ..perg.extract import Extraction, extract_answer
+from .answering import BASELINE, BASELINE_STRATEGY, Answer, Answerer, Strategy, parse_strategy
+from .cache import CacheKey, ResponseCache, fingerprint
 from .judging import Judging, LetterExtractor
 from .options import RunOptions
 from .progress import Progress
@@ -191,7 +191,7 @@ class Runner:
         if cached is not None:
             return cached["letter"]
         try:
-            letter = await self._retried(lambda: self.extractor.letter(mcq_prompt(item), text, options))  # type: ignore[union-attr]
+            letter = await self._retried(lambda: self.extractor.letter(mcq_prompt(item), text, options))
         except CallFailed as error:
             if error.reason not in REPLY_FAILURES:
                 raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -62,7 +63,12 @@ class Canary:
         return probes
 
     async def probe(self, case: PreferenceItem) -> Probe | None:
-        body = {"model": self.model, "messages": [{"role": "user", "content": mcq_prompt(case.item)}], "temperature": 0, "max_tokens": 96}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": mcq_prompt(case.item)}],
+            "temperature": 0,
+            "max_tokens": 96,
+        }
         evaluator = self._evaluator
         without = await evaluator.call("canary_answer", evaluator.answer(f"canary:{case.key}:without", body, "off", ()))
         with_ = await evaluator.call(

@@ -25,15 +25,15 @@ from typing import Any, TypeVar
 import structlog
 
 from ..config import MonitorSettings
+from ..errors import CallFailed
 from ..metrics import Metrics
+from ..perg.judges import ConsistencyVerdict, FollowVerdict
 from ..pipeline.chat import first_content
 from ..pipeline.context import PipelineContext
 from ..pipeline.inprocess import complete
 from ..preferences.handle import StoreHandle
 from ..preferences.models import JudgedSample, SampleTexts
-from ..errors import CallFailed
 from .job import Job
-from ..perg.judges import ConsistencyVerdict, FollowVerdict
 
 T = TypeVar("T")
 SHADOW_OF = {"pref_aligner": "naive", "naive": "pref_aligner", "off": "pref_aligner"}
@@ -112,8 +112,8 @@ class Evaluator:
             _inc_if(not_followed, m.monitor_not_followed.labels(*labels))
             _inc_if(not robust, m.monitor_not_robust.labels(*labels))
         return JudgedSample(
-            request_id=job.request_id, user_id=job.user_id, model=job.model, strategy=strategy, role=role,  # type: ignore[arg-type]
-            relevance=relevance, verdict=verdict, broken=broken, followed=followed, robust=robust,  # type: ignore[arg-type]
+            request_id=job.request_id, user_id=job.user_id, model=job.model, strategy=strategy, role=role,
+            relevance=relevance, verdict=verdict, broken=broken, followed=followed, robust=robust,
             follow_score=verdicts.follow.score if verdicts.follow is not None else None,
             reasons={name: reason[:300] for name, reason in reasons.items()},
         )  # fmt: skip

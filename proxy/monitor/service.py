@@ -14,16 +14,15 @@ from contextlib import suppress
 import structlog
 
 from ..config import Retries, Settings
-from ..metrics import Metrics
+from ..metrics import Metrics, private_metrics
+from ..perg.judges import Judge, ask_upstream
 from ..pipeline.context import PipelineContext
-from ..prompts.loader import Prompts
 from ..preferences.handle import StoreHandle
+from ..prompts.loader import Prompts
 from ..upstream.client import Upstreams
 from .canary import Canary
-from ..metrics import private_metrics
 from .evaluate import Evaluator
 from .job import Job
-from ..perg.judges import Judge, ask_upstream
 from .sampler import Sampler
 
 log = structlog.get_logger("perg.monitor")
@@ -105,7 +104,7 @@ class Monitor:
             self._busy += 1
             try:
                 await self.evaluator.run(job)
-            except Exception as error:  # noqa: BLE001 - one bad sample never stops a worker
+            except Exception as error:  # one bad sample never stops a worker
                 self._metrics.monitor_judge_errors.labels("worker", type(error).__name__[:40]).inc()
                 log.exception("monitor_job_failed", request_id=job.request_id)
             finally:

@@ -20,9 +20,9 @@ from ..config import Retries
 from ..errors import CallFailed, ProxyError, UpstreamStatusError, UpstreamTimeout, UpstreamUnreachable
 from ..pipeline.chat import first_content
 from ..prompts.loader import Prompt, load_prompt, preference_lines
-from ..upstream.structured import extract_json_object, response_format
-from ..upstream.retries import with_retries
 from ..upstream.client import ChatResult, UpstreamClient
+from ..upstream.retries import with_retries
+from ..upstream.structured import extract_json_object, response_format
 
 AskJson = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 

@@ -18,12 +18,12 @@ import structlog
 from multidict import CIMultiDict
 
 from ..errors import ProxyError
+from ..prompts.loader import preference_lines
+from ..turn import Reply, Turn
 from .chat import add_usage, first_content, keep_as_is, last_user_query
 from .context import PipelineContext
 from .gate import relevant_preferences
-from ..prompts.loader import preference_lines
 from .rewrite import parse_rewrite
-from ..turn import Reply, Turn
 
 log = structlog.get_logger("perg.aligner")
 HEADER_PRIORITY = ("fallback", "true", "skipped", "false")
@@ -101,7 +101,8 @@ def aligner_body(turn: Turn, ctx: PipelineContext, model: str, query: str, draft
 def preset(choice: dict[str, Any], turn: Turn, relevant: tuple[str, ...]) -> Outcome | None:
     """The outcome of a choice that needs no stage 2, or None when it must be rewritten."""
     message = choice.get("message") or {}
-    draft = message.get("content") if isinstance(message.get("content"), str) else ""
+    content = message.get("content")
+    draft = content if isinstance(content, str) else ""
     if keep_as_is(choice, turn.body or {}):
         return Outcome(draft, "unchanged", "false", choice.get("finish_reason"), draft=draft)
     if not relevant:
@@ -177,7 +178,7 @@ async def serve_pref_aligner(turn: Turn, ctx: PipelineContext) -> Reply:
             outcomes = list(await asyncio.gather(*(rewrite_choice(turn, ctx, p, choice) for choice in choices)))
     record(turn, ctx, outcomes)
     data = dict(p.draft)
-    data["choices"] = [served_choice(choice, outcome) for choice, outcome in zip(choices, outcomes)]
+    data["choices"] = [served_choice(choice, outcome) for choice, outcome in zip(choices, outcomes, strict=True)]
     usage = p.usage
     for outcome in outcomes:
         usage = add_usage(usage, outcome.usage)

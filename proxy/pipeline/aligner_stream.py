@@ -10,19 +10,19 @@ an in-band error. With `n > 1` every choice is rewritten concurrently and the ch
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import nullcontext, suppress
 from typing import Any
 
 from multidict import CIMultiDict
 
 from ..errors import ProxyError
+from ..turn import StreamReply, Turn
 from ..upstream.events import DONE, HEARTBEAT, data_event
-from .aligner import Outcome, Plan, aligner_body, aligned_header, personalization_field, plan, preset, record, usable
+from .aligner import Outcome, Plan, aligned_header, aligner_body, personalization_field, plan, preset, record, usable
 from .chat import add_usage, chunk, delta_choice, stream_template
 from .context import PipelineContext
 from .rewrite import RewriteFilter
-from ..turn import StreamReply, Turn
 
 
 class StageTwoBroke(ProxyError):
@@ -50,7 +50,7 @@ async def prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byt
         yield item
 
 
-async def stream_events(turn: Turn, ctx: PipelineContext) -> AsyncIterator[bytes]:
+async def stream_events(turn: Turn, ctx: PipelineContext) -> AsyncGenerator[bytes, None]:
     """The response's events; a heartbeat whenever `heartbeat_seconds` pass without one. Events
     that are ready at the same moment go out together, in one write."""
     interval = ctx.heartbeat_seconds

@@ -70,7 +70,7 @@ def chunk(template: dict[str, Any], choices: list[dict[str, Any]], **extra: Any)
 
 
 def stream_template(completion: dict[str, Any]) -> dict[str, Any]:
-    template = {key: completion[key] for key in ("id", "created", "model", "system_fingerprint") if key in completion}
+    template: dict[str, Any] = {key: completion[key] for key in ("id", "created", "model", "system_fingerprint") if key in completion}
     template.setdefault("id", "chatcmpl-perg")
     return template
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from ..config import PersonalizationSettings, StageSettings
 from ..metrics import Metrics
-from ..upstream.client import UpstreamClient, Upstreams
 from ..prompts.loader import Prompts
+from ..upstream.client import UpstreamClient, Upstreams
 
 
 @dataclass(frozen=True, slots=True)

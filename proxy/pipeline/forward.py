@@ -13,9 +13,9 @@ from typing import Any
 
 import orjson
 
-from ..upstream.headers import client_response_headers
-from ..upstream.client import UpstreamClient, UpstreamResponse
 from ..turn import Reply, StreamReply, Turn
+from ..upstream.client import UpstreamClient, UpstreamResponse
+from ..upstream.headers import client_response_headers
 
 BUFFER_LIMIT = 1024 * 1024
 SSE_DONE_PATHS = ("/chat/completions", "/completions")

@@ -14,11 +14,11 @@ from typing import Any
 import structlog
 
 from ..errors import ProxyError
+from ..prompts.loader import preference_lines
+from ..turn import Turn
 from ..upstream.structured import extract_json_object, response_format
 from .chat import first_content
 from .context import PipelineContext
-from ..prompts.loader import preference_lines
-from ..turn import Turn
 
 TOKENS_PER_PREFERENCE = 8
 log = structlog.get_logger("perg.gate")
@@ -74,6 +74,6 @@ async def relevant_preferences(turn: Turn, ctx: PipelineContext, query: str) -> 
         ctx.metrics.gate_outcomes.labels("unparseable").inc()
         log.warning("gate_unparseable_failed_open", request_id=turn.request_id)
         return preferences, result.data.get("usage")
-    relevant = tuple(text for text, applies in zip(preferences, verdicts) if applies)
+    relevant = tuple(text for text, applies in zip(preferences, verdicts, strict=True) if applies)
     ctx.metrics.gate_outcomes.labels("relevant" if relevant else "irrelevant").inc()
     return relevant, result.data.get("usage")

@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 
 from ..errors import CallFailed
+from ..turn import Reply, StreamReply, Turn
 from .context import PipelineContext
 from .strategies import serve_chat
-from ..turn import Reply, StreamReply, Turn
 
 
 async def read_whole(reply: Reply | StreamReply) -> bytes:

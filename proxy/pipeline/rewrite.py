@@ -102,7 +102,7 @@ class RewriteFilter:
     def _emit_text(self, piece: str) -> str:
         data = self._held + piece
         self._held = ""
-        out = []
+        out: list[str] = []
         while "\n" in data:
             line, data = data.split("\n", 1)
             if self._is_echo(line) or (self._in_fence and self._is_fence(line)):

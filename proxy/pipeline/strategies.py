@@ -14,13 +14,13 @@ from typing import Any
 
 import orjson
 
+from ..prompts.loader import preference_lines
+from ..turn import Reply, StreamReply, Turn
 from ..upstream.headers import upstream_request_headers
 from .aligner import serve_pref_aligner
 from .aligner_stream import serve_pref_aligner_stream
 from .context import PipelineContext
 from .forward import forward, usage_of
-from ..prompts.loader import preference_lines
-from ..turn import Reply, StreamReply, Turn
 
 
 async def serve_chat(turn: Turn, ctx: PipelineContext) -> Reply | StreamReply:

@@ -27,8 +27,16 @@ from yarl import URL
 from .errors import InvalidCursor, StoreError, StoreUnavailable
 from .models import JudgedSample, Preference, Profile, SampleCounts, utcnow
 from .postgres_schema import migrate, quote_identifier
-from .rows import COUNT_COLUMNS, PROFILE_COLUMNS, SAMPLE_COLUMNS, counts_from_rows, profiles_from_rows
-from .rows import sample_filters, sample_from_row, sample_values
+from .rows import (
+    COUNT_COLUMNS,
+    PROFILE_COLUMNS,
+    SAMPLE_COLUMNS,
+    counts_from_rows,
+    profiles_from_rows,
+    sample_filters,
+    sample_from_row,
+    sample_values,
+)
 from .store import Plan, Store
 
 log = structlog.get_logger("perg.store")

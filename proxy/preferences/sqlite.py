@@ -22,8 +22,16 @@ import structlog
 
 from .errors import InvalidCursor, StoreUnavailable
 from .models import JudgedSample, Preference, Profile, SampleCounts, utcnow
-from .rows import COUNT_COLUMNS, PROFILE_COLUMNS, SAMPLE_COLUMNS, counts_from_rows, profiles_from_rows
-from .rows import sample_filters, sample_from_row, sample_values
+from .rows import (
+    COUNT_COLUMNS,
+    PROFILE_COLUMNS,
+    SAMPLE_COLUMNS,
+    counts_from_rows,
+    profiles_from_rows,
+    sample_filters,
+    sample_from_row,
+    sample_values,
+)
 from .sqlite_pool import SqlitePool, in_write_transaction
 from .store import Plan, Store
 

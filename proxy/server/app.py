@@ -8,18 +8,18 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from . import admin, handlers
-from .auth import Authenticator
 from ..config import ConfigError, Settings
 from ..metrics import Metrics
-from .middleware import request_middleware
 from ..monitor.service import Monitor
 from ..pipeline.context import PipelineContext
-from ..prompts.loader import Prompts
 from ..preferences.handle import StoreHandle
+from ..prompts.loader import Prompts
+from ..upstream.client import Upstreams
+from . import admin, handlers
+from .auth import Authenticator
+from .middleware import request_middleware
 from .ratelimit import RateLimiter
 from .services import SERVICES, Services
-from ..upstream.client import Upstreams
 
 log = structlog.get_logger("perg.app")
 

@@ -17,18 +17,18 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..errors import InvalidRequest, NotFound, ProxyError
-from ..upstream.headers import upstream_request_headers
 from ..metrics import exposition
-from .middleware import TURN
 from ..monitor.job import job_of
 from ..pipeline.forward import forward
 from ..pipeline.strategies import serve_chat
 from ..preferences.resolve import resolve
 from ..turn import Reply, StreamReply, Turn
-from .protocol import check_chat_request, parse_json_object
-from .services import SERVICES, Services
-from .responses import send_stream
 from ..upstream.client import UpstreamClient
+from ..upstream.headers import upstream_request_headers
+from .middleware import TURN
+from .protocol import check_chat_request, parse_json_object
+from .responses import send_stream
+from .services import SERVICES, Services
 
 READY_TIMEOUT = 2.0
 log = structlog.get_logger("perg.content")
@@ -94,7 +94,7 @@ def _submit(turn: Turn, reply: Reply | StreamReply, services: Services) -> None:
         return
     try:
         services.monitor.submit(job_of(turn, reply))
-    except Exception:  # noqa: BLE001 - monitoring never fails a request
+    except Exception:  # monitoring never fails a request
         log.exception("monitor_submit_failed")
 
 
@@ -104,7 +104,7 @@ async def list_models(request: web.Request) -> web.StreamResponse:
     if len(upstreams) == 1:
         return await _forward_request(request, turn, upstreams[0], "/models", None)
     listings = await asyncio.gather(*(_model_listing(turn, upstream) for upstream in upstreams), return_exceptions=True)
-    merged: dict[str, Any] = {}
+    merged: dict[Any, Any] = {}  # by model id, which an odd upstream may leave out
     for listing in listings:
         if isinstance(listing, BaseException):
             continue
@@ -163,7 +163,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     services: Services = request.app[SERVICES]
     store, *checks = await asyncio.gather(services.store.ping(), *(_probe(upstream) for upstream in services.upstreams.all))
-    upstreams = {upstream.name: result for upstream, result in zip(services.upstreams.all, checks)}
+    upstreams = {upstream.name: result for upstream, result in zip(services.upstreams.all, checks, strict=True)}
     ready = all(result == "ok" for result in (store, *checks)) and not services.draining
     status = "draining" if services.draining else ("ready" if ready else "not_ready")
     return json_response({"status": status, "store": store, "upstreams": upstreams}, 200 if ready else 503)

@@ -17,10 +17,10 @@ from urllib.parse import urlsplit
 import structlog
 from aiohttp import web
 
-from .app import create_app
-from .protocol_errors import make_runner
 from ..config import ConfigError, Settings
 from ..local_model import MODEL_ALIAS, LocalModelError, LocalModelProcess
+from .app import create_app
+from .protocol_errors import make_runner
 from .services import SERVICES
 
 log = structlog.get_logger("perg.server")

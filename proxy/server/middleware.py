@@ -17,8 +17,8 @@ from aiohttp import web
 from ..errors import MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError, error_payload
 from ..metrics import Metrics
 from ..turn import Turn
-from .services import SERVICES
 from .responses import apply_turn_headers
+from .services import SERVICES
 
 TURN: web.RequestKey[Turn] = web.RequestKey("turn", Turn)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -98,7 +98,7 @@ async def request_middleware(request: web.Request, handler) -> web.StreamRespons
         return error_response(_from_http_exception(error, request), turn)
     except ProxyError as error:
         return error_response(error, turn)
-    except Exception as error:  # noqa: BLE001 - the one place a stray exception becomes a 500
+    except Exception as error:  # the one place a stray exception becomes a 500
         log.exception("unhandled_error", path=path)
         return error_response(error, turn)
     finally:

@@ -55,7 +55,7 @@ async def send_stream(request: web.Request, turn: Turn, reply: StreamReply) -> w
     except (ConnectionResetError, ConnectionError):
         turn.error_code = "client_disconnected"
         return response
-    except Exception as error:  # noqa: BLE001 - reported in band, never as a traceback
+    except Exception as error:  # reported in band, never as a traceback
         log.exception("stream_failed", request_id=turn.request_id)
         await _fail(request, response, turn, reply, error)
     finally:

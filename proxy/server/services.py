@@ -6,14 +6,14 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .auth import Authenticator
 from ..config import Settings
 from ..metrics import Metrics
 from ..monitor.service import Monitor
 from ..pipeline.context import PipelineContext
 from ..preferences.handle import StoreHandle
-from .ratelimit import RateLimiter
 from ..upstream.client import Upstreams
+from .auth import Authenticator
+from .ratelimit import RateLimiter
 
 
 @dataclass(slots=True)

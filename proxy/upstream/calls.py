@@ -54,17 +54,17 @@ class Answer:
     """One response: status and headers once `Pool.post` returns, then the body."""
 
     __slots__ = (
-        "status",
-        "headers",
-        "_connection",
-        "_chunks",
         "_buffered",
+        "_chunks",
         "_complete",
-        "_error",
-        "_waiter",
+        "_connection",
         "_decoder",
+        "_error",
         "_released",
         "_streaming",
+        "_waiter",
+        "headers",
+        "status",
     )
 
     def __init__(self, connection: Connection) -> None:

@@ -28,13 +28,13 @@ import orjson
 from multidict import CIMultiDict
 from yarl import URL
 
-from .calls import Answer, BadAnswer, Pool
 from ..config import UpstreamSettings
 from ..errors import ProxyError, UpstreamProtocolError, UpstreamStatusError, UpstreamTimeout, UpstreamUnreachable
-from .headers import CLIENT_REQUEST_ID, client_response_headers
 from ..metrics import Metrics
-from .retries import with_retries
+from .calls import Answer, BadAnswer, Pool
 from .events import read_events
+from .headers import CLIENT_REQUEST_ID, client_response_headers
+from .retries import with_retries
 
 ERROR_BODY_LIMIT = 1024 * 1024
 ANSWER_LIMIT = 64 * 1024 * 1024  # a chat completion the proxy reads whole (a stage, a judge)
@@ -51,7 +51,7 @@ class UpstreamStreamBroken(ProxyError):
 class UpstreamResponse:
     """An upstream response whose headers are in; the body is read by `read()` or `chunks()`."""
 
-    __slots__ = ("raw", "status", "headers", "waited", "_deadline", "_upstream")
+    __slots__ = ("_deadline", "_upstream", "headers", "raw", "status", "waited")
 
     def __init__(self, raw: aiohttp.ClientResponse, waited: float, deadline: float, upstream: str) -> None:
         self.raw = raw
@@ -88,7 +88,7 @@ class ChatResult:
     """A chat completion the proxy asked for: the upstream's JSON object, untouched, and (read
     only when a stage's headers are served, which stage 1's are) its headers as a client gets them."""
 
-    __slots__ = ("data", "_raw_headers")
+    __slots__ = ("_raw_headers", "data")
 
     def __init__(self, data: dict[str, Any], raw_headers: Mapping[str, str]) -> None:
         self.data = data

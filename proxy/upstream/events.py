@@ -115,6 +115,6 @@ def _event_object(name: bytes | None, data: bytes, upstream: str) -> dict[str, A
     if not isinstance(value, dict):
         raise UpstreamEventError(f"upstream {upstream} sent an event that is not a JSON object")
     if name == b"error" or (isinstance(value.get("error"), dict) and "choices" not in value):
-        error = value.get("error") if isinstance(value.get("error"), dict) else {}
+        error = value["error"] if isinstance(value.get("error"), dict) else {}
         raise UpstreamEventError(f"upstream {upstream} reported an error mid-stream: {error.get('message', 'unknown')}")
     return value
