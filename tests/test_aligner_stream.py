@@ -11,7 +11,7 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy.pipeline import aligner_stream
-from proxy.pipeline.aligner import Outcome, Plan
+from proxy.pipeline.aligner import Outcome, RewritePlan
 from proxy.pipeline.chat import delta_choice
 from proxy.turn import Turn
 from proxy.upstream.events import DONE, HEARTBEAT
@@ -34,7 +34,7 @@ def turn() -> Turn:
 def planned(monkeypatch):
     async def plan(turn, ctx):
         await asyncio.sleep(0.01)
-        return Plan(DRAFT, CIMultiDict(), "question", ("pirate",), None)
+        return RewritePlan(DRAFT, CIMultiDict(), "question", ("pirate",), None)
 
     monkeypatch.setattr(aligner_stream, "plan", plan)
     monkeypatch.setattr(aligner_stream, "record_stream", lambda turn, ctx, outcomes: None)
@@ -69,7 +69,7 @@ async def test_chunks_ready_together_go_out_in_one_write(planned, monkeypatch):
 async def test_heartbeats_while_stage_1_runs(monkeypatch):
     async def slow_plan(turn, ctx):
         await asyncio.sleep(0.25)
-        return Plan({**DRAFT, "choices": []}, CIMultiDict(), "question", ("pirate",), None)
+        return RewritePlan({**DRAFT, "choices": []}, CIMultiDict(), "question", ("pirate",), None)
 
     monkeypatch.setattr(aligner_stream, "plan", slow_plan)
     monkeypatch.setattr(aligner_stream, "record_stream", lambda turn, ctx, outcomes: None)

@@ -28,7 +28,7 @@ GATE_MODES = ("llm", "aligner", "off")
 BASELINE = "baseline"
 
 
-class Strategy(NamedTuple):
+class EvalStrategy(NamedTuple):
     """A strategy of the benchmark: its name in the report, the pipeline's strategy, the gate mode."""
 
     name: str
@@ -36,18 +36,18 @@ class Strategy(NamedTuple):
     gate: str | None = None
 
 
-BASELINE_STRATEGY = Strategy(BASELINE, "off")
+BASELINE_STRATEGY = EvalStrategy(BASELINE, "off")
 
 
-def parse_strategy(name: str) -> Strategy:
+def parse_strategy(name: str) -> EvalStrategy:
     """`naive`, `pref_aligner` or `pref_aligner_gate_<llm|aligner|off>`; anything else is a ValueError."""
     if name == "naive":
-        return Strategy(name, "naive")
+        return EvalStrategy(name, "naive")
     if name == "pref_aligner":
-        return Strategy(name, "pref_aligner", "llm")
+        return EvalStrategy(name, "pref_aligner", "llm")
     prefix = "pref_aligner_gate_"
     if name.startswith(prefix) and name[len(prefix) :] in GATE_MODES:
-        return Strategy(name, "pref_aligner", name[len(prefix) :])
+        return EvalStrategy(name, "pref_aligner", name[len(prefix) :])
     choices = ", ".join(["naive", "pref_aligner", *(prefix + mode for mode in GATE_MODES)])
     raise ValueError(f"unknown strategy {name!r}; choose from {choices}")
 
@@ -96,7 +96,7 @@ class Answerer:
             self._contexts[gate] = PipelineContext(settings, self.upstreams, self.metrics, self.prompts)
         return self._contexts[gate]
 
-    def prompt_version(self, strategy: Strategy) -> str:
+    def prompt_version(self, strategy: EvalStrategy) -> str:
         """The MCQ prompt's version and the versions of the pipeline prompts the strategy uses."""
         parts = [PROMPT_VERSION]
         if strategy.pipeline == "naive":
@@ -107,7 +107,7 @@ class Answerer:
                 parts.append(f"gate:{self.prompts.gate.version}")
         return "+".join(parts)
 
-    async def answer(self, request_id: str, body: dict[str, Any], strategy: Strategy, preferences: tuple[str, ...]) -> Answer:
+    async def answer(self, request_id: str, body: dict[str, Any], strategy: EvalStrategy, preferences: tuple[str, ...]) -> Answer:
         """The answer `strategy` gives to a (non-streamed) request; failures raise."""
         data, turn = await complete(self.context(strategy.gate), request_id, body, strategy.pipeline, preferences)
         aligned = turn.aligned if strategy.pipeline == "pref_aligner" else None

@@ -25,7 +25,7 @@ from ..errors import CallFailed
 from ..perg.cases import mcq_prompt
 from ..perg.datasets import Item, PreferenceItem
 from ..perg.extract import Extraction, extract_answer
-from .answering import BASELINE, BASELINE_STRATEGY, Answer, Answerer, Strategy, parse_strategy
+from .answering import BASELINE, BASELINE_STRATEGY, Answer, Answerer, EvalStrategy, parse_strategy
 from .cache import CacheKey, ResponseCache, fingerprint
 from .judging import Judging, LetterExtractor
 from .options import RunOptions
@@ -98,7 +98,7 @@ class Runner:
         self,
         unit: Unit,
         case: PreferenceItem,
-        strategy: Strategy,
+        strategy: EvalStrategy,
         baseline: Answer | None,
         nopref: Extraction | None,
         base_errors: dict[str, str],
@@ -137,7 +137,7 @@ class Runner:
         }
 
     async def answer(
-        self, item: Item, setting: str, strategy: Strategy, preferences: tuple[str, ...], errors: dict[str, str], label: str
+        self, item: Item, setting: str, strategy: EvalStrategy, preferences: tuple[str, ...], errors: dict[str, str], label: str
     ) -> Answer | None:
         """A strategy's answer, from the cache or through the pipeline; None (error recorded) on failure."""
         body = self.body(item)
@@ -201,7 +201,7 @@ class Runner:
         return letter
 
     async def follow(
-        self, unit: Unit, case: PreferenceItem, strategy: Strategy, without: str, with_: str, errors: dict[str, str]
+        self, unit: Unit, case: PreferenceItem, strategy: EvalStrategy, without: str, with_: str, errors: dict[str, str]
     ) -> dict[str, Any] | None:
         """The follow verdict `{"score", "reason"}`; None (error recorded) when the judge failed."""
         query, preferences = mcq_prompt(unit.item), unit.judged_preferences(case)

@@ -29,20 +29,20 @@ AskJson = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 REASON = {"type": "string", "maxLength": 120}  # short: a tiny judge model can run on and on
 
 
-class Verdict(BaseModel):
+class JudgeVerdict(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     reason: str = Field(default="", max_length=2000)
 
 
-class RelevanceVerdict(Verdict):
+class RelevanceVerdict(JudgeVerdict):
     relevant: bool
 
 
-class ConsistencyVerdict(Verdict):
+class ConsistencyVerdict(JudgeVerdict):
     verdict: Literal["consistent", "contradicts", "cannot_compare"]
 
 
-class FollowVerdict(Verdict):
+class FollowVerdict(JudgeVerdict):
     score: int = Field(ge=1, le=5)
 
 
@@ -51,7 +51,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "consistency": {"reason": REASON, "verdict": {"type": "string", "enum": ["consistent", "contradicts", "cannot_compare"]}},
     "follow": {"reason": REASON, "score": {"type": "integer", "enum": [1, 2, 3, 4, 5]}},
 }
-MODELS: dict[str, type[Verdict]] = {"relevance": RelevanceVerdict, "consistency": ConsistencyVerdict, "follow": FollowVerdict}
+MODELS: dict[str, type[JudgeVerdict]] = {"relevance": RelevanceVerdict, "consistency": ConsistencyVerdict, "follow": FollowVerdict}
 
 
 def schema(name: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ HEADER_PRIORITY = ("fallback", "true", "skipped", "false")
 
 
 @dataclass(slots=True)
-class Plan:
+class RewritePlan:
     """Stage 1 is done: the draft completion, the relevant preferences, usage so far."""
 
     draft: dict[str, Any]
@@ -57,7 +57,7 @@ def stage1_body(body: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
 
 
-async def plan(turn: Turn, ctx: PipelineContext) -> Plan:
+async def plan(turn: Turn, ctx: PipelineContext) -> RewritePlan:
     """Run stage 1 and, concurrently, the relevance gate."""
     assert turn.body is not None
     query = last_user_query(turn.body["messages"])
@@ -77,7 +77,7 @@ async def plan(turn: Turn, ctx: PipelineContext) -> Plan:
             with suppress(asyncio.CancelledError, Exception):
                 await gate  # stage 1 failed: the gate's answer is not needed
     usage = add_usage(add_usage(None, stage1.data.get("usage")), gate_usage)
-    return Plan(stage1.data, stage1.headers, query, relevant, usage)
+    return RewritePlan(stage1.data, stage1.headers, query, relevant, usage)
 
 
 def aligner_body(turn: Turn, ctx: PipelineContext, model: str, query: str, draft: str, relevant: tuple[str, ...]) -> dict[str, Any]:
@@ -110,7 +110,7 @@ def preset(choice: dict[str, Any], turn: Turn, relevant: tuple[str, ...]) -> Out
     return None
 
 
-async def rewrite_choice(turn: Turn, ctx: PipelineContext, p: Plan, choice: dict[str, Any]) -> Outcome:
+async def rewrite_choice(turn: Turn, ctx: PipelineContext, p: RewritePlan, choice: dict[str, Any]) -> Outcome:
     """Stage 2 for one choice (non-streaming)."""
     done = preset(choice, turn, p.relevant)
     if done is not None:

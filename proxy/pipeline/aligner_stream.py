@@ -19,7 +19,7 @@ from multidict import CIMultiDict
 from ..errors import ProxyError
 from ..turn import StreamReply, Turn
 from ..upstream.events import DONE, HEARTBEAT, data_event
-from .aligner import Outcome, Plan, aligned_header, aligner_body, personalization_field, plan, preset, record, usable
+from .aligner import Outcome, RewritePlan, aligned_header, aligner_body, personalization_field, plan, preset, record, usable
 from .chat import add_usage, chunk, delta_choice, stream_template
 from .context import PipelineContext
 from .rewrite import RewriteFilter
@@ -56,7 +56,7 @@ async def stream_events(turn: Turn, ctx: PipelineContext) -> AsyncGenerator[byte
     interval = ctx.heartbeat_seconds
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
     stages = asyncio.create_task(run_stages(turn, ctx, queue))
-    p: Plan | None = None
+    p: RewritePlan | None = None
     template: dict[str, Any] = {}
     outcomes: dict[int, Outcome] = {}
     usage = None
@@ -79,7 +79,7 @@ async def stream_events(turn: Turn, ctx: PipelineContext) -> AsyncGenerator[byte
                 if isinstance(item, BaseException):
                     failure = item
                     break
-                if isinstance(item, Plan):
+                if isinstance(item, RewritePlan):
                     p, template, usage = item, stream_template(item.draft), item.usage
                 elif isinstance(item, Outcome):
                     outcomes[index] = item
@@ -107,7 +107,7 @@ async def stream_events(turn: Turn, ctx: PipelineContext) -> AsyncGenerator[byte
 
 async def run_stages(turn: Turn, ctx: PipelineContext, queue: asyncio.Queue) -> None:
     """Stage 1 and the gate, then stage 2 of every choice, in one task: its results, chunks and
-    failures all go on `queue` (stage 1's as a `Plan` at index -1), none is lost."""
+    failures all go on `queue` (stage 1's as a `RewritePlan` at index -1), none is lost."""
     try:
         p = await plan(turn, ctx)
         queue.put_nowait((-1, p))
@@ -142,7 +142,7 @@ def final_event(turn: Turn, template: dict[str, Any], outcomes: list[Outcome], u
     return data_event(chunk(template, [], **extra)) if extra else b""
 
 
-async def produce(turn: Turn, ctx: PipelineContext, p: Plan, index: int, choice: dict[str, Any], queue: asyncio.Queue) -> None:
+async def produce(turn: Turn, ctx: PipelineContext, p: RewritePlan, index: int, choice: dict[str, Any], queue: asyncio.Queue) -> None:
     """Put this choice's chunks on the queue, then its Outcome (or an exception to raise)."""
     try:
         done = preset(choice, turn, p.relevant)
@@ -170,7 +170,9 @@ def _indexed(tool_calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"index": i, **call} for i, call in enumerate(tool_calls)]
 
 
-async def stream_rewrite(turn: Turn, ctx: PipelineContext, p: Plan, index: int, choice: dict[str, Any], queue: asyncio.Queue) -> Outcome:
+async def stream_rewrite(
+    turn: Turn, ctx: PipelineContext, p: RewritePlan, index: int, choice: dict[str, Any], queue: asyncio.Queue
+) -> Outcome:
     """Stream stage 2 for one choice; the Outcome says what happened (aligned text already queued)."""
     draft = choice["message"]["content"]
     upstream, model = ctx.stage_target(ctx.settings.aligner, turn.model or "")

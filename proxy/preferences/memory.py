@@ -11,7 +11,7 @@ from datetime import datetime
 
 from .errors import InvalidCursor
 from .models import JudgedSample, Profile, SampleCounts, utcnow
-from .store import Plan, Store
+from .store import ProfileEdit, Store
 
 
 class MemoryStore(Store):
@@ -43,7 +43,7 @@ class MemoryStore(Store):
             del self._samples[sample.id]
         return self._profiles.pop(user_id, None) is not None
 
-    async def _update(self, user_id: str, plan: Plan) -> Profile:
+    async def _update(self, user_id: str, plan: ProfileEdit) -> Profile:
         current = self._profiles.get(user_id)
         now = utcnow()
         preferences = plan(list(current.preferences) if current else [], now)

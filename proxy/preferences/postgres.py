@@ -37,7 +37,7 @@ from .rows import (
     sample_from_row,
     sample_values,
 )
-from .store import Plan, Store
+from .store import ProfileEdit, Store
 
 log = structlog.get_logger("perg.store")
 DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError, OSError, TimeoutError)
@@ -149,7 +149,7 @@ class PostgresStore(Store):
             status = await db.execute("DELETE FROM profiles WHERE user_id = $1", user_id)
         return _affected(status) > 0
 
-    async def _update(self, user_id: str, plan: Plan) -> Profile:
+    async def _update(self, user_id: str, plan: ProfileEdit) -> Profile:
         lock = "INSERT INTO profiles (user_id, updated_at) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET updated_at = profiles.updated_at"
         read = "SELECT id, text, created_at, updated_at FROM preferences WHERE user_id = $1 ORDER BY position"
         async with self._transaction() as db:

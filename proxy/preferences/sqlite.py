@@ -33,7 +33,7 @@ from .rows import (
     sample_values,
 )
 from .sqlite_pool import SqlitePool, in_write_transaction
-from .store import Plan, Store
+from .store import ProfileEdit, Store
 
 log = structlog.get_logger("perg.store")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -112,7 +112,7 @@ class SqliteStore(Store):
 
         return await self._pool.write(work)
 
-    async def _update(self, user_id: str, plan: Plan) -> Profile:
+    async def _update(self, user_id: str, plan: ProfileEdit) -> Profile:
         return await self._pool.write(lambda db: _update_rows(db, user_id, plan))
 
     async def _list_profiles(self, limit: int, after: str | None) -> list[Profile]:
@@ -161,7 +161,7 @@ class SqliteStore(Store):
         return await self._pool.write(lambda db: db.execute(sql, (keep,)).rowcount)
 
 
-def _update_rows(db: sqlite3.Connection, user_id: str, plan: Plan) -> Profile:
+def _update_rows(db: sqlite3.Connection, user_id: str, plan: ProfileEdit) -> Profile:
     """Inside the write transaction: read, plan, replace the user's rows."""
     sql = "SELECT id, text, created_at, updated_at FROM preferences WHERE user_id = ? ORDER BY position"
     existing = [

@@ -37,7 +37,7 @@ from .models import JudgedSample, Preference, Profile, SampleCounts, SampleSumma
 PRUNE_EVERY = 64
 """With `add_sample(..., keep=N)`, a store prunes on its 1st add and then every 64th."""
 
-Plan = Callable[[list[Preference], datetime], list[Preference]]
+ProfileEdit = Callable[[list[Preference], datetime], list[Preference]]
 """Given a user's current preferences (in order) and the time of the write, the list to store
 instead; may raise, and then nothing is written."""
 
@@ -154,7 +154,7 @@ class Store(ABC):
     async def _delete(self, user_id: str) -> bool: ...
 
     @abstractmethod
-    async def _update(self, user_id: str, plan: Plan) -> Profile:
+    async def _update(self, user_id: str, plan: ProfileEdit) -> Profile:
         """In one write transaction that excludes every other write to this user: read the
         preferences, take `now`, store `plan(them, now)` (nothing when it raises), set the
         profile's `updated_at` to `now`, return the stored profile."""

@@ -1,0 +1,111 @@
+"""The layout holds: imports point down between the rooms, only server/ imports aiohttp.web, and
+no two modules or top-level classes share a name (STYLE.md, "A layout that shows the architecture")."""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "proxy"
+
+# room -> the rooms it must never import (each would point up, or sideways into a sibling)
+FORBIDDEN = {
+    "upstream": {"server", "pipeline", "monitor", "perg", "eval", "preferences", "turn"},
+    "pipeline": {"server", "monitor", "eval"},
+    "preferences": {"server", "pipeline", "monitor", "eval", "upstream"},
+    "perg": {"server", "monitor", "eval"},
+    "monitor": {"server", "eval"},
+    "eval": {"server", "monitor"},
+    "prompts": {"server", "pipeline", "monitor", "eval", "upstream", "perg"},
+    "turn": {"server", "pipeline", "monitor", "eval", "upstream", "perg", "preferences"},
+}
+BOTTOM = {"config", "errors", "metrics"}  # import nothing of the project above them
+
+
+def modules() -> dict[str, ast.Module]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = (path, ast.parse(path.read_text(encoding="utf-8")))
+    return found
+
+
+def imported(name: str, path: Path, tree: ast.Module) -> list[str]:
+    """Every module of the project `name` imports (relative imports resolved)."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    targets = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                target = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                target = node.module or ""
+            targets.append(target)
+            targets.extend(f"{target}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            targets.extend(alias.name for alias in node.names)
+    return [t for t in targets if t.startswith("proxy.")]
+
+
+def room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_no_import_points_up_between_rooms():
+    found = modules()
+    wrong = []
+    for name, (path, tree) in found.items():
+        here = room(name)
+        for target in imported(name, path, tree):
+            there = room(target)
+            if there in FORBIDDEN.get(here, set()) or (here in BOTTOM and there not in BOTTOM | {here}):
+                if target in found or target.rsplit(".", 1)[0] in found:
+                    wrong.append(f"{name} imports {target}")
+    assert not wrong, "imports that point up:\n" + "\n".join(sorted(set(wrong)))
+
+
+def test_only_the_server_imports_aiohttp_web():
+    wrong = []
+    for name, (path, tree) in modules().items():
+        if room(name) == "server":
+            continue
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            if any(n == "aiohttp.web" or n.startswith("aiohttp.web_") for n in names):
+                wrong.append(name)
+    assert not wrong, f"aiohttp.web imported outside proxy/server/: {sorted(set(wrong))}"
+
+
+@pytest.mark.parametrize("kind", ["module", "class"])
+def test_no_two_modules_or_classes_share_a_name(kind):
+    seen: dict[str, list[str]] = defaultdict(list)
+    for name, (_, tree) in modules().items():
+        if kind == "module":
+            last = name.rsplit(".", 1)[-1]
+            if last not in ("__init__", "proxy") and name.count(".") >= 1 and not _is_package(name):
+                seen[last].append(name)
+        else:
+            for node in tree.body:
+                if isinstance(node, ast.ClassDef):
+                    seen[node.name].append(name)
+                elif isinstance(node, ast.Assign | ast.AnnAssign):
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    for target in targets:
+                        if isinstance(target, ast.Name) and target.id[:1].isupper() and not target.id.isupper():
+                            seen[target.id].append(name)  # a type alias such as `Strategy = Literal[...]`
+    shared = {key: where for key, where in seen.items() if len(where) > 1}
+    assert not shared, f"{kind} names used twice: {shared}"
+
+
+def _is_package(name: str) -> bool:
+    return (PACKAGE.parent / name.replace(".", "/") / "__init__.py").exists()
