@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     local.add_argument("--port", type=int, default=8081)
     local.add_argument("--alias", default=None, help="model name to answer to (default: smollm2-135m-instruct)")
 
-    from .eval.cli import add_eval_command
+    from .eval.commands import add_eval_command
 
     add_eval_command(commands)
 

@@ -6,9 +6,9 @@ or `async with store:`. See `store.py` for the semantics every backend shares.
 
 from __future__ import annotations
 
-from .errors import InvalidCursor, PreferenceNotFound, StoreError, StoreUnavailable, TooManyPreferences, UnstorableText
 from .models import JudgedSample, Preference, Profile, SampleCounts, SampleSummary, SampleTexts
 from .store import Store, open_store
+from .store_errors import InvalidCursor, PreferenceNotFound, StoreError, StoreUnavailable, TooManyPreferences, UnstorableText
 
 __all__ = [
     "InvalidCursor",

@@ -10,8 +10,8 @@ import time
 import structlog
 
 from ..config import ProfileSettings
-from .errors import StoreUnavailable
 from .store import Store, open_store
+from .store_errors import StoreUnavailable
 
 RETRY_SECONDS = 5.0
 log = structlog.get_logger("perg.store")

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from .errors import InvalidCursor
 from .models import JudgedSample, Profile, SampleCounts, utcnow
 from .store import ProfileEdit, Store
+from .store_errors import InvalidCursor
 
 
 class MemoryStore(Store):

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from ..config import Strategy
-from .errors import UnstorableText
+from .store_errors import UnstorableText
 
 Role = Literal["served", "shadow"]
 Relevance = Literal["relevant", "irrelevant", "unknown"]

@@ -24,7 +24,6 @@ import asyncpg
 import structlog
 from yarl import URL
 
-from .errors import InvalidCursor, StoreError, StoreUnavailable
 from .models import JudgedSample, Preference, Profile, SampleCounts, utcnow
 from .postgres_schema import migrate, quote_identifier
 from .rows import (
@@ -38,6 +37,7 @@ from .rows import (
     sample_values,
 )
 from .store import ProfileEdit, Store
+from .store_errors import InvalidCursor, StoreError, StoreUnavailable
 
 log = structlog.get_logger("perg.store")
 DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError, OSError, TimeoutError)

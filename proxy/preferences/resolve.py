@@ -22,8 +22,8 @@ import structlog
 from ..config import ClientKey, PersonalizationSettings, Strategy
 from ..errors import InvalidRequest
 from ..metrics import Metrics
-from .errors import StoreError, StoreUnavailable
 from .handle import StoreHandle
+from .store_errors import StoreError, StoreUnavailable
 
 STRATEGIES = frozenset(get_args(Strategy))
 EXTENSION_KEYS = frozenset({"user_id", "preferences", "strategy", "return_draft"})

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import structlog
 
-from .errors import InvalidCursor, StoreUnavailable
 from .models import JudgedSample, Preference, Profile, SampleCounts, utcnow
 from .rows import (
     COUNT_COLUMNS,
@@ -34,6 +33,7 @@ from .rows import (
 )
 from .sqlite_pool import SqlitePool, in_write_transaction
 from .store import ProfileEdit, Store
+from .store_errors import InvalidCursor, StoreUnavailable
 
 log = structlog.get_logger("perg.store")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

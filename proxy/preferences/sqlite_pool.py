@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import structlog
 
-from .errors import StoreError, StoreUnavailable
+from .store_errors import StoreError, StoreUnavailable
 
 log = structlog.get_logger("perg.store")
 

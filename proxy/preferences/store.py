@@ -31,8 +31,8 @@ from types import TracebackType
 from typing import Self
 
 from ..config import ProfileSettings
-from .errors import PreferenceNotFound, TooManyPreferences, UnstorableText
 from .models import JudgedSample, Preference, Profile, SampleCounts, SampleSummary, Verdict, check_storable, new_preference_id, utcnow
+from .store_errors import PreferenceNotFound, TooManyPreferences, UnstorableText
 
 PRUNE_EVERY = 64
 """With `add_sample(..., keep=N)`, a store prunes on its 1st add and then every 64th."""
