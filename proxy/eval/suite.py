@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from ..perg.cases import Preference, PreferencePool, build_cases, load_preferences
+from ..perg.cases import CasePreference, PreferencePool, build_cases, load_preferences
 from ..perg.datasets import Item, PreferenceItem, Setting, load_builtin, load_jsonl, load_pergdata_csv
 from ..perg.stats import derive_seed
 
@@ -79,5 +79,5 @@ def _item_units(items: list[Item], pool: PreferencePool, settings: Sequence[Sett
 
 def _row_unit(row: PreferenceItem, pool: PreferencePool, settings: Sequence[Setting], seed: int, n_unrelated: int) -> Unit:
     style = row.preferences[0]
-    own = PreferencePool(style=(Preference(id="row", text=style),), unrelated=pool.unrelated)
+    own = PreferencePool(style=(CasePreference(id="row", text=style),), unrelated=pool.unrelated)
     return Unit(row.item, tuple(build_cases([row.item], own, settings, seed=seed, n_unrelated=n_unrelated)), style)

@@ -28,7 +28,7 @@ PROMPT_VERSION = "mcq-v1"
 """Changes whenever `mcq_prompt` changes, so cached responses to an older prompt are not reused."""
 
 
-class Preference(BaseModel):
+class CasePreference(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str = Field(min_length=1)
@@ -40,8 +40,8 @@ class PreferencePool(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    style: tuple[Preference, ...] = Field(min_length=1)
-    unrelated: tuple[Preference, ...] = Field(min_length=1)
+    style: tuple[CasePreference, ...] = Field(min_length=1)
+    unrelated: tuple[CasePreference, ...] = Field(min_length=1)
 
 
 def load_preferences(path: str | Path | None = None) -> PreferencePool:

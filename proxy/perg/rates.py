@@ -24,7 +24,7 @@ from .datasets import SETTINGS, Setting
 from .stats import bootstrap_intervals, derive_seed
 
 THRESHOLDS = (1, 2, 3, 4, 5)
-Outcome = tuple[bool, bool, bool, bool | None]
+CaseOutcome = tuple[bool, bool, bool, bool | None]
 """What the metrics need from a record: (correct_nopref, correct_pref, relevant, followed)."""
 
 
@@ -53,7 +53,7 @@ class Record(BaseModel):
         return self
 
     @property
-    def outcome(self) -> Outcome:
+    def outcome(self) -> CaseOutcome:
         return (self.correct_nopref, self.correct_pref, self.relevant, self.followed)
 
 
@@ -71,7 +71,7 @@ def robust(correct_pref: bool, relevant: bool, followed: bool | None) -> bool | 
     return followed
 
 
-def rates_from_counts(counts: Mapping[Outcome, int]) -> Rates:
+def rates_from_counts(counts: Mapping[CaseOutcome, int]) -> Rates:
     """The four rates from outcome counts (a resample may count one case several times)."""
     q_star = kept = judged = followed = robust_known = robust_ok = union = 0
     for (nopref, pref, relevant, verdict), n in counts.items():

@@ -11,8 +11,8 @@ from collections.abc import Callable, Hashable, Sequence
 from fractions import Fraction
 from typing import TypeVar
 
-Unit = TypeVar("Unit", bound=Hashable)
-Statistic = Callable[[Counter[Unit]], Sequence[float | None]]
+UnitT = TypeVar("UnitT", bound=Hashable)
+Statistic = Callable[[Counter[UnitT]], Sequence[float | None]]
 
 
 def derive_seed(seed: int, *parts: str) -> int:
@@ -36,8 +36,8 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
 
 def bootstrap_intervals(
-    units: Sequence[Unit],
-    statistic: Statistic[Unit],
+    units: Sequence[UnitT],
+    statistic: Statistic[UnitT],
     *,
     resamples: int = 1000,
     seed: int = 0,

@@ -50,7 +50,7 @@ class StaleConnection(ConnectionError):
     """A reused connection closed before any byte of an answer: safe to send again."""
 
 
-class Answer:
+class RawAnswer:
     """One response: status and headers once `Pool.post` returns, then the body."""
 
     __slots__ = (
@@ -196,7 +196,7 @@ class Connection(asyncio.Protocol):
         self.exchanges = 0
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
-        self._answer: Answer | None = None
+        self._answer: RawAnswer | None = None
         self._headers_done: asyncio.Future[None] | None = None
         self._started = False  # a byte of the current answer has come back
         self._until_close = False
@@ -205,8 +205,8 @@ class Connection(asyncio.Protocol):
         self._informational = False
         self._header_list: list[tuple[str, str]] = []
 
-    def send(self, request: bytes) -> tuple[Answer, asyncio.Future[None]]:
-        answer = self._answer = Answer(self)
+    def send(self, request: bytes) -> tuple[RawAnswer, asyncio.Future[None]]:
+        answer = self._answer = RawAnswer(self)
         self._headers_done = asyncio.get_running_loop().create_future()
         self._started = False
         self._until_close = False
@@ -340,7 +340,7 @@ class Pool:
         lines = {"Host": parts.netloc.rpartition("@")[2], "Accept-Encoding": "gzip, deflate", **headers}
         self._head = "".join(f"{_clean(k)}: {_clean(v)}\r\n" for k, v in lines.items()).encode("latin-1")
 
-    async def post(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> Answer:
+    async def post(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> RawAnswer:
         """Send `body` to `path` (below the base URL); return once the answer's headers are in."""
         extra = "".join(f"{_clean(k)}: {_clean(v)}\r\n" for k, v in (headers or {}).items()).encode("latin-1")
         request = b"".join(

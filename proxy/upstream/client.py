@@ -31,7 +31,7 @@ from yarl import URL
 from ..config import UpstreamSettings
 from ..errors import ProxyError, UpstreamProtocolError, UpstreamStatusError, UpstreamTimeout, UpstreamUnreachable
 from ..metrics import Metrics
-from .calls import Answer, BadAnswer, Pool
+from .calls import BadAnswer, Pool, RawAnswer
 from .events import read_events
 from .headers import CLIENT_REQUEST_ID, client_response_headers
 from .retries import with_retries
@@ -243,7 +243,7 @@ class UpstreamClient:
             finally:
                 answer.close()
 
-    async def _next_chunk(self, answer: Answer, timeout: float) -> bytes:
+    async def _next_chunk(self, answer: RawAnswer, timeout: float) -> bytes:
         """An answer's next body bytes for `read_events`; a break raises `UpstreamStreamBroken`."""
         try:
             return await answer.next_chunk(timeout)
@@ -254,12 +254,12 @@ class UpstreamClient:
         except OSError as error:
             raise UpstreamStreamBroken(f"upstream {self.name} broke off mid-stream: {_describe(error)}") from None
 
-    async def _call(self, body: bytes, request_id: str) -> Answer:
+    async def _call(self, body: bytes, request_id: str) -> RawAnswer:
         """POST a chat completion, with the configured retries; returns once the headers are in.
         Status >= 400 is raised (`UpstreamStatusError`, with the upstream's body and headers)."""
         return await with_retries(functools.partial(self._call_once, body, request_id), self.settings.retries)
 
-    async def _call_once(self, body: bytes, request_id: str) -> Answer | ProxyError:
+    async def _call_once(self, body: bytes, request_id: str) -> RawAnswer | ProxyError:
         assert self._calls is not None, "UpstreamClient.start() was not awaited"
         timeouts = self.settings.timeouts
         try:
