@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -48,6 +49,20 @@ def exposition(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
+@dataclass(frozen=True)
+class Declared:
+    """One metric as declared here: what `python -m proxy.metrics_doc` writes into docs/metrics.md.
+    `name` is the exposed name (counters with `_total`); `semconv` the OpenTelemetry GenAI
+    semantic-convention metric it corresponds to, or "" where none does."""
+
+    name: str
+    kind: str
+    labels: tuple[str, ...]
+    help: str
+    unit: str
+    semconv: str
+
+
 class Metrics:
     """The proxy's metrics. `child()` is `metric.labels(...)` with the result kept, for the hot
     path (labels are bounded, so the cache is too)."""
@@ -56,145 +71,140 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         self.model_label = BoundedLabel()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        r = self.registry
-        self.requests = Counter("perg_requests", "Client requests handled.", ["route", "method", "status", "strategy"], registry=r)
-        self.request_duration = Histogram(
+        self.declared: list[Declared] = []
+        self.requests = self._counter("perg_requests", "Client requests handled.", ("route", "method", "status", "strategy"))
+        self.request_duration = self._histogram(
             "perg_request_duration_seconds",
             "Client request duration, first byte in to last byte out.",
-            ["route", "strategy"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            ("route", "strategy"),
+            semconv="gen_ai.server.request.duration",
         )
-        self.overhead = Histogram(
+        self.overhead = self._histogram(
             "perg_overhead_seconds",
             "Time spent in the proxy itself for a request, upstream waits excluded.",
-            ["route", "strategy"],
+            ("route", "strategy"),
             buckets=OVERHEAD_BUCKETS,
-            registry=r,
         )
-        self.upstream_duration = Histogram(
+        self.upstream_duration = self._histogram(
             "perg_upstream_duration_seconds",
-            "Upstream call duration (gen_ai.client.operation.duration), by pipeline stage.",
-            ["upstream", "stage", "outcome"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            "Upstream call duration, by pipeline stage.",
+            ("upstream", "stage", "outcome"),
+            semconv="gen_ai.client.inference.duration",
         )
-        self.ttft = Histogram(
+        self.ttft = self._histogram(
             "perg_time_to_first_token_seconds",
             "Streaming requests: time from request in to the first content chunk out.",
-            ["strategy"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            ("strategy",),
+            semconv="gen_ai.server.time_to_first_token",
         )
-        self.tokens = Counter(
+        self.tokens = self._counter(
             "perg_tokens",
-            "Tokens reported by upstream usage (gen_ai.client.token.usage), by stage and type.",
-            ["model", "stage", "type"],
-            registry=r,
+            "Tokens reported by upstream usage, by stage and type (input, output).",
+            ("model", "stage", "type"),
+            unit="{token}",
+            semconv="gen_ai.client.inference.usage.input_tokens, gen_ai.client.inference.usage.output_tokens",
         )
-        self.in_flight = Gauge(
-            "perg_requests_in_flight",
-            "Client requests being handled now.",
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self.stream_errors = Counter(
-            "perg_stream_errors",
-            "Streams that ended with an in-band error event, by cause.",
-            ["cause"],
-            registry=r,
-        )
-        self.aligner_outcomes = Counter(
-            "perg_aligner_outcomes",
-            "Chat requests by personalization outcome.",
-            ["strategy", "outcome"],
-            registry=r,
-        )
-        self.gate_outcomes = Counter(
+        self.in_flight = self._gauge("perg_requests_in_flight", "Client requests being handled now.", unit="{request}")
+        self.stream_errors = self._counter("perg_stream_errors", "Streams that ended with an in-band error event, by cause.", ("cause",))
+        self.aligner_outcomes = self._counter("perg_aligner_outcomes", "Chat requests by personalization outcome.", ("strategy", "outcome"))
+        self.gate_outcomes = self._counter(
             "perg_gate_outcomes",
             "Relevance gate decisions: relevant, irrelevant, unparseable or error (both fail open).",
-            ["outcome"],
-            registry=r,
+            ("outcome",),
         )
-        self.profile_errors = Counter(
+        self.profile_errors = self._counter(
             "perg_profile_lookup_errors",
             "Requests answered without stored preferences because the profile store failed.",
-            ["reason"],
-            registry=r,
+            ("reason",),
         )
-        self.rate_limited = Counter("perg_rate_limited", "Requests refused by a per-key rate limit.", ["kind"], registry=r)
-        self.rate_limit_errors = Counter(
-            "perg_rate_limit_errors", "Rate-limit checks skipped because the shared counter failed.", ["reason"], registry=r
+        self.rate_limited = self._counter("perg_rate_limited", "Requests refused by a per-key rate limit.", ("kind",))
+        self.rate_limit_errors = self._counter(
+            "perg_rate_limit_errors", "Rate-limit checks skipped because the shared counter failed.", ("reason",)
         )
         # online PERG monitor (issue: monitor); labels model, strategy, role, relevance
-        monitor_labels = ["model", "strategy", "role", "relevance"]
-        self.monitor_judged = Counter("perg_monitor_judged", "Samples judged (consistency verdict comparable).", monitor_labels, registry=r)
-        self.monitor_broken = Counter(
-            "perg_monitor_broken", "Judged samples whose answer contradicts the reference.", monitor_labels, registry=r
-        )
-        self.monitor_not_followed = Counter(
+        monitor_labels = ("model", "strategy", "role", "relevance")
+        self.monitor_judged = self._counter("perg_monitor_judged", "Samples judged (consistency verdict comparable).", monitor_labels)
+        self.monitor_broken = self._counter("perg_monitor_broken", "Judged samples whose answer contradicts the reference.", monitor_labels)
+        self.monitor_not_followed = self._counter(
             "perg_monitor_not_followed",
             "Judged samples with a relevant preference whose follow score is under the threshold.",
             monitor_labels,
-            registry=r,
         )
-        self.monitor_not_robust = Counter(
-            "perg_monitor_not_robust", "Judged samples that are broken, or relevant and not followed.", monitor_labels, registry=r
+        self.monitor_not_robust = self._counter(
+            "perg_monitor_not_robust", "Judged samples that are broken, or relevant and not followed.", monitor_labels
         )
-        self.monitor_uncomparable = Counter(
+        self.monitor_uncomparable = self._counter(
             "perg_monitor_uncomparable",
             "Samples the consistency judge could not compare (excluded from the ratios).",
             monitor_labels,
-            registry=r,
         )
-        self.monitor_follow_score = Histogram(
+        self.monitor_follow_score = self._histogram(
             "perg_monitor_follow_score",
             "Likert follow scores (1-5) of samples with a relevant preference.",
-            ["model", "strategy", "role"],
+            ("model", "strategy", "role"),
             buckets=(1, 2, 3, 4, 5),
-            registry=r,
+            unit="{score}",
         )
-        self.monitor_queue_depth = Gauge(
-            "perg_monitor_queue_depth", "Samples waiting for the monitor's workers.", registry=r, multiprocess_mode="livesum"
+        self.monitor_queue_depth = self._gauge("perg_monitor_queue_depth", "Samples waiting for the monitor's workers.", unit="{sample}")
+        self.monitor_enqueued = self._counter("perg_monitor_enqueued", "Samples put on the monitor queue.", ("role",))
+        self.monitor_dropped = self._counter("perg_monitor_dropped", "Samples dropped: queue full, or abandoned at shutdown.", ("reason",))
+        self.monitor_judge_errors = self._counter(
+            "perg_monitor_judge_errors", "Judge calls that failed or returned an invalid verdict.", ("judge", "reason")
         )
-        self.monitor_enqueued = Counter("perg_monitor_enqueued", "Samples put on the monitor queue.", ["role"], registry=r)
-        self.monitor_dropped = Counter(
-            "perg_monitor_dropped", "Samples dropped: queue full, or abandoned at shutdown.", ["reason"], registry=r
-        )
-        self.monitor_judge_errors = Counter(
-            "perg_monitor_judge_errors", "Judge calls that failed or returned an invalid verdict.", ["judge", "reason"], registry=r
-        )
-        self.monitor_judge_duration = Histogram(
-            "perg_monitor_judge_duration_seconds", "Judge call duration, retries included.", ["judge"], buckets=LATENCY_BUCKETS, registry=r
+        self.monitor_judge_duration = self._histogram(
+            "perg_monitor_judge_duration_seconds", "Judge call duration, retries included.", ("judge",)
         )
         # canary probes: labelled items through the served pipeline, with and without preferences
-        canary_labels = ["model", "strategy", "setting"]
-        self.canary_probes = Counter("perg_canary_probes", "Canary items probed (with and without preferences).", canary_labels, registry=r)
-        self.canary_correct = Counter(
+        canary_labels = ("model", "strategy", "setting")
+        self.canary_probes = self._counter("perg_canary_probes", "Canary items probed (with and without preferences).", canary_labels)
+        self.canary_correct = self._counter(
             "perg_canary_correct",
             "Canary answers equal to the gold letter, by condition (with_preferences | without_preferences).",
-            [*canary_labels, "condition"],
-            registry=r,
+            (*canary_labels, "condition"),
         )
-        self.canary_broken = Counter(
-            "perg_canary_broken", "Canary items right without preferences and wrong with them.", canary_labels, registry=r
+        self.canary_broken = self._counter(
+            "perg_canary_broken", "Canary items right without preferences and wrong with them.", canary_labels
         )
-        self.canary_not_followed = Counter(
+        self.canary_not_followed = self._counter(
             "perg_canary_not_followed",
             "Canary items right without preferences whose relevant preference was not followed.",
             canary_labels,
-            registry=r,
         )
-        self.canary_not_robust = Counter(
-            "perg_canary_not_robust", "Canary items right without preferences and not robust with them.", canary_labels, registry=r
+        self.canary_not_robust = self._counter(
+            "perg_canary_not_robust", "Canary items right without preferences and not robust with them.", canary_labels
         )
-        self.canary_both_correct = Counter(
-            "perg_canary_both_correct", "Canary items right both with and without preferences.", canary_labels, registry=r
+        self.canary_both_correct = self._counter(
+            "perg_canary_both_correct", "Canary items right both with and without preferences.", canary_labels
         )
-        self.canary_either_correct = Counter(
-            "perg_canary_either_correct", "Canary items right with or without preferences (PVR denominator).", canary_labels, registry=r
+        self.canary_either_correct = self._counter(
+            "perg_canary_either_correct", "Canary items right with or without preferences (PVR denominator).", canary_labels
         )
-        self.canary_errors = Counter("perg_canary_errors", "Canary probes that failed.", ["reason"], registry=r)
+        self.canary_errors = self._counter("perg_canary_errors", "Canary probes that failed.", ("reason",))
+
+    def _declare(self, kind: str, name: str, help_text: str, labels: tuple[str, ...], unit: str, semconv: str) -> None:
+        self.declared.append(Declared(name, kind, labels, help_text, unit or ("s" if name.endswith("_seconds") else "1"), semconv))
+
+    def _counter(self, name: str, help_text: str, labels: tuple[str, ...] = (), *, unit: str = "", semconv: str = "") -> Counter:
+        self._declare("counter", name + "_total", help_text, labels, unit, semconv)
+        return Counter(name, help_text, labels, registry=self.registry)
+
+    def _histogram(
+        self,
+        name: str,
+        help_text: str,
+        labels: tuple[str, ...],
+        *,
+        buckets: tuple[float, ...] = LATENCY_BUCKETS,
+        unit: str = "",
+        semconv: str = "",
+    ) -> Histogram:
+        self._declare("histogram", name, help_text, labels, unit, semconv)
+        return Histogram(name, help_text, labels, buckets=buckets, registry=self.registry)
+
+    def _gauge(self, name: str, help_text: str, *, unit: str) -> Gauge:
+        """A level summed over `--workers` processes (live ones only)."""
+        self._declare("gauge", name, help_text, (), unit, "")
+        return Gauge(name, help_text, registry=self.registry, multiprocess_mode="livesum")
 
     def child(self, metric: Any, *values: str) -> Any:
         key = (id(metric), values)
