@@ -10,6 +10,8 @@ HOW_TO = """# Side-by-side benchmark
 perg-proxy against the direct path, LiteLLM's proxy and Portkey's gateway, all in front of the same
 scripted fake upstream (`tests/fake_upstream.py`, model `echo`, which answers at once), in one run.
 
+Written by `python bench/side_by_side.py`; the summary and caveats are in [benchmark.md](benchmark.md).
+
 ## How to run
 
 ```

@@ -1,6 +1,6 @@
 """Side-by-side benchmark: direct, perg-proxy (off, pref_aligner), LiteLLM's proxy, Portkey's gateway.
 
-    python bench/side_by_side.py [--quick] [--soak-minutes 30] [--docs docs/benchmark.md]
+    python bench/side_by_side.py [--quick] [--soak-minutes 30] [--docs docs/benchmark-side-by-side.md]
 
 All paths reach the same fake upstream (tests/fake_upstream.py, model `echo`) in the same run.
 Every gateway is pinned to CPU 0, the fake upstream and this load generator to CPU 1. For each
@@ -46,7 +46,7 @@ CONCURRENCY = (1, 32, 256)
 FULL = {1: (3000, 15), 32: (24000, 15), 256: (45000, 21)}
 QUICK = {1: (300, 4), 32: (3000, 4), 256: (6000, 6)}
 ROUNDS = 3
-DOCS = ROOT / "docs" / "benchmark.md"
+DOCS = ROOT / "docs" / "benchmark-side-by-side.md"
 JSON_OUT = ROOT / "bench" / "out" / "side_by_side.json"
 
 
