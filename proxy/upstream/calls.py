@@ -3,11 +3,9 @@ relevance gate and the monitor's judges. Each is a JSON POST whose answer the pr
 or as an event stream. The clients' own traffic (pass-through) stays on aiohttp (`upstream.py`).
 
 Why these calls do not use aiohttp: they run one after the other on the request path (stage 1,
-then stage 2), and Pref-Aligner's target is 2·D + 2 ms for two upstream calls of D each. Measured
-on this project's 2-core VM at concurrency 1, aiohttp's request machinery adds about 0.45 ms per
-call over a bare asyncio client (most of it code run on a CPU gone cold during the upstream's
-wait), which alone spends half the budget; this client adds nothing measurable
-(`bench/pref_aligner.py` prints both). It does only what these calls need:
+then stage 2), and aiohttp's per-call cost spent much of Pref-Aligner's latency budget where this
+client's is near zero (`bench/pref_aligner.py` prints both; figures in docs/benchmark.md). It does
+only what these calls need:
 
 * POST with a bytes body; keep-alive connections pooled per upstream, at most `limit` in use;
   one `write` per request; http, and https with certificates verified (the default context);

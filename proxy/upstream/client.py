@@ -6,9 +6,8 @@
   stages, the relevance gate, the monitor's judges), on the lean client of `calls.py` (why: see
   there), parsed with orjson and the SSE reader of `sse.py`.
 
-Neither uses the openai SDK: measured on this machine, it costs about 470 µs of CPU per call (a
-process tops out near 1,000 calls/s) and about 1 ms of latency per call at concurrency 1, which two
-sequential Pref-Aligner stages cannot afford. Only the offline benchmark uses it (`sdk.py`).
+Neither uses the openai SDK: its CPU cost per call is several times these clients' (figures in
+docs/benchmark.md). Only the offline benchmark uses it (`sdk.py`).
 
 Every failure maps onto the same exceptions: status kept (`UpstreamStatusError`), unreachable 502,
 timeouts 504, a stream that dies mid-way `UpstreamStreamBroken`.

@@ -2,7 +2,7 @@
 OpenAI-compatible server). The only module that imports openai.
 
 The proxy itself (the request path and the monitor, which shares its CPU) calls upstreams with
-`upstream.py`: measured here, the SDK costs about 470 µs of CPU per call, several times more.
+`client.py`: the SDK costs several times more CPU per call (docs/benchmark.md).
 """
 
 from __future__ import annotations
