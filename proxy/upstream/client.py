@@ -131,7 +131,7 @@ class UpstreamClient:
             await self._calls.close()
 
     def count_usage(self, model: str | None, stage: str, usage: Any) -> None:
-        """Token usage reported by the upstream (gen_ai.client.token.usage), by stage."""
+        """Token usage reported by the upstream, by stage and type (input, output); docs/metrics.md."""
         if not isinstance(usage, dict):
             return
         metrics = self._metrics
