@@ -28,6 +28,9 @@ def local_proxy(start_proxy, local_model):
         upstreams=[{"name": "local", "base_url": local_model.base_url, "structured_output": "json_object_schema"}],
         personalization={"default_strategy": "pref_aligner"},
         auth={"client_keys": [CLIENT_KEY, {"key": "sk-bound", "user_id": "carol"}], "admin_key": ADMIN_KEY},
+        # No heartbeat before stage 1 ends, however slow the shared machine makes the model: these
+        # tests read the outcome from x-perg-aligned (heartbeats are tested on the fake upstream).
+        server={"heartbeat_seconds": 300},
     )
 
 
