@@ -750,6 +750,7 @@ def has_data(result: list[dict[str, Any]]) -> bool:
 
 
 @pytest.mark.local_model
+@pytest.mark.timeout(900)  # about 2 minutes on a quiet machine; the one-request model queues the judges' calls
 def test_live_prometheus_evaluates_every_rule_and_panel(live_proxy, prometheus):
     proxy = live_proxy
     send_traffic(proxy)
