@@ -23,6 +23,9 @@ from tests.fake_upstream import FakeUpstream
 pytest_plugins = ("tests.store_fixtures",)
 
 ROOT = Path(__file__).resolve().parent.parent
+# Files this project may read but must not ship (the paper's published results carry no licence):
+# PERG_SHARED_DATA, else the `shared/data` folder beside the project root.
+SHARED_DATA = Path(os.environ.get("PERG_SHARED_DATA") or ROOT.parent / "shared" / "data")
 CLIENT_KEY = "sk-client-1"
 ADMIN_KEY = "admin-secret"
 UPSTREAM_KEY = "sk-upstream-secret"
@@ -179,6 +182,14 @@ def local_model() -> Iterator[Any]:
         pytest.skip(f"the real local model is not available here: {error}")
     yield process
     process.stop()
+
+
+def shared_file(*parts: str) -> Path:
+    """A file of the shared data folder; the test is skipped, saying where it looked, when it is missing."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path} (set PERG_SHARED_DATA to the folder that holds paper/)")
+    return path
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:

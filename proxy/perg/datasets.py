@@ -2,35 +2,40 @@
 
 Three sources: JSONL in the shared-data schema (`id`, `source`, `question`, `options`, `gold`,
 optional `category`; other keys are ignored), the PERGData CSV layout, and the built-in sample
-shipped as package data. Every loader reads the whole file and raises one `DatasetError` that
-lists every bad row with its line number; no row is ever skipped silently (a blank line is not a row).
+shipped as package data.
+
+A file is loaded as it was released: a row that truly cannot be used (no options, a gold letter
+out of range, an unreadable record) is skipped with its line number and reason, and the
+`LoadSummary` says how many were (and which rows were kept with a note, such as repeated
+options). `strict=True` refuses the file instead, with every bad row listed in one
+`DatasetError`; so does a file none of whose rows can be used. No row is ever skipped silently
+(a blank line is not a row). The built-in sample is always read strictly.
 """
 
 from __future__ import annotations
 
-import ast
 import csv
 import json
-import re
-import string
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .cells import LETTERS, parse_gold, parse_options, repeated_options
+
 T = TypeVar("T")
 
-LETTERS = string.ascii_uppercase
 BUILTIN_DATASET = "builtin_mcq.jsonl"
 ITEM_FIELDS = ("id", "source", "category", "question", "options", "gold")
 PERGDATA_COLUMNS = ("question", "options", "gold_option", "preference")
 Setting = Literal["relevant", "irrelevant", "mixed"]
 SETTINGS: tuple[Setting, ...] = ("relevant", "irrelevant", "mixed")
-
-_LETTER_FORM = re.compile(r"^\(?([A-Za-z])\)?[.):]?$")
-_SPACES = re.compile(r"\s+")
+PREFERENCE_CATEGORIES = ("context", "clarity", "thinking", "examples", "creative")
+"""The paper's five kinds of preference (background and context; clarity and concision; ways of
+thinking; examples and analogies; creativity and style)."""
 
 
 class DatasetError(ValueError):
@@ -43,13 +48,9 @@ class DatasetError(ValueError):
         super().__init__(f"{name}: {len(self.problems)} bad row(s)\n{listing}")
 
 
-def normalize_text(text: str) -> str:
-    """Casefolded, whitespace collapsed, trailing full stop removed: how option texts are compared."""
-    return _SPACES.sub(" ", text).strip().rstrip(".").strip().casefold()
-
-
 class Item(BaseModel):
-    """One multiple-choice question. Options are lettered A, B, C … in order; `gold` is the right letter."""
+    """One multiple-choice question. Options are lettered A, B, C … in order; `gold` is the right letter.
+    An option may be written twice (released datasets have such rows): the letters tell them apart."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -62,12 +63,9 @@ class Item(BaseModel):
 
     @field_validator("options")
     @classmethod
-    def _distinct_options(cls, options: tuple[str, ...]) -> tuple[str, ...]:
-        normalized = [normalize_text(option) for option in options]
-        if any(not text for text in normalized):
+    def _no_blank_options(cls, options: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not option.strip() for option in options):
             raise ValueError("options must not be blank")
-        if len(set(normalized)) != len(normalized):
-            raise ValueError("options must be distinct")
         return options
 
     @model_validator(mode="after")
@@ -85,13 +83,15 @@ class Item(BaseModel):
 
 
 class PreferenceItem(BaseModel):
-    """One PERG case: an item asked under one preference setting, with the preferences sent."""
+    """One PERG case: an item asked under one preference setting, with the preferences sent.
+    `preference_category` is the kind of its relevant preference, when the dataset says."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     item: Item
     setting: Setting
     preferences: tuple[str, ...] = Field(min_length=1)
+    preference_category: str | None = None
 
     @property
     def relevant(self) -> bool:
@@ -103,37 +103,52 @@ class PreferenceItem(BaseModel):
         return f"{self.item.id}/{self.setting}"
 
 
-def parse_options(value: str) -> tuple[str, ...]:
-    """Options written as a Python list literal (`"['a', 'b']"`), read with `ast.literal_eval`, never eval."""
-    try:
-        parsed = ast.literal_eval(value.strip())
-    except (ValueError, SyntaxError, MemoryError, RecursionError) as error:
-        raise ValueError(f"options are not a Python list literal: {error.__class__.__name__}") from None
-    if not isinstance(parsed, list | tuple) or not all(isinstance(o, str | int | float) for o in parsed):
-        raise ValueError("options must be a list of strings")
-    return tuple(str(option).strip() for option in parsed)
+class LoadSummary(BaseModel):
+    """What a loader did with a file: rows read, loaded, skipped (line, reason) and kept with a note."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    rows: int
+    loaded: int
+    skipped: tuple[tuple[int, str], ...] = ()
+    notes: tuple[tuple[int, str], ...] = ()
+
+    def render(self, limit: int = 20) -> str:
+        head = f"{self.name}: {self.rows} rows, {self.loaded} loaded, {len(self.skipped)} skipped"
+        if self.notes:
+            head += f", {len(self.notes)} kept with a note"
+        lines = [head]
+        lines += [f"  skipped line {line}: {reason}" for line, reason in self.skipped[:limit]]
+        lines += [f"  kept line {line}: {note}" for line, note in self.notes[:limit]]
+        hidden = max(0, len(self.skipped) - limit) + max(0, len(self.notes) - limit)
+        if hidden:
+            lines.append(f"  … and {hidden} more")
+        return "\n".join(lines)
 
 
-def parse_gold(value: str, options: Sequence[str]) -> str:
-    """The gold letter named by `value`: a letter (`B`, `b`, `(B)`, `B.`), a 0-based index (`1` is B)
-    or an option's text (compared casefolded, trailing full stop ignored).
+@dataclass(frozen=True, slots=True)
+class Loaded(Generic[T]):
+    entries: list[T]
+    summary: LoadSummary
 
-    A value that reads two ways pointing at different options (the index `2` when option B's text is
-    `2`) is rejected as ambiguous rather than guessed.
-    """
-    text = value.strip()
-    letters = LETTERS[: len(options)]
-    texts = [normalize_text(option) for option in options]
-    match = _LETTER_FORM.match(text)
-    as_letter = match.group(1).upper() if match and match.group(1).upper() in letters else None
-    as_index = letters[int(text)] if text.isdigit() and int(text) < len(letters) else None
-    as_text = letters[texts.index(normalize_text(text))] if normalize_text(text) in texts else None
-    readings = {reading for reading in (as_letter, as_index, as_text) if reading is not None}
-    if len(readings) > 1:
-        raise ValueError(f"gold {value!r} is ambiguous: it could mean option {' or '.join(sorted(readings))}")
-    if not readings:
-        raise ValueError(f"gold {value!r} is not a letter A-{letters[-1]}, a 0-based index or an option's text")
-    return readings.pop()
+
+class Rows(Generic[T]):
+    """Collects parsed rows, skipped rows and notes while a loader reads a file."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.entries: list[T] = []
+        self.skipped: list[tuple[int, str]] = []
+        self.notes: list[tuple[int, str]] = []
+
+    def finish(self, strict: bool) -> Loaded[T]:
+        skipped = sorted(self.skipped)
+        if skipped and (strict or not self.entries):
+            raise DatasetError(self.name, skipped)
+        rows = len(self.entries) + len(skipped)
+        summary = LoadSummary(name=self.name, rows=rows, loaded=len(self.entries), skipped=tuple(skipped), notes=tuple(self.notes))
+        return Loaded(self.entries, summary)
 
 
 def describe(error: Exception) -> str:
@@ -143,23 +158,28 @@ def describe(error: Exception) -> str:
     return str(error)
 
 
-def load_jsonl(path: str | Path) -> list[Item]:
+def note_repeats(rows: Rows[Any], line: int, options: Sequence[str]) -> None:
+    repeated = repeated_options(options)
+    if repeated:
+        rows.notes.append((line, "repeated option(s) " + ", ".join(repr(o) for o in repeated)))
+
+
+def load_jsonl(path: str | Path, *, strict: bool = False) -> Loaded[Item]:
     """Items from a JSONL file in the shared-data schema."""
     path = Path(path)
     with path.open(encoding="utf-8") as handle:
-        return parse_jsonl(handle, str(path))
+        return parse_jsonl(handle, str(path), strict=strict)
 
 
 def load_builtin() -> list[Item]:
     """The built-in sample written for this project (package data, no network, no shared files)."""
     text = (resources.files("proxy.perg") / "data" / BUILTIN_DATASET).read_text(encoding="utf-8")
-    return parse_jsonl(text.splitlines(), BUILTIN_DATASET)
+    return parse_jsonl(text.splitlines(), BUILTIN_DATASET, strict=True).entries
 
 
-def parse_jsonl(lines: Iterable[str], name: str) -> list[Item]:
-    """Items from JSONL lines; `name` labels the errors. Duplicate ids are bad rows too."""
-    items: list[Item] = []
-    problems: list[tuple[int, str]] = []
+def parse_jsonl(lines: Iterable[str], name: str, *, strict: bool = False) -> Loaded[Item]:
+    """Items from JSONL lines; `name` labels the summary and errors. A repeated id is a bad row too."""
+    rows: Rows[Item] = Rows(name)
     seen: dict[str, int] = {}
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -167,16 +187,15 @@ def parse_jsonl(lines: Iterable[str], name: str) -> list[Item]:
         try:
             item = _jsonl_item(line)
         except ValueError as error:
-            problems.append((number, describe(error)))
+            rows.skipped.append((number, describe(error)))
             continue
         if item.id in seen:
-            problems.append((number, f"duplicate id {item.id!r} (first on line {seen[item.id]})"))
+            rows.skipped.append((number, f"duplicate id {item.id!r} (first on line {seen[item.id]})"))
             continue
         seen[item.id] = number
-        items.append(item)
-    if problems:
-        raise DatasetError(name, problems)
-    return items
+        note_repeats(rows, number, item.options)
+        rows.entries.append(item)
+    return rows.finish(strict)
 
 
 def _jsonl_item(line: str) -> Item:
@@ -186,13 +205,10 @@ def _jsonl_item(line: str) -> Item:
     return Item(**{key: row[key] for key in ITEM_FIELDS if key in row})
 
 
-def csv_rows(path: str | Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line number, row) for each CSV record, header checked; a record may span lines (quoted newlines).
-
-    Malformed records are collected and raised together as one `DatasetError` after the last record.
-    """
+def csv_rows(path: str | Path, required: Sequence[str], bad: list[tuple[int, str]]) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row) for each CSV record, header checked; a record may span lines (quoted
+    newlines). Malformed records go into `bad`; a missing column refuses the file at once."""
     path = Path(path)
-    problems: list[tuple[int, str]] = []
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle)
         header = [name.strip() for name in next(reader, [])]
@@ -206,47 +222,55 @@ def csv_rows(path: str | Path, required: Sequence[str]) -> Iterator[tuple[int, d
             except StopIteration:
                 break
             except csv.Error as error:
-                problems.append((line, f"unreadable CSV: {error}"))
+                bad.append((line, f"unreadable CSV: {error}"))
                 continue
             if not fields:
                 continue
             if len(fields) != len(header):
-                problems.append((line, f"expected {len(header)} fields, found {len(fields)}"))
+                bad.append((line, f"expected {len(header)} fields, found {len(fields)}"))
                 continue
             yield line, dict(zip(header, fields, strict=True))
-    if problems:
-        raise DatasetError(str(path), problems)
 
 
-def load_pergdata_csv(path: str | Path, *, setting: Setting = "relevant") -> list[PreferenceItem]:
-    """PERG cases from a CSV in the PERGData layout: `question`, `options` (a Python list literal),
-    `gold_option` (see `parse_gold`), `preference`, optional `source` (default: the file's stem) and
-    `category`. Item ids are `<file stem>-<line>`; every row becomes one case in `setting`.
-    """
+def parse_csv(
+    path: str | Path,
+    required: Sequence[str],
+    parse: Callable[[int, dict[str, str]], T],
+    *,
+    strict: bool = False,
+    rows: Rows[T] | None = None,
+) -> Loaded[T]:
+    """`parse(line, row)` over every row of a CSV file; a row whose `parse` raises `ValueError` is
+    skipped with its line number and reason (or, with `strict`, the file is refused)."""
+    rows = rows if rows is not None else Rows(str(path))
+    for line, row in csv_rows(path, required, rows.skipped):
+        try:
+            rows.entries.append(parse(line, row))
+        except ValueError as error:
+            rows.skipped.append((line, describe(error)))
+    return rows.finish(strict)
+
+
+def load_pergdata_csv(path: str | Path, *, setting: Setting = "relevant", strict: bool = False) -> Loaded[PreferenceItem]:
+    """PERG cases from a CSV in the PERGData layout: `question`, `options` (a Python list literal or a
+    numpy array repr), `gold_option` (see `parse_gold`), `preference`, optional `source` (default: the
+    file's stem), `category` and `preference_category`. Item ids are `<file stem>-<line>`; every row
+    becomes one case in `setting`."""
     path = Path(path)
-    return parse_csv(path, PERGDATA_COLUMNS, lambda line, row: _pergdata_case(row, f"{path.stem}-{line}", path.stem, setting))
+    rows: Rows[PreferenceItem] = Rows(str(path))
 
+    def parse(line: int, row: dict[str, str]) -> PreferenceItem:
+        case = _pergdata_case(row, f"{path.stem}-{line}", path.stem, setting)
+        note_repeats(rows, line, case.item.options)
+        return case
 
-def parse_csv(path: str | Path, required: Sequence[str], parse: Callable[[int, dict[str, str]], T]) -> list[T]:
-    """`parse(line, row)` over every row of a CSV file; every bad row (a `ValueError` from
-    `parse`, or the file itself) is reported at once, with its line number."""
-    parsed: list[T] = []
-    problems: list[tuple[int, str]] = []
-    try:
-        for line, row in csv_rows(path, required):
-            try:
-                parsed.append(parse(line, row))
-            except ValueError as error:
-                problems.append((line, describe(error)))
-    except DatasetError as error:
-        problems.extend(error.problems)
-    if problems:
-        raise DatasetError(str(path), sorted(problems))
-    return parsed
+    return parse_csv(path, PERGDATA_COLUMNS, parse, strict=strict, rows=rows)
 
 
 def _pergdata_case(row: dict[str, Any], item_id: str, default_source: str, setting: Setting) -> PreferenceItem:
     options = parse_options(row["options"])
+    if not options:
+        raise ValueError("no options")
     item = Item(
         id=item_id,
         source=row.get("source", "").strip() or default_source,
@@ -258,4 +282,5 @@ def _pergdata_case(row: dict[str, Any], item_id: str, default_source: str, setti
     preference = row["preference"].strip()
     if not preference:
         raise ValueError("preference is empty")
-    return PreferenceItem(item=item, setting=setting, preferences=(preference,))
+    category = row.get("preference_category", "").strip() or None
+    return PreferenceItem(item=item, setting=setting, preferences=(preference,), preference_category=category)
