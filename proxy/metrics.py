@@ -127,7 +127,7 @@ class Metrics:
         self.monitor_broken = self._counter("perg_monitor_broken", "Judged samples whose answer contradicts the reference.", monitor_labels)
         self.monitor_not_followed = self._counter(
             "perg_monitor_not_followed",
-            "Judged samples with a relevant preference whose follow score is under the threshold.",
+            "Judged samples with a relevant preference whose follow score is under the threshold or missing (judge failed).",
             monitor_labels,
         )
         self.monitor_not_robust = self._counter(
@@ -150,6 +150,12 @@ class Metrics:
         self.monitor_dropped = self._counter("perg_monitor_dropped", "Samples dropped: queue full, or abandoned at shutdown.", ("reason",))
         self.monitor_judge_errors = self._counter(
             "perg_monitor_judge_errors", "Judge calls that failed or returned an invalid verdict.", ("judge", "reason")
+        )
+        self.monitor_verdicts_missing = self._counter(
+            "perg_monitor_verdicts_missing",
+            "Verdicts a sample or canary probe needed but did not get (the judge failed): a missing follow verdict "
+            "counts as not followed, a missing consistency verdict leaves the sample out of the ratios.",
+            ("judge",),
         )
         self.monitor_judge_duration = self._histogram(
             "perg_monitor_judge_duration_seconds", "Judge call duration, retries included.", ("judge",)

@@ -408,6 +408,7 @@ def test_recording_rule_names_follow_the_convention():
     assert {rule["alert"] for rule in alerts} == {
         "PergBreakageRatioHigh",
         "PergJudgeFailureRatioHigh",
+        "PergFollowVerdictsMissing",
         "PergMonitorDroppingSamples",
         "PergMonitorNoSamplesJudged",
     }

@@ -38,10 +38,10 @@ def test_relevant_fixture_by_hand() -> None:
     # Q* = {q1..q5}: 5 cases.
     # BR: Acc_pref over Q* = q1, q2, q5 → 3/5; BR = 1 − 3/5 = 0.4
     assert rates.breakage_rate == pytest.approx(0.4)
-    # AFR: known verdicts in Q* = q1..q4 (q5 failed), followed q1, q3 → 2/4; AFR = 0.5
-    assert rates.alignment_failure_rate == pytest.approx(0.5)
-    # RER: Robust q1 = T∧T, q2 = T∧F, q3 = F (wrong), q4 = F, q5 = T∧? unknown → out; 1/4 robust; RER = 0.75
-    assert rates.robustness_error_rate == pytest.approx(0.75)
+    # AFR: Q* = q1..q5, followed q1, q3; q5's judge failed: not followed (the paper's rule) → 1 − 2/5
+    assert rates.alignment_failure_rate == pytest.approx(0.6)
+    # RER: Robust q1 = T∧T, q2 = T∧F, q3 = F (wrong), q4 = F, q5 = T∧(missing: not followed) = F; 1/5 → 0.8
+    assert rates.robustness_error_rate == pytest.approx(0.8)
     # PVR: A_nopref = {q1..q5}, A_pref = {q1, q2, q5, q6}; ∩ = 3, ∪ = 6; PVR = 1 − 3/6 = 0.5
     assert rates.performance_variation == pytest.approx(0.5)
 
@@ -100,7 +100,7 @@ def test_an_unextracted_answer_cannot_be_correct() -> None:
     [
         (True, True, True, True),
         (True, True, False, False),
-        (True, True, None, None),
+        (True, True, None, False),  # a missing follow verdict is not followed
         (False, True, None, False),
         (False, True, True, False),
         (True, False, None, True),
@@ -108,16 +108,16 @@ def test_an_unextracted_answer_cannot_be_correct() -> None:
         (False, False, True, False),
     ],
 )
-def test_robust_truth_table(correct: bool, relevant: bool, followed: bool | None, expected: bool | None) -> None:
+def test_robust_truth_table(correct: bool, relevant: bool, followed: bool | None, expected: bool) -> None:
     assert robust(correct, relevant, followed) is expected
 
 
 def test_follow_distribution_and_threshold_sweep() -> None:
     # scores of all cases: q1 5, q2 2, q3 4, q4 1, q6 3, q7 2 (q5, q8 have none)
     assert follow_distribution(RELEVANT) == {1: 1, 2: 2, 3: 1, 4: 1, 5: 1}
-    # Q* cases with a score: q1 5, q2 2, q3 4, q4 1
-    # t=1: 4/4 follow → 0; t=2: 3/4 → 0.25; t=3: 2/4 → 0.5; t=4: 2/4 → 0.5; t=5: 1/4 → 0.75
-    assert afr_by_threshold(RELEVANT) == {1: 0.0, 2: 0.25, 3: 0.5, 4: 0.5, 5: 0.75}
+    # relevant Q* cases: q1 5, q2 2, q3 4, q4 1, q5 none (not followed at any threshold)
+    # t=1: 4/5 follow → 0.2; t=2: 3/5 → 0.4; t=3: 2/5 → 0.6; t=4: 2/5 → 0.6; t=5: 1/5 → 0.8
+    assert afr_by_threshold(RELEVANT) == pytest.approx({1: 0.2, 2: 0.4, 3: 0.6, 4: 0.6, 5: 0.8})
     assert afr_by_threshold(IRRELEVANT) == dict.fromkeys(range(1, 6))
 
 
@@ -184,3 +184,21 @@ def test_paired_test_ignores_unpaired_items() -> None:
 def test_duplicate_items_are_rejected() -> None:
     with pytest.raises(ValueError, match="twice"):
         summarize([rec("q1", True, True), rec("q1", True, False)], resamples=0)
+
+
+def test_breakage_over_readable_answers_and_preference_category_groups() -> None:
+    records = [
+        rec("a", True, True, True, 4, preference_category="clarity"),
+        rec("b", True, False, True, 4, preference_category="clarity", extracted_pref=False),  # unreadable: wrong
+        rec("c", True, False, False, 2, preference_category="examples"),
+        rec("d", False, True, True, 5),
+    ]
+    summary = summarize(records, resamples=20)
+    [overall] = summary.overall()
+    # BR with unreadable = wrong (the paper's): Q* = a, b, c; right a → 2/3. Over readable answers: a, c → 1/2
+    assert overall.breakage_rate.value == pytest.approx(2 / 3)
+    assert (overall.breakage_rate_readable, overall.n_q_star_readable) == (0.5, 2)
+    by_category = {g.group: g for g in summary.groups if g.dimension == "preference_category"}
+    assert set(by_category) == {"clarity", "examples"}  # d has no category: only in "all" and its source
+    assert (by_category["clarity"].n_items, by_category["clarity"].breakage_rate.value) == (2, 0.5)
+    assert by_category["examples"].alignment_failure_rate.value == 1.0

@@ -4,7 +4,9 @@ with and without preferences, so accuracy, and hence BR, AFR, RER and PVR, are e
 Each run takes the next `items_per_run` cases (item × setting, in a fixed seeded order) and asks
 each twice: without preferences (`off`) and with them (the served default strategy). The answer
 letter is extracted and compared with the gold one; for a relevant or mixed setting the follow
-judge rates the answer with preferences against the one without.
+judge rates the answer with preferences against the one without. A relevant probe without a
+follow verdict (the judge failed) is not followed, as in `eval` and the monitor, and is counted in
+`perg_monitor_verdicts_missing_total{judge="canary_follow"}`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..metrics import Metrics
 from ..perg.cases import build_cases, load_preferences, mcq_prompt
 from ..perg.datasets import PreferenceItem, load_builtin, load_jsonl
 from ..perg.extract import extract_letter
+from ..perg.rates import followed_or_not
 from ..pipeline.context import PipelineContext
 from .evaluate import Evaluator
 
@@ -43,9 +46,16 @@ class Canary:
         self.model = self.settings.model or ""
         self._evaluator = evaluator
         self._metrics = metrics
-        items = load_builtin() if self.settings.dataset == "builtin" else load_jsonl(Path(self.settings.dataset))
+        items = load_builtin() if self.settings.dataset == "builtin" else self._load(Path(self.settings.dataset))
         self.cases = build_cases(items, load_preferences(), settings=self.settings.settings, seed=self.settings.seed)
         self._next = 0
+
+    @staticmethod
+    def _load(path: Path) -> list[Any]:
+        loaded = load_jsonl(path)
+        if loaded.summary.skipped:
+            log.warning("canary_rows_skipped", dataset=str(path), skipped=len(loaded.summary.skipped), first=loaded.summary.skipped[0])
+        return loaded.entries
 
     async def run_forever(self) -> None:
         while True:
@@ -84,6 +94,8 @@ class Canary:
                 "canary_follow", judge.follow(model, body["messages"][0]["content"], case.preferences, without, with_)
             )
             followed = None if verdict is None else verdict.score >= self.threshold
+            if verdict is None:
+                self._metrics.monitor_verdicts_missing.labels("canary_follow").inc()
         gold = case.item.gold
         probe = Probe(
             case.setting, extract_letter(without, case.item.options) == gold, extract_letter(with_, case.item.options) == gold, followed
@@ -104,7 +116,7 @@ class Canary:
             m.canary_either_correct.labels(*labels).inc()
         if not probe.correct_without:
             return
-        not_followed = relevant and probe.followed is False
+        not_followed = relevant and not followed_or_not(probe.followed)
         if not probe.correct_with:
             m.canary_broken.labels(*labels).inc()
         if not_followed:

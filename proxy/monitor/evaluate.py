@@ -7,11 +7,14 @@ shadow-sampled, are judged identically against the same reference:
 
 - broken: the consistency judge says `contradicts` (`cannot_compare` is counted apart and left
   out of every denominator);
-- not followed: a relevant preference and a follow score under `follow_threshold`;
+- not followed: a relevant preference and a follow score under `follow_threshold`, or no follow
+  verdict at all (the judge failed): the paper's rule, the same in `eval` and the canary;
 - not robust: broken, or relevant and not followed.
 
 A judge that fails is counted (`perg_monitor_judge_errors_total`) and gives no verdict, never a
-score. Background calls go through the monitor's own upstream clients and metrics registry, so
+score; each verdict a sample needed and did not get is also counted on its own
+(`perg_monitor_verdicts_missing_total{judge}`), so a failing judge is never read as a good model.
+A sample without a consistency verdict stays out of the ratios. Background calls go through the monitor's own upstream clients and metrics registry, so
 they never count in the request metrics.
 """
 
@@ -28,6 +31,7 @@ from ..config import MonitorSettings
 from ..errors import CallFailed
 from ..metrics import Metrics
 from ..perg.judges import ConsistencyVerdict, FollowVerdict
+from ..perg.rates import followed_or_not
 from ..pipeline.chat import first_content
 from ..pipeline.context import PipelineContext
 from ..pipeline.inprocess import complete
@@ -102,8 +106,9 @@ class Evaluator:
         if verdicts.consistency is not None:
             reasons["consistency"] = verdicts.consistency.reason
         broken = None if verdict in (None, "cannot_compare") else verdict == "contradicts"
-        not_followed = relevance == "relevant" and followed is False
+        not_followed = relevance == "relevant" and not followed_or_not(followed)
         robust = None if broken is None else not (broken or not_followed)
+        self.count_missing(relevance, verdicts)
         if verdict == "cannot_compare":
             m.monitor_uncomparable.labels(*labels).inc()
         elif broken is not None:
@@ -117,6 +122,15 @@ class Evaluator:
             follow_score=verdicts.follow.score if verdicts.follow is not None else None,
             reasons={name: reason[:300] for name, reason in reasons.items()},
         )  # fmt: skip
+
+    def count_missing(self, relevance: str, verdicts: Verdicts) -> None:
+        missing = self._metrics.monitor_verdicts_missing
+        if relevance == "unknown":
+            missing.labels("relevance").inc()
+        if verdicts.consistency is None:
+            missing.labels("consistency").inc()
+        if relevance == "relevant" and verdicts.follow is None:
+            missing.labels("follow").inc()
 
     async def keep(self, sample: JudgedSample, job: Job, reference: str, answer: str) -> None:
         if self.settings.store_samples:
