@@ -15,6 +15,7 @@ import pytest
 
 from proxy.cli import main
 from proxy.eval.calibration import calibrate, load_judge_labels
+from proxy.eval.offline_commands import REFERENCE_LABELS
 from proxy.eval.report import render_calibration
 from tests.conftest import ROOT
 from tests.fake_upstream import last_user_text, pipeline_role
@@ -31,21 +32,27 @@ def test_metrics_json_reproduces_the_hand_computed_figures(capsys) -> None:
     assert main(["eval", "metrics", "--results", str(FIXTURES / "results_letters.csv"), "--format", "json"]) == 0
     # by hand (see test_perg_rescore): Q* = {q1, q2, q3, q4, q5, q8}; BR 2/6, AFR 1/5, RER 3/5, PVR 3/7
     result = json.loads(capsys.readouterr().out)
-    assert list(result) == ["breakage_rate", "alignment_failure_rate", "robustness_error_rate", "performance_variation", "n_q_star"]
+    assert list(result)[:5] == ["breakage_rate", "alignment_failure_rate", "robustness_error_rate", "performance_variation", "n_q_star"]
     assert result["breakage_rate"] == pytest.approx(1 / 3)
-    assert result["alignment_failure_rate"] == pytest.approx(0.2)
-    assert result["robustness_error_rate"] == pytest.approx(0.6)
+    assert result["alignment_failure_rate"] == pytest.approx(1 / 3)  # q5's missing rating: not followed
+    assert result["robustness_error_rate"] == pytest.approx(2 / 3)
     assert result["performance_variation"] == pytest.approx(3 / 7)
-    assert result["n_q_star"] == 6
+    assert (result["n_q_star"], result["n_follow_missing"]) == (6, 1)
 
 
 def test_metrics_options(capsys) -> None:
     assert main(["eval", "metrics", "--results", str(FIXTURES / "results_letters.csv"), "--format", "json", "--setting", "irrelevant"]) == 0
     assert json.loads(capsys.readouterr().out)["robustness_error_rate"] == pytest.approx(1 / 3)  # Robust = Acc
     assert main(["eval", "metrics", "--results", str(FIXTURES / "results_letters.csv"), "--format", "json", "--follow-threshold", "4"]) == 0
-    assert json.loads(capsys.readouterr().out)["alignment_failure_rate"] == pytest.approx(0.6)
+    assert json.loads(capsys.readouterr().out)["alignment_failure_rate"] == pytest.approx(2 / 3)
     assert main(["eval", "metrics", "--results", str(FIXTURES / "results_nofollow.csv"), "--format", "json"]) == 0
-    assert list(json.loads(capsys.readouterr().out)) == ["breakage_rate", "performance_variation", "n_q_star"]
+    assert "alignment_failure_rate" not in json.loads(capsys.readouterr().out)
+    assert main(["eval", "metrics", "--results", str(FIXTURES / "results_letters.csv"), "--format", "json", "--answers", "raw"]) == 0
+    assert json.loads(capsys.readouterr().out)["columns"]["read_as"] == "raw answers"
+    assert (
+        main(["eval", "metrics", "--results", str(FIXTURES / "paper_aligner.csv"), "--format", "json", "--pref-column", "pref_answer"]) == 0
+    )
+    assert json.loads(capsys.readouterr().out)["breakage_rate"] == pytest.approx(2 / 3)
     assert main(["eval", "metrics", "--results", str(FIXTURES / "results_raw.csv"), "--format", "json", "--per-row"]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert [(r["line"], r["nopref"], r["pref"]) for r in rows] == [
@@ -60,16 +67,33 @@ def test_metrics_options(capsys) -> None:
 def test_metrics_text(capsys) -> None:
     assert main(["eval", "metrics", "--results", str(FIXTURES / "results_raw.csv"), "--per-row"]) == 0
     out = capsys.readouterr().out
-    assert "Q* = 4 rows answered correctly without preferences" in out
+    assert "5 cases; Q* = 4 answered correctly without preferences" in out
+    assert "read as raw answers; follow: followed_pref" in out
     assert "| breakage_rate | 50.0% |" in out and "| performance_variation | 60.0% |" in out
+    assert "| breakage_rate over readable answers | 33.3% (Q* 3) |" in out
+    assert "| unreadable without / with preferences | 20.0% / 20.0% |" in out
+    assert "| follow verdict missing (counted as not followed) | 1 |" in out
     assert "| 6 | A | - | A | yes |" in out  # line 6: no letter without preferences
 
 
-def test_metrics_bad_file_lists_every_bad_line(capsys) -> None:
-    assert main(["eval", "metrics", "--results", str(FIXTURES / "results_bad.csv")]) == 2
+def test_metrics_skips_bad_rows_with_a_summary_and_strict_refuses(capsys) -> None:
+    assert main(["eval", "metrics", "--results", str(FIXTURES / "results_bad.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "results_bad.csv: 7 rows, 1 loaded, 6 skipped" in out and "skipped line 3: options are not a Python list literal" in out
+    assert main(["eval", "metrics", "--results", str(FIXTURES / "results_bad.csv"), "--strict"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("perg-proxy eval metrics: ") and "line " in err
+    assert err.startswith("perg-proxy eval metrics: ") and "6 bad row(s)" in err and "line 8" in err
     assert main(["eval", "metrics", "--results", str(FIXTURES / "missing.csv")]) == 2
+
+
+def test_dataset_command_prints_what_it_skipped(capsys) -> None:
+    assert main(["eval", "dataset", str(FIXTURES / "pergdata_bad.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "pergdata_bad.csv: 7 rows, 1 loaded, 6 skipped" in out and "skipped line 4: gold letter 'C'" in out
+    assert main(["eval", "dataset", str(FIXTURES / "pergdata_bad.csv"), "--strict"]) == 2
+    assert "6 bad row(s)" in capsys.readouterr().err
+    assert main(["eval", "dataset", str(FIXTURES / "paper_chunk_letterlike.csv")]) == 0
+    assert "8 rows, 8 loaded, 0 skipped, 1 kept with a note" in capsys.readouterr().out
 
 
 def test_bad_run_options_exit_2(capsys) -> None:
@@ -77,9 +101,11 @@ def test_bad_run_options_exit_2(capsys) -> None:
     assert "unknown strategy 'clever'" in capsys.readouterr().err
     assert main(["eval", "run", "--settings", "relevant,sometimes"]) == 2
     assert "settings" in capsys.readouterr().err
-    assert main(["eval", "run", "--dataset", str(FIXTURES / "items_bad.jsonl")]) == 2
+    assert main(["eval", "run", "--dataset", str(FIXTURES / "items_bad.jsonl"), "--strict"]) == 2
     err = capsys.readouterr().err
     assert "bad row(s)" in err and "line 2" in err  # every bad row, before any call is made
+    assert main(["eval", "run", "--protocol", "paper", "--strategies", "pref_aligner_gate_off"]) == 2
+    assert "under the paper protocol" in capsys.readouterr().err
     assert main(["eval", "run", "--dataset", str(FIXTURES / "missing.jsonl")]) == 2
     assert "No such file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
@@ -104,6 +130,7 @@ def test_run_writes_the_report_and_a_rerun_makes_no_call(tmp_path, fake_upstream
         assert (tmp_path / "out" / name).is_file()
     meta = json.loads((tmp_path / "out" / "report.json").read_text())["meta"]
     assert meta["generation"] == "temperature 0, seed 3, max_tokens 128"
+    assert meta["protocol"].startswith("proxy (this project's protocol") and first.stdout.startswith("protocol: proxy")
     assert meta["command"].startswith("`perg-proxy eval run --base-url http://127.0.0.1:") and " --seed 3 " in meta["command"]
     assert {body["seed"] for body in fake_upstream.chat_bodies("chat")} == {3}
     fake_upstream.clear()
@@ -143,8 +170,9 @@ def test_judge_reports_agreement_on_the_shipped_labels(fake_upstream) -> None:
     assert done.returncode == 0, done.stderr
     labels = load_judge_labels()
     expected = calibrate(labels, [4] * len(labels), ["consistent"] * len(labels))
-    title = f"Judge calibration: script:judge on the shipped judge_labels.jsonl ({len(labels)} samples)"
-    assert done.stdout == render_calibration(expected, title=title)
+    title = f"Judge calibration: script:judge on {len(labels)} samples"
+    assert done.stdout == render_calibration(expected, title=title, labels=REFERENCE_LABELS, reference=True)
+    assert "reference labels written for this project" in done.stdout and "95% bootstrap intervals" in done.stdout
     assert "| score ≥ 3 |" in done.stdout
     assert len(fake_upstream.chat_bodies("judge_follow")) == len(labels) == len(fake_upstream.chat_bodies("judge_consistency"))
     follows = [last_user_text(body) for body in fake_upstream.chat_bodies("judge_follow")]
@@ -171,6 +199,8 @@ def test_judge_failures_are_counted_never_scores(tmp_path, fake_upstream) -> Non
     assert document["follow"]["accuracy"] == pytest.approx(1 / 3)
     assert document["follow"]["thresholds"]["3"]["accuracy"] == pytest.approx(2 / 3)
     assert len(document["failures"]) == 2 and all("unparseable" in line for line in document["failures"])
+    assert document["labels"] == f"your labels in {path}" and document["reference_labels"] is False
+    assert "reference labels" not in (tmp_path / "cal" / "calibration.md").read_text()
     assert (tmp_path / "cal" / "calibration.md").read_text().startswith("# Judge calibration: script:judge on ")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "q"}\n')

@@ -1,112 +1,160 @@
-"""Re-scoring published results: the PERG rates of a results CSV in the paper's column layout.
+"""Re-scoring published results: the PERG rates of a results CSV, in every layout the paper's
+repository uses, and in the layout `eval run` writes.
 
-Columns: `question`, `options` (a Python list literal), `gold_option` (a letter, 0-based index or an
-option's text, see `parse_gold`), the answer letters `no_pref_ans` or `nopref_answer` and `pref_ans`
-or `pref_answer`, and optionally a follow column: `pref_eval_rating` (the judge's 1–5 score,
-followed when ≥ threshold) or `followed_pref` (true/false); the rating wins when both are present,
-so the threshold applies. Without letter columns, the raw answers (`no_pref_res` or `nopref_res`,
-and `pref_res`) are read with `extract_letter`. Letter cells go through `extract_letter` too, so
-`(B)` reads as B and an empty or unreadable cell is an unextractable answer, counted as wrong.
+Layouts (found from the header):
+- full-run chunks: `no_pref_ans` / `pref_ans` letters, `no_pref_res` / `pref_res` raw answers;
+- `_eval` files: `nopref_answer` / `pref_answer`, `nopref_res` / `pref_res`, and a follow column,
+  `pref_eval_rating` (the judge's 1–5 score, followed when ≥ threshold) or `followed_pref`
+  (true/false); the rating wins when both are there, so the threshold applies;
+- aligner files: `aligner_answer` / `aligner_res` are the answers with preferences;
+- per-dataset files: `profile_0_answer` (no preference) and `profile_1_answer … profile_k_answer`
+  (one preference each), so each row is k cases, reported together and per profile.
+Options are a Python list literal or a numpy array repr; `gold_option` is read by `parse_gold`.
+
+Letter columns are read strictly (`read_letter_cell`): a letter of an existing option is that
+letter; `-1`, empty, `None`, free text or an out-of-range letter is invalid, counted as wrong (the
+paper's rule), and never goes through the free-text extractor. Without letter columns (or with
+`answers="raw"`) the raw answers are read with `extract_letter`.
+
+A relevant case with no follow verdict (an empty rating) is not followed, the paper's rule, and
+counted in `n_follow_missing`. A row that cannot be used (no options, gold letter out of range)
+is skipped with its line number and reason (`skipped`); `strict` refuses the file instead.
 
 Output keys: `breakage_rate`, `alignment_failure_rate`, `robustness_error_rate`,
-`performance_variation`, `n_q_star`. Without a follow column `alignment_failure_rate` is omitted, and
-so is `robustness_error_rate` in the relevant setting (it needs Followed); in the irrelevant setting
-Robust = Acc, so it is always there. A rate over an empty Q* is None.
+`performance_variation`, `n_q_star`, then the counts and the two-way BR (see `RescoreResult`).
+Without a follow column `alignment_failure_rate` is omitted, and so is `robustness_error_rate` in
+the relevant setting (it needs Followed); in the irrelevant setting Robust = Acc, so it is always
+there. A rate over an empty Q* is None.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
-from ..perg.datasets import DatasetError, Setting, parse_csv, parse_gold, parse_options
+from ..perg.cells import parse_gold, parse_options, read_letter_cell
+from ..perg.datasets import DatasetError, LoadSummary, Rows, Setting, note_repeats, parse_csv
 from ..perg.extract import extract_letter
-from ..perg.rates import Record, point_rates
+from ..perg.rates import Record, point_rates, readable_breakage
 
 QUESTION_COLUMNS = ("question", "options", "gold_option")
-LETTER_COLUMNS = (("no_pref_ans", "nopref_answer"), ("pref_ans", "pref_answer"))
-RAW_COLUMNS = (("no_pref_res", "nopref_res"), ("pref_res",))
+NOPREF_LETTERS = ("no_pref_ans", "nopref_answer", "profile_0_answer")
+PREF_LETTERS = ("aligner_answer", "pref_ans", "pref_answer")
+NOPREF_RAW = ("no_pref_res", "nopref_res", "profile_0_res")
+PREF_RAW = ("aligner_res", "pref_res")
 FOLLOW_COLUMNS = ("pref_eval_rating", "followed_pref")
+RATE_KEYS = ("breakage_rate", "alignment_failure_rate", "robustness_error_rate", "performance_variation")
+Answers = Literal["auto", "letters", "raw"]
+_PROFILE = re.compile(r"^profile_(\d+)_(answer|res)$")
 _TRUE = {"true", "yes", "1", "1.0"}
 _FALSE = {"false", "no", "0", "0.0"}
 _MISSING = {"", "nan", "none", "null", "na"}
 
 
 class Columns(NamedTuple):
+    """Where the answers are: (profile, column) pairs with preferences, the one without, the kind."""
+
     nopref: str
-    pref: str
+    pref: tuple[tuple[str, str], ...]
     follow: str | None
+    letters: bool
 
 
 class ScoredRow(BaseModel):
-    """The letters used for one row (None: unextractable), as `per_row` reports them."""
+    """The letters used for one case (None: invalid or unreadable), as `per_row` reports them."""
 
     model_config = ConfigDict(frozen=True)
 
     line: int
+    profile: str = ""
     gold: str
     nopref: str | None
     pref: str | None
     followed: bool | None
 
 
-def rescore(path: str | Path, setting: Setting = "relevant", per_row: bool = False, threshold: int = 3) -> dict[str, Any]:
+def rescore(
+    path: str | Path,
+    setting: Setting = "relevant",
+    per_row: bool = False,
+    threshold: int = 3,
+    *,
+    answers: Answers = "auto",
+    pref_column: str | None = None,
+    strict: bool = False,
+) -> dict[str, Any]:
     """The PERG rates of a results CSV; `per_row` adds `rows`, the letters used, in input order."""
     if not 1 <= threshold <= 5:
         raise ValueError("threshold must be between 1 and 5")
-    columns = _columns(path)
-    rows = _scored_rows(path, columns, threshold)
-    relevant = setting != "irrelevant"
-    rates = point_rates(_record(row, setting, relevant) for row in rows)
-    result: dict[str, Any] = {"breakage_rate": rates.breakage_rate}
-    if columns.follow is not None:
-        result["alignment_failure_rate"] = rates.alignment_failure_rate
-    if columns.follow is not None or not relevant:
-        result["robustness_error_rate"] = rates.robustness_error_rate
-    result["performance_variation"] = rates.performance_variation
-    result["n_q_star"] = sum(row.nopref == row.gold for row in rows)
+    columns = find_columns(path, answers, pref_column)
+    required = [*QUESTION_COLUMNS, columns.nopref, *(c for _, c in columns.pref)]
+    collected: Rows[list[ScoredRow]] = Rows(str(path))
+    loaded = parse_csv(path, required, _row_parser(columns, threshold, collected), strict=strict, rows=collected)
+    rows = [case for cases in loaded.entries for case in cases]
+    result = _rates(rows, setting, columns.follow is not None)
+    result.update(_counts(rows, setting, columns, loaded.summary))
+    profiles = sorted({row.profile for row in rows}, key=lambda p: int(p) if p.isdigit() else 0)
+    if len(profiles) > 1:
+        result["profiles"] = {p: _rates([r for r in rows if r.profile == p], setting, columns.follow is not None) for p in profiles}
     if per_row:
-        result["rows"] = [row.model_dump() for row in rows]
+        result["rows"] = [row.model_dump(exclude={"profile"} if not row.profile else set()) for row in rows]
     return result
 
 
-def _columns(path: str | Path) -> Columns:
+def find_columns(path: str | Path, answers: Answers = "auto", pref_column: str | None = None) -> Columns:
+    """The answer and follow columns of a results file, from its header."""
     with Path(path).open(encoding="utf-8-sig", newline="") as handle:
-        header = {name.strip() for name in next(csv.reader(handle), [])}
+        header = [name.strip() for name in next(csv.reader(handle), [])]
     follow = next((name for name in FOLLOW_COLUMNS if name in header), None)
-    for nopref_names, pref_names in (LETTER_COLUMNS, RAW_COLUMNS):
+    for letters, nopref_names, pref_names in ((True, NOPREF_LETTERS, PREF_LETTERS), (False, NOPREF_RAW, PREF_RAW)):
+        if answers == ("raw" if letters else "letters"):
+            continue
         nopref = next((name for name in nopref_names if name in header), None)
-        pref = next((name for name in pref_names if name in header), None)
+        kind = "answer" if letters else "res"
+        pref: tuple[tuple[str, str], ...]
+        if pref_column is not None:
+            pref = (("", pref_column),) if pref_column in header else ()
+        else:
+            pref = _profiles(header, kind) or tuple(("", name) for name in pref_names if name in header)[:1]
         if nopref and pref:
-            return Columns(nopref, pref, follow)
-    message = (
-        "needs answer letters (no_pref_ans/nopref_answer and pref_ans/pref_answer) or raw answers (no_pref_res/nopref_res and pref_res)"
+            return Columns(nopref, pref, follow, letters)
+    wanted = (
+        f"column {pref_column!r}"
+        if pref_column
+        else "answer letters (no_pref_ans/nopref_answer/profile_0_answer and pref_ans/pref_answer/aligner_answer/profile_k_answer)"
     )
+    message = f"needs {wanted} or raw answers (no_pref_res/nopref_res/profile_0_res and pref_res/aligner_res/profile_k_res)"
     raise DatasetError(str(path), [(1, message)])
 
 
-def _scored_rows(path: str | Path, columns: Columns, threshold: int) -> list[ScoredRow]:
-    required = [*QUESTION_COLUMNS, columns.nopref, columns.pref]
-    return parse_csv(path, required, lambda line, row: _scored_row(line, row, columns, threshold))
+def _profiles(header: Sequence[str], kind: str) -> tuple[tuple[str, str], ...]:
+    found = sorted((int(m.group(1)), name) for name in header if (m := _PROFILE.match(name)) and m.group(2) == kind)
+    return tuple((str(k), name) for k, name in found if k > 0)
 
 
-def _scored_row(line: int, row: dict[str, str], columns: Columns, threshold: int) -> ScoredRow:
-    options = parse_options(row["options"])
-    return ScoredRow(
-        line=line,
-        gold=parse_gold(row["gold_option"], options),
-        nopref=extract_letter(row[columns.nopref], options),
-        pref=extract_letter(row[columns.pref], options),
-        followed=_followed(row[columns.follow], columns.follow, threshold) if columns.follow else None,
-    )
+def _row_parser(columns: Columns, threshold: int, rows: Rows[list[ScoredRow]]) -> Any:
+    def parse(line: int, row: dict[str, str]) -> list[ScoredRow]:
+        options = parse_options(row["options"])
+        if not options:
+            raise ValueError("no options")
+        note_repeats(rows, line, options)
+        gold = parse_gold(row["gold_option"], options)
+        read = (lambda cell: read_letter_cell(cell, len(options))) if columns.letters else (lambda cell: extract_letter(cell, options))
+        followed = _followed(row[columns.follow], columns.follow, threshold) if columns.follow else None
+        nopref = read(row[columns.nopref])
+        return [ScoredRow(line=line, profile=p, gold=gold, nopref=nopref, pref=read(row[c]), followed=followed) for p, c in columns.pref]
+
+    return parse
 
 
 def _followed(value: str, column: str, threshold: int) -> bool | None:
-    """The follow verdict of a cell; None for an empty cell (a judge failure, not a score)."""
+    """The follow verdict of a cell; None for an empty cell (no verdict: not followed, counted apart)."""
     text = value.strip().casefold()
     if text in _MISSING:
         return None
@@ -123,14 +171,43 @@ def _followed(value: str, column: str, threshold: int) -> bool | None:
     return rating >= threshold
 
 
-def _record(row: ScoredRow, setting: Setting, relevant: bool) -> Record:
+def _records(rows: Sequence[ScoredRow], setting: Setting) -> list[Record]:
+    return [_record(row, setting) for row in rows]
+
+
+def _record(row: ScoredRow, setting: Setting) -> Record:
     return Record(
-        item_id=f"line-{row.line}",
-        setting=setting,
-        relevant=relevant,
-        correct_nopref=row.nopref == row.gold,
-        correct_pref=row.pref == row.gold,
-        followed=row.followed,
-        extracted_nopref=row.nopref is not None,
-        extracted_pref=row.pref is not None,
-    )
+        item_id=f"line-{row.line}/{row.profile}", setting=setting, relevant=setting != "irrelevant",
+        correct_nopref=row.nopref == row.gold, correct_pref=row.pref == row.gold, followed=row.followed,
+        extracted_nopref=row.nopref is not None, extracted_pref=row.pref is not None,
+    )  # fmt: skip
+
+
+def _rates(rows: Sequence[ScoredRow], setting: Setting, has_follow: bool) -> dict[str, Any]:
+    rates = point_rates(_records(rows, setting))
+    relevant = setting != "irrelevant"
+    result: dict[str, Any] = {"breakage_rate": rates.breakage_rate}
+    if has_follow:
+        result["alignment_failure_rate"] = rates.alignment_failure_rate
+    if has_follow or not relevant:
+        result["robustness_error_rate"] = rates.robustness_error_rate
+    result["performance_variation"] = rates.performance_variation
+    result["n_q_star"] = sum(row.nopref == row.gold for row in rows)
+    return result
+
+
+def _counts(rows: Sequence[ScoredRow], setting: Setting, columns: Columns, summary: LoadSummary) -> dict[str, Any]:
+    """Counts beside the rates: cases, missing verdicts, unreadable answers, BR two ways, skipped rows."""
+    n = len(rows)
+    readable, n_readable = readable_breakage(_records(rows, setting))
+    return {
+        "n_cases": n,
+        "n_follow_missing": sum(row.nopref == row.gold and row.followed is None for row in rows) if columns.follow and setting != "irrelevant" else 0,
+        "unreadable_nopref": sum(row.nopref is None for row in rows) / n if n else None,
+        "unreadable_pref": sum(row.pref is None for row in rows) / n if n else None,
+        "breakage_rate_readable": readable,
+        "n_q_star_readable": n_readable,
+        "columns": {"without": columns.nopref, "with": [c for _, c in columns.pref], "follow": columns.follow,
+                    "read_as": "letters" if columns.letters else "raw answers"},
+        "load": summary.model_dump(mode="json"),
+    }  # fmt: skip

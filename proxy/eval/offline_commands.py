@@ -1,0 +1,191 @@
+"""The `eval` subcommands that read files: `metrics` (re-score a results CSV), `dataset` (load a
+dataset and say what was skipped) and `judge` (calibrate the judges on labelled samples).
+
+`eval judge` without `--labels` uses the 58 *reference labels* shipped with the project: written
+for it by its authors, not collected from human annotators, and said so wherever they are used.
+`--labels FILE` takes your own human labels (same JSONL layout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import LoggingSettings
+from ..perg.datasets import SETTINGS, DatasetError, load_jsonl, load_pergdata_csv
+
+RATE_KEYS = ("breakage_rate", "alignment_failure_rate", "robustness_error_rate", "performance_variation")
+REFERENCE_LABELS = "the reference labels written for this project (proxy/perg/data/judge_labels.jsonl; not human annotations)"
+
+
+def fail(command: str, message: str, code: int = 2) -> int:
+    print(f"perg-proxy eval {command}: {message}", file=sys.stderr)
+    return code
+
+
+def configure(args: argparse.Namespace) -> None:
+    from ..logs import configure_logging
+
+    configure_logging(LoggingSettings(level=args.log_level, format="console"), stream=sys.stderr)
+
+
+def add_metrics(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "metrics", help="PERG rates of a results CSV (every layout of the paper's files)", description="Re-score a results CSV."
+    )
+    p.add_argument("--results", required=True, help="CSV with question, options, gold_option, the answer letters or raw answers")
+    p.add_argument("--setting", choices=SETTINGS, default="relevant", help="irrelevant: Robust = Acc (default: %(default)s)")
+    p.add_argument("--follow-threshold", type=int, default=3, help="a pref_eval_rating of at least this is followed (default: %(default)s)")
+    p.add_argument(
+        "--answers", choices=("auto", "letters", "raw"), default="auto",
+        help="read the letter columns (strictly) or the raw answers with the extractor; auto: letters when there are (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--pref-column", help="the column of answers with preferences (default: aligner_answer, pref_ans, pref_answer …)")
+    p.add_argument("--strict", action="store_true", help="refuse the file if any row cannot be used, instead of skipping it")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--per-row", action="store_true", help="also list the letters used for each row")
+    p.set_defaults(run_eval=metrics_command)
+
+
+def add_dataset(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dataset", help="load a dataset as eval run would, and list the rows it skips", description="Check a dataset.")
+    p.add_argument("path", help="a CSV in the PERGData layout or a JSONL file in the shared-data schema")
+    p.add_argument("--strict", action="store_true", help="refuse the file if any row cannot be used")
+    p.set_defaults(run_eval=dataset_command)
+
+
+def add_judge(sub: argparse._SubParsersAction, add_server: Callable[..., None], add_common: Callable[..., None], max_tokens: int) -> None:
+    p = sub.add_parser(
+        "judge", help="agreement of the judges with labelled samples", description="Calibrate the follow and consistency judges."
+    )
+    p.add_argument("--labels", help="your own human labels, JSONL (default: the reference labels written for this project)")
+    add_server(p, "judge")
+    p.add_argument("--max-tokens", type=int, default=max_tokens, help="token cap of a verdict (default: %(default)s)")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the κ intervals (default: %(default)s)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--out", help="also write calibration.md and calibration.json here")
+    add_common(p)
+    p.set_defaults(run_eval=judge_command)
+
+
+def metrics_command(args: argparse.Namespace) -> int:
+    from .rescore import rescore
+
+    try:
+        result = rescore(
+            args.results, setting=args.setting, per_row=args.per_row, threshold=args.follow_threshold,
+            answers=args.answers, pref_column=args.pref_column, strict=args.strict,
+        )  # fmt: skip
+    except (OSError, ValueError) as error:  # DatasetError is a ValueError listing every bad line
+        return fail("metrics", str(error))
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        print(render_rates(result, args.results, args.setting))
+    return 0
+
+
+def render_rates(result: dict[str, Any], path: str, setting: str) -> str:
+    from ..perg.datasets import LoadSummary
+    from .report import percent, table
+
+    columns = result["columns"]
+    lines = [
+        f"{path} ({setting} setting): {result['n_cases']} cases; Q* = {result['n_q_star']} answered correctly without preferences",
+        f"letters: {columns['without']} / {', '.join(columns['with'])}, read as {columns['read_as']}"
+        + (f"; follow: {columns['follow']}" if columns["follow"] else ""),
+        LoadSummary(**result["load"]).render(limit=10),
+        "",
+    ]
+    rows = [[key, percent(result[key])] for key in RATE_KEYS if key in result]
+    rows.append(["breakage_rate over readable answers", f"{percent(result['breakage_rate_readable'])} (Q* {result['n_q_star_readable']})"])
+    rows.append(["unreadable without / with preferences", f"{percent(result['unreadable_nopref'])} / {percent(result['unreadable_pref'])}"])
+    if columns["follow"]:
+        rows.append(["follow verdict missing (counted as not followed)", str(result["n_follow_missing"])])
+    lines += table(["metric", "value"], rows)
+    for profile, rates in result.get("profiles", {}).items():
+        lines.append(
+            f"profile {profile}: Q* {rates['n_q_star']}, " + ", ".join(f"{k} {percent(rates[k])}" for k in RATE_KEYS if k in rates)
+        )
+    if "rows" in result:
+        cells = [[str(r["line"]), r["gold"], r["nopref"] or "-", r["pref"] or "-", _verdict(r["followed"])] for r in result["rows"]]
+        lines += ["", *table(["line", "gold", "no pref", "pref", "followed"], cells)]
+    return "\n".join(lines)
+
+
+def _verdict(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
+def dataset_command(args: argparse.Namespace) -> int:
+    try:
+        if args.path.lower().endswith(".csv"):
+            summary = load_pergdata_csv(args.path, strict=args.strict).summary
+        else:
+            summary = load_jsonl(args.path, strict=args.strict).summary
+    except (OSError, ValueError) as error:
+        return fail("dataset", str(error))
+    print(summary.render(limit=50))
+    return 0
+
+
+def judge_command(args: argparse.Namespace) -> int:
+    from .calibration import load_judge_labels
+
+    try:
+        labels = load_judge_labels(args.labels)
+    except (DatasetError, OSError) as error:
+        return fail("judge", str(error))
+    if args.concurrency < 1 or args.attempts < 1 or args.timeout <= 0 or args.resamples < 0:
+        return fail("judge", "--concurrency and --attempts must be at least 1, --timeout positive, --resamples at least 0")
+    configure(args)
+    try:
+        calibration, failures = asyncio.run(_calibrate(args, labels))
+    except KeyboardInterrupt:
+        return fail("judge", "interrupted", 130)
+    return _print_calibration(args, labels, calibration, failures)
+
+
+async def _calibrate(args: argparse.Namespace, labels: list[Any]) -> tuple[Any, list[str]]:
+    from .calibration import calibrate
+    from .judging import Judging, judge_labels
+    from .progress import Progress
+
+    judging = Judging(
+        args.base_url.rstrip("/"), args.api_key, args.model, args.structured_output, max_tokens=args.max_tokens, timeout=args.timeout
+    )
+    bar = Progress(len(labels), "labels", enabled=not args.quiet)
+    try:
+        scores, verdicts, failures = await judge_labels(
+            judging, labels, concurrency=args.concurrency, attempts=args.attempts, on_done=bar.advance
+        )
+    finally:
+        bar.close()
+        await judging.close()
+    return calibrate(labels, scores, verdicts, resamples=args.resamples), failures
+
+
+def _print_calibration(args: argparse.Namespace, labels: list[Any], calibration: Any, failures: list[str]) -> int:
+    from .report import render_calibration
+
+    source = f"your labels in {args.labels}" if args.labels else REFERENCE_LABELS
+    title = f"Judge calibration: {args.model} on {len(labels)} samples"
+    markdown = render_calibration(calibration, title=title, labels=source, reference=args.labels is None)
+    if failures:
+        markdown += "\nJudge failures:\n\n" + "\n".join(f"- {line}" for line in failures) + "\n"
+    document = {
+        "title": title, "model": args.model, "base_url": args.base_url, "labels": source,
+        "reference_labels": args.labels is None, "failures": failures, **calibration.model_dump(mode="json"),
+    }  # fmt: skip
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "calibration.md").write_text(markdown, encoding="utf-8")
+        (out / "calibration.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(document, indent=2) if args.format == "json" else markdown, end="" if args.format == "text" else "\n")
+    return 0 if calibration.follow.n or calibration.consistency.n else 1

@@ -1,0 +1,88 @@
+"""The paper's own published result files (read from the shared data folder, never copied into the
+project; skipped with the reason when missing): re-scoring equals the paper's formula on the
+paper's letters, the rows load as PERGData, and the extractor reads the paper's raw answers.
+
+Run with `-s` to see the figures each test prints."""
+
+from __future__ import annotations
+
+import csv
+import string
+from pathlib import Path
+
+import pytest
+
+from proxy.eval.rescore import rescore
+from proxy.perg.cells import parse_options
+from proxy.perg.datasets import load_pergdata_csv
+from proxy.perg.extract import extract_letter
+from tests.conftest import shared_file
+
+CHUNKS = ("mixtral-icl-relevant-full-chunk0.csv", "mixtral-icl-relevant-full-chunk3.csv")
+FILES = (*CHUNKS, "mistral7b-icl-relevant-full_0.csv")
+
+
+def paper_formula(path: Path) -> tuple[int, float, float]:
+    """|Q*|, BR and PVR computed as the paper's code does, on its letter columns, as plain strings:
+    Q* = rows with no_pref_ans == gold_option; BR = 1 − mean(pref_ans == gold_option) over Q*;
+    PVR = 1 − |both right| / |right either way| over all rows."""
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    right_without = {i for i, row in enumerate(rows) if row["no_pref_ans"] == row["gold_option"]}
+    right_with = {i for i, row in enumerate(rows) if row["pref_ans"] == row["gold_option"]}
+    breakage = 1 - len(right_with & right_without) / len(right_without)
+    variation = 1 - len(right_with & right_without) / len(right_with | right_without)
+    return len(right_without), breakage, variation
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_rescoring_a_shared_file_gives_the_papers_figures_exactly(name: str) -> None:
+    path = shared_file("paper", name)
+    q_star, breakage, variation = paper_formula(path)
+    result = rescore(path)
+    print(f"\n{name}: ours |Q*| {result['n_q_star']}, BR {result['breakage_rate']!r}, PVR {result['performance_variation']!r}")
+    print(f"{name}: paper |Q*| {q_star}, BR {breakage!r}, PVR {variation!r}")
+    print(f"{name}: BR over readable letters {result['breakage_rate_readable']!r} (Q* {result['n_q_star_readable']}); "
+          f"invalid letters without / with preferences {result['unreadable_nopref']:.4f} / {result['unreadable_pref']:.4f}")  # fmt: skip
+    assert result["load"]["skipped"] == [] and result["n_cases"] == result["load"]["rows"]
+    assert (result["n_q_star"], result["breakage_rate"], result["performance_variation"]) == (q_star, breakage, variation)
+
+
+def test_the_shared_rows_load_as_pergdata_with_nothing_skipped() -> None:
+    paths = [shared_file("paper", name) for name in FILES]
+    rows = loaded = 0
+    for path in paths:
+        summary = load_pergdata_csv(path, strict=True).summary
+        print("\n" + summary.render(limit=30))
+        rows, loaded = rows + summary.rows, loaded + summary.loaded
+        assert summary.skipped == ()
+    print(f"all shared files: {loaded} of {rows} rows loaded")
+    assert loaded == rows == 2 * 1442 + 37
+
+
+def extraction_agreement() -> dict[str, tuple[int, int, int]]:
+    """(rows, agreeing, unreadable) per side over the shared files, on rows whose paper letter is
+    A–D and an option of the row."""
+    counts = {"without": [0, 0, 0], "with": [0, 0, 0]}
+    for name in FILES:
+        with shared_file("paper", name).open(encoding="utf-8", newline="") as handle:
+            for row in csv.DictReader(handle):
+                options = parse_options(row["options"])
+                for side, raw, letter in (("without", "no_pref_res", "no_pref_ans"), ("with", "pref_res", "pref_ans")):
+                    if not row[letter] or row[letter] not in "ABCD" or row[letter] not in string.ascii_uppercase[: len(options)]:
+                        continue
+                    read = extract_letter(row[raw], options)
+                    tally = counts[side]
+                    tally[0], tally[1], tally[2] = tally[0] + 1, tally[1] + (read == row[letter]), tally[2] + (read is None)
+    return {side: (n, agree, unread) for side, (n, agree, unread) in counts.items()}
+
+
+def test_the_extractor_reads_the_papers_raw_answers() -> None:
+    counts = extraction_agreement()
+    rates = {side: (agree / n, unread / n) for side, (n, agree, unread) in counts.items()}
+    for side, (n, agree, unread) in counts.items():
+        print(f"\nanswers {side} preferences: {n} rows, agreement with the paper's letters {agree / n:.4f}, unreadable {unread / n:.4f}")
+    ratio = rates["with"][1] / rates["without"][1]
+    print(f"unreadable with / without preferences: {ratio:.2f}x")
+    assert rates["without"][0] >= 0.94 and rates["with"][0] >= 0.88
+    assert ratio <= 2.1
