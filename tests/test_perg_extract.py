@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from proxy.perg.extract import extract_answer, extract_letter
+from proxy.perg.extract import Extraction, extract_answer, extract_letter
 
 CITIES = ("Sydney", "Canberra", "Melbourne", "Perth")
 NUMBERS = ("54", "56", "58", "64")
@@ -93,10 +93,73 @@ CASES: list[tuple[str, Sequence[str], str | None]] = [
     ("I don't know.", CITIES, None),
 ]
 
+# Verbose answers written under a preference (forms met in published PERG results; texts written here)
+SHAPES = ("Circle", "Square", "Triangle", "Hexagon")
+VERBOSE: list[tuple[str, Sequence[str], str | None]] = [
+    # the chosen option first, then a review of the others
+    (
+        "B. Canberra\n\nCanberra was chosen as a compromise. A. Sydney is the largest city. C. Melbourne was the seat until 1927.",
+        CITIES,
+        "B",
+    ),
+    ("C. Triangle\n\nLet me go through the others:\nA. Circle has no corners.\nB. Square has four.", SHAPES, "C"),
+    # a copy of the option list, then the answer
+    ("Here are the options:\nA. Sydney\nB. Canberra\nC. Melbourne\nD. Perth\n\nThe capital is Canberra, option B.", CITIES, "B"),
+    ("Options:\nA. Circle\nB. Square\nC. Triangle\nD. Hexagon\n\nA shape with three sides is option C.", SHAPES, "C"),
+    # the answer named in a long statement
+    ("To explain step by step: the best answer to the question is B. Canberra, the planned capital.", CITIES, "B"),
+    ('The answer to the question "Which city is the capital? Think." is B. Canberra.', CITIES, "B"),
+    ("The option that best fits the description is C. Triangle.", SHAPES, "C"),
+    ("In summary, the most reasonable conclusion is option D.", CITIES, "D"),
+    ("The best answer is most likely B. Canberra.", CITIES, "B"),
+    ("The best place to look is a square (B).", SHAPES, "B"),
+    ("The correct answer is Canberra.", CITIES, "B"),
+    # the answer assessed, the other way round
+    ('Therefore, option B, "Canberra", is the most accurate answer.', CITIES, "B"),
+    ('Option A, "Sydney," is not the most fitting answer. Instead, option B, "Canberra," is the best.', CITIES, "B"),
+    ("We can focus on option C as the most likely answer: it has three sides.", SHAPES, "C"),
+    ('D. "Hexagon" would be the most accurate answer here.', SHAPES, "D"),
+    # a concluding sentence
+    ("A square has four sides, a circle none.\n\nTherefore, the triangle (option C) is the three-sided shape.", SHAPES, "C"),
+    ("Each has its merits.\n\nIn conclusion, Canberra is the capital of Australia.", CITIES, "B"),
+    # a review that accepts one option
+    (
+        "A. Sydney: this option is incorrect, it is the largest city.\n\nB. Canberra: this option is correct; it is the capital.",
+        CITIES,
+        "B",
+    ),
+    ("[B, Canberra] is the answer.", CITIES, "B"),
+    # the article and the pronoun are not letters
+    ("Answer: A mouse can live in a garden.", CITIES, None),
+    # hedges stay hedges
+    ("The best answer to the question would be either B or C.", CITIES, None),
+    ("The correct answer is B and D.", CITIES, None),
+    ("Option A is incorrect. Option C is wrong too.", CITIES, None),
+    ("A. Sydney: not it.\n\nB. Canberra: possibly.\n\nC. Melbourne: possibly.", CITIES, None),
+]
+
 
 @pytest.mark.parametrize(("reply", "options", "expected"), CASES, ids=[repr(c[0])[:50] for c in CASES])
 def test_extract_letter(reply: str, options: Sequence[str], expected: str | None) -> None:
     assert extract_letter(reply, options) == expected
+
+
+@pytest.mark.parametrize(("reply", "options", "expected"), VERBOSE, ids=[repr(c[0])[:50] for c in VERBOSE])
+def test_extract_letter_from_verbose_answers(reply: str, options: Sequence[str], expected: str | None) -> None:
+    assert extract_letter(reply, options) == expected
+
+
+async def test_llm_mode_asks_the_fallback_for_every_answer() -> None:
+    seen: list[str] = []
+
+    async def fallback(text: str, options: Sequence[str]) -> str | None:
+        seen.append(text)
+        return "C"
+
+    assert (await extract_answer("Answer: B", CITIES, fallback, "llm")) == Extraction(letter="C", method="fallback")
+    assert (await extract_answer("Answer: B", CITIES, fallback, "rules")) == Extraction(letter="B", method="rule")
+    assert (await extract_answer("A or B", CITIES, fallback, "rules")) == Extraction(letter=None, method="none")
+    assert seen == ["Answer: B"]
 
 
 def test_table_is_large_and_has_negatives() -> None:

@@ -5,18 +5,27 @@ answer; different letters at the same strength make the reply ambiguous (None, w
 consulted, so a hedge is never turned into an answer by accident).
 
 1. a final answer: `\\boxed{B}`, `<answer>B</answer>`, `Final answer: B` (the last one wins);
-2. an answer statement: `Answer: B`, `the correct answer is (C).`, `the correct option is B`
-   (the last one wins, so a self-correction counts);
+2. an answer statement, the last one in the reply wins (so a self-correction counts):
+   `Answer: B`, `the correct answer is (C).`, `The best answer to the question is E. White House`,
+   `the most reasonable conclusion is option B`, `the answer is Canberra` (an option's text), and
+   the same said the other way round: `Option B is the correct answer`, `option B, "…", is the most
+   accurate answer`. A statement naming two letters (`is B and D`, `A or C`) is a hedge: None;
 3. the last non-empty line is a bare letter: `B`, `B.`, `(B)`, `B)`, `**B**`;
 4. an affirmation: `I think it's B`, `I'd go with B`, `B is correct`;
-5. lines that start with a lettered option: `B. Paris`, `C) 42`;
-6. `Option B` / `Choice B`, or a parenthesised `(B)` anywhere;
-7. the text of an option, casefolded, whole words only; a mention right after `not`, `rather than`,
+5. the reply opens with one lettered option, its text in full: `C. It rains all the time in …`,
+   however the other options are reviewed after it (how answers written under a preference begin);
+6. lines that start with a lettered option: first those giving one option's full text
+   (`C. Great Britain` among `A. home`, `B. the north` …), then any (`B. Paris`, `C) 42`);
+7. `Option B` / `Choice B`, or a parenthesised `(B)` anywhere;
+8. the text of an option, casefolded, whole words only; a mention right after `not`, `rather than`,
    `instead of` does not count, nor does an option contained in a longer option also mentioned,
    nor a one-letter option text.
 
 Only letters of existing options count: with four options `E`, or the pronoun `I`, never do. A bare
 lowercase letter counts only where it cannot be an English word (`answer: b`, not `answer is a bit`).
+
+A column that already holds letters (a results file) is never read with these rules: see
+`cells.read_letter_cell`.
 """
 
 from __future__ import annotations
@@ -27,17 +36,57 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from .datasets import LETTERS, normalize_text
+from .cells import LETTERS, normalize_text
 
 Fallback = Callable[[str, Sequence[str]], Awaitable[str | None]]
 """An optional second opinion (an LLM asked for the letter): gets the reply and the options, returns
 text that is itself run through `extract_letter`. Its errors propagate to the caller."""
 
+ExtractorMode = Literal["rules", "llm", "rules+llm"]
+EXTRACTOR_MODES: tuple[ExtractorMode, ...] = ("rules", "llm", "rules+llm")
+HEDGE = "?"
+"""What a statement naming two letters yields: an ambiguity, never an answer."""
+
 _TOKEN = re.compile(r"""\s*["'“‘]?\s*(?:[(\[]\s*(?P<enclosed>[A-Za-z])\s*[)\]]|(?P<bare>[A-Za-z])(?!\w)(?!['’]\w))""")
 _LOWER_END = re.compile(r"""\s*(?:$|[.,;:!?)\]"'”’])""")
+_SECOND_LETTER = re.compile(r"""\s*(?:,|/|&|\band\b|\bor\b)\s*(?:option\s+|choice\s+)?[(\[]?[A-Z][)\]]?(?![\w'’])""")
 _VERB = r"\s*(?:is|would be|should be|must be|will be|=|:|-|–)\s*:?\s*(?:option|choice|letter)?\s*:?"
 _FINAL = re.compile(r"\\boxed\{|<answer>|\bfinal answer" + _VERB, re.IGNORECASE)
 _ANSWER = re.compile(r"\b(?:answer|option|choice)" + _VERB, re.IGNORECASE)
+_SAME_SENTENCE = r"(?:(?![.!?](?:\s|$))[^\n]){0,160}?"
+_SENTENCE_END = re.compile(r"[.!?](?:\s|$)|\n\s*\n")
+_STATEMENT_ANCHOR = re.compile(
+    r"\b(?:answer|option|choice|conclusion)s?\b|\bbest (?:fits|answers|describes|matches|fit|answer|describe|match)\b", re.IGNORECASE
+)
+_PARENTHESISED = re.compile(r"\((?:option\s+|choice\s+)?([A-Z])\)", re.IGNORECASE)
+_BRACKETED = re.compile(r"^\s*\[([A-Z])\s*[,\]]")
+_WORD_AFTER = re.compile(r"\s+(?!(?:is|or|and|because|since|as|would|was)\b)[a-z]")
+_ARTICLE = re.compile(r"(?:the|an?)\s+", re.IGNORECASE)
+_QUOTED = re.compile(r'"[^"\n]{1,400}"|“[^”\n]{1,400}”')
+_CONCLUSION = re.compile(
+    r"(?:^|(?<=[.!?]\s)|(?<=\n))\s*(?:therefore|thus|hence|so|in summary|in conclusion|to summarize|to sum up|overall|"
+    r"in short|ultimately|based on (?:this|the|these|our|my)[^,\n]{0,60})\b,?",
+    re.IGNORECASE,
+)
+_STATEMENT_VERB = re.compile(
+    r"\b(?:is|would be|should be|must be|will be|remains)\b\s*:?\s*(?:(?:most\s+)?(?:likely|probably|clearly|definitely)\s+)?"
+    r"(?:(?:the\s+)?(?:option|choice|letter)\s*:?\s*)?",
+    re.IGNORECASE,
+)
+_REVIEW_HEAD = re.compile(r"^\s*(?:option\s+)?[(\[]?([A-Z])\s*[)\].:\-–]", re.IGNORECASE)
+_REVIEW_VERDICT = re.compile(
+    r"\b(?:this|that|it)\s+(?:option|answer|statement|choice)?\s*(?:is|seems|appears)\s+(?:to be\s+)?(?:the\s+)?(?:most\s+)?"
+    r"(?P<verdict>correct|true|accurate|right|valid|best|likely|plausible|not|incorrect|false|wrong|inaccurate|partially|also|less|too)\b",
+    re.IGNORECASE,
+)
+_ASSESSED = re.compile(
+    r"(?:\b(?i:option|choice)\s+[(\[]?(?P<letter>[A-Z])[)\]]?|(?<![\w'’.])(?P<lettered>[A-Z])[.)](?=\s))(?![\w'’])"
+    r"""(?:\s*[,:(]?\s*["'“]?""" + _SAME_SENTENCE + r"""["'”)]?\s*,?)?"""
+    r"\s+(?i:is|would be|seems to be|appears to be)\s+(?i:the\s+|a\s+)?(?i:most\s+|best\s+|only\s+)?"
+    r"(?i:correct|right|best|accurate|appropriate|suitable|reasonable|fitting|plausible|true|valid|likely)\b"
+    r"|\b(?i:option|choice)\s+[(\[]?(?P<chosen>[A-Z])[)\]]?(?![\w'’])\s+(?i:as)\s+(?i:the|our)\s+"
+    r"(?i:most likely|best|correct|right|most accurate|most appropriate|final)\b"
+)
 _AFFIRM = re.compile(
     r"\b(?:i(?:'d| would| will|'ll)? (?:choose|pick|select|go with|say)|go with|i (?:think|believe)"
     r"(?: it(?:'s| is))?|it(?:'s| is)|my (?:choice|pick|guess) is)\s*(?:option|choice|letter)?",
@@ -49,12 +98,19 @@ _CORRECT = re.compile(
 )
 _BARE_LINE = re.compile(r"^[(\[]?\s*([A-Za-z])\s*[)\]]?\s*[.):]?$")
 _LETTERED_LINE = re.compile(r"^\s*[(\[]?([A-Z])\s*[)\].:\-–](?:\s|$)", re.MULTILINE)
+_LETTERED_TEXT = re.compile(r"""^\s*(?:option\s+)?[(\[]?([A-Z])\s*[)\].:\-–]\s+["'“]?(.*)$""", re.MULTILINE | re.IGNORECASE)
+_LABEL = re.compile(r"^\s*(?:response|answer|reply)\s*:\s*$", re.IGNORECASE)
 _NAMED = re.compile(r"\b(?i:option|choice)\s+[(\[]?([A-Z])[)\]]?(?!\w)|\(([A-Z])\)")
 _NEGATION = re.compile(
     r"(?:\bnot|n't|\bnever|\bnor|\brather than|\binstead of)\s+(?:the\s+|an?\s+)?"
     r"(?:[^.;:!?]{0,40}?(?:,|\bor|\bnor)\s+)?$"  # also the later items of `not X, Y or Z`
 )
 _MARKUP = re.compile(r"[*`]|__")
+_ECHO_LINE = re.compile(r"^\s*[(\[]?([A-Z])\s*[)\].:\-–]\s+(?:(?![.!?]\s)[^\n]){1,200}$")
+_REJECTED = re.compile(
+    r"""\s*(?:[,(]\s*["'“]?""" + r"(?:(?![.!?]\s)[^\n]){0,120}?" + r"""["'”)]?\s*,?\s*)?"""
+    r"(?:is|was|seems|would be)\s+(?:not\b|incorrect|wrong|false|unlikely|less\b|also\s+(?:not|incorrect|wrong))|\s*isn't"
+)
 
 
 class Extraction(BaseModel):
@@ -71,28 +127,56 @@ def extract_letter(text: str | None, options: Sequence[str]) -> str | None:
     letters = LETTERS[: len(options)]
     if not text or not letters:
         return None
-    clean = _MARKUP.sub("", text).replace("’", "'").strip()
+    clean = _strip_option_lists(_MARKUP.sub("", text).replace("’", "'").strip())
     for rule in _RULES:
         found = rule(clean, letters, options)
         if found:
-            return found[0] if len(set(found)) == 1 else None
+            return found[0] if len(set(found)) == 1 and found[0] != HEDGE else None
     return None
 
 
-async def extract_answer(text: str | None, options: Sequence[str], fallback: Fallback | None = None) -> Extraction:
-    """`extract_letter`, then the optional fallback when the rules find no single letter."""
-    letter = extract_letter(text, options)
-    if letter is not None:
-        return Extraction(letter=letter, method="rule")
-    if fallback is None or not text:
+async def extract_answer(
+    text: str | None, options: Sequence[str], fallback: Fallback | None = None, mode: ExtractorMode = "rules+llm"
+) -> Extraction:
+    """The letter of a reply: by the rules (`rules`), by the fallback alone (`llm`, the paper's way),
+    or by the rules and then the fallback where they find no single letter (`rules+llm`)."""
+    if mode != "llm" or fallback is None:
+        letter = extract_letter(text, options)
+        if letter is not None:
+            return Extraction(letter=letter, method="rule")
+    if fallback is None or mode == "rules" or not text:
         return Extraction(letter=None, method="none")
     reply = await fallback(text, tuple(options))
     letter = extract_letter(reply, options)
     return Extraction(letter=letter, method="fallback" if letter else "none")
 
 
+def _strip_option_lists(text: str) -> str:
+    """The reply without its copies of the option list: runs of two or more consecutive lines that
+    each give one option, letters in increasing order (`A. Sydney` / `B. Canberra` …). A copy of
+    the options is no answer, and must not hide the answer written after it."""
+    lines = text.splitlines()
+    keep = [True] * len(lines)
+    start = 0
+    while start < len(lines):
+        end = start
+        while (
+            end < len(lines)
+            and (match := _ECHO_LINE.match(lines[end]))
+            and (
+                end == start or match.group(1) > _ECHO_LINE.match(lines[end - 1]).group(1)  # type: ignore[union-attr]
+            )
+        ):
+            end += 1
+        if end - start >= 2:
+            keep[start:end] = [False] * (end - start)
+        start = max(end, start + 1)
+    return "\n".join(line for line, kept in zip(lines, keep, strict=True) if kept)
+
+
 def _letter_at(text: str, position: int, letters: str) -> str | None:
-    """The option letter written at `position` (after an anchor such as `answer:`), if any."""
+    """The option letter written at `position` (after an anchor such as `answer:`), if any;
+    `HEDGE` when a second letter follows it (`B and D`, `A or C`)."""
     match = _TOKEN.match(text, position)
     if match is None:
         return None
@@ -100,7 +184,21 @@ def _letter_at(text: str, position: int, letters: str) -> str | None:
     if bare is not None and bare.islower() and not _LOWER_END.match(text, match.end()):
         return None
     letter = (bare or match.group("enclosed")).upper()
-    return letter if letter in letters else None
+    if letter not in letters or (bare in ("A", "I") and _WORD_AFTER.match(text, match.end())):
+        return None  # the article or the pronoun: `Answer: A mouse can be found …`
+    return HEDGE if _SECOND_LETTER.match(text, match.end()) else letter
+
+
+def _text_at(text: str, position: int, options: Sequence[str], letters: str) -> str | None:
+    """The letter of the option whose full text is written at `position` (the longest that fits)."""
+    rest = normalize_text(text[position : position + 400]).lstrip("\"'“‘(")
+    best: tuple[int, str] | None = None
+    for letter, option in zip(letters, options, strict=True):
+        target = normalize_text(option)
+        if _matchable(target) and rest.startswith(target) and not rest[len(target) : len(target) + 1].isalnum():
+            if best is None or len(target) > best[0]:
+                best = (len(target), letter)
+    return best[1] if best else None
 
 
 def _anchored(pattern: re.Pattern[str], text: str, letters: str) -> list[str]:
@@ -113,7 +211,48 @@ def _final_answer(text: str, letters: str, options: Sequence[str]) -> list[str]:
 
 
 def _answer_statement(text: str, letters: str, options: Sequence[str]) -> list[str]:
-    return _anchored(_ANSWER, text, letters)[-1:]
+    """The last statement of an answer, wherever it is: `(position, letter)` from every form, sorted."""
+    found: list[tuple[int, str]] = []
+    for match in _ANSWER.finditer(text):
+        letter = _letter_at(text, match.end(), letters)
+        if letter is not None:
+            found.append((match.end(), letter))
+    for anchor in _STATEMENT_ANCHOR.finditer(text):
+        stated = _stated_after(text, anchor.end(), letters, options)
+        if stated is not None:
+            found.append(stated)
+    for match in _ASSESSED.finditer(text):
+        letter = match.group("letter") or match.group("lettered") or match.group("chosen")
+        if letter in letters:
+            found.append((match.end(), letter))
+    return [max(found)[1]] if found else []
+
+
+def _stated_after(text: str, start: int, letters: str, options: Sequence[str]) -> tuple[int, str] | None:
+    """`(position, letter)` of the first `is <letter or option text>` in the sentence from `start`."""
+    window = _QUOTED.sub(lambda quoted: "x" * len(quoted.group(0)), text[start : start + 480])
+    end = _SENTENCE_END.search(window)
+    window = window[: end.start()] if end else window
+    named = text[start - 8 : start].casefold().rstrip().endswith(("option", "choice", "options", "choices"))
+    for verb in _STATEMENT_VERB.finditer(window):
+        position = start + verb.end()
+        article = _ARTICLE.match(text, position)
+        letter = (
+            _letter_at(text, position, letters)
+            or _text_at(text, position, options, letters)
+            or (_text_at(text, article.end(), options, letters) if article else None)
+            or (None if named else _parenthesised(window[verb.end() :], letters))
+        )
+        if letter is not None:
+            return position, letter
+    return None
+
+
+def _parenthesised(rest: str, letters: str) -> str | None:
+    """The `(B)` / `(option B)` closing the first clause: `the answer is a cupboard (B)`."""
+    match = _PARENTHESISED.search(re.split(r",|;|\bwhile\b|\bwhereas\b|\bbut\b", rest, maxsplit=1)[0])
+    letter = match.group(1).upper() if match else None
+    return letter if letter is not None and letter in letters else None
 
 
 def _bare_last_line(text: str, letters: str, options: Sequence[str]) -> list[str]:
@@ -125,7 +264,58 @@ def _bare_last_line(text: str, letters: str, options: Sequence[str]) -> list[str
 
 def _affirmation(text: str, letters: str, options: Sequence[str]) -> list[str]:
     stated = [m.group(1) for m in _CORRECT.finditer(text) if m.group(1) in letters]
-    return _anchored(_AFFIRM, text, letters) + stated
+    return [letter for letter in _anchored(_AFFIRM, text, letters) + stated if letter != HEDGE]
+
+
+def _conclusion(text: str, letters: str, options: Sequence[str]) -> list[str]:
+    """The options the last concluding sentence (`Therefore, …`, `In summary, …`) names, by letter
+    (`(option D)`) or else by text."""
+    markers = list(_CONCLUSION.finditer(text))
+    if not markers:
+        return []
+    start = markers[-1].end()
+    window = _QUOTED.sub(lambda quoted: "x" * len(quoted.group(0)), text[start : start + 600])
+    end = _SENTENCE_END.search(window)
+    sentence = text[start : start + (end.start() if end else len(window))]
+    return _named_option(sentence, letters, options) or _option_text(sentence, letters, options)
+
+
+def _reviewed_options(text: str, letters: str, options: Sequence[str]) -> list[str]:
+    """The one option a review accepts: paragraphs that open with an option (`C. …` or `Option C:`)
+    and whose first verdict is `This option is correct` (or true, accurate, the best, …)."""
+    accepted: set[str] = set()
+    rejected: set[str] = set()
+    for paragraph in re.split(r"\n\s*\n", text):
+        head = _REVIEW_HEAD.match(paragraph)
+        verdict = _REVIEW_VERDICT.search(paragraph[:600]) if head else None
+        if head is None or verdict is None or head.group(1).upper() not in letters:
+            continue
+        positive = verdict.group("verdict").lower() in ("correct", "true", "accurate", "right", "valid", "best", "likely", "plausible")
+        (accepted if positive else rejected).add(head.group(1).upper())
+    return sorted(accepted - rejected) if accepted - rejected else []
+
+
+def _opening_option(text: str, letters: str, options: Sequence[str]) -> list[str]:
+    """`C. <option C's text>` (or `[C, …]`) as the reply's first line (after a bare `Response:` label)."""
+    lines = [line for line in text.splitlines() if line.strip() and not _LABEL.match(line)]
+    bracketed = _BRACKETED.match(lines[0]) if lines else None
+    if bracketed is not None and bracketed.group(1) in letters:
+        return [bracketed.group(1)]  # `[B, No, it is not]`
+    match = _LETTERED_TEXT.match(lines[0]) if lines else None
+    if match is None or match.group(1).upper() not in letters or (len(lines) > 1 and _LETTERED_LINE.match(lines[1])):
+        return []  # not an opening line but the first of a list of the options
+    letter = match.group(1).upper()
+    return [letter] if _text_at(match.group(2), 0, [options[letters.index(letter)]], letter) else []
+
+
+def _full_text_lines(text: str, letters: str, options: Sequence[str]) -> list[str]:
+    """Lettered lines that give their option's text in full; a list of every option is no answer."""
+    found = []
+    for match in _LETTERED_TEXT.finditer(text):
+        letter = match.group(1).upper()
+        if letter in letters and normalize_text(match.group(2).strip("\"'“”")) == normalize_text(options[letters.index(letter)]):
+            found.append(letter)
+    return found
 
 
 def _lettered_lines(text: str, letters: str, options: Sequence[str]) -> list[str]:
@@ -133,8 +323,14 @@ def _lettered_lines(text: str, letters: str, options: Sequence[str]) -> list[str
 
 
 def _named_option(text: str, letters: str, options: Sequence[str]) -> list[str]:
-    named = (a or b for a, b in _NAMED.findall(text))
-    return [letter for letter in named if letter in letters]
+    """Options named by letter, except those named to be rejected (`Option A is incorrect`, `not (B)`)."""
+    found = []
+    for match in _NAMED.finditer(text):
+        letter = match.group(1) or match.group(2)
+        before = text[max(0, match.start() - 60) : match.start()].casefold()
+        if letter in letters and not _REJECTED.match(text, match.end()) and not _NEGATION.search(before):
+            found.append(letter)
+    return found
 
 
 def _option_text(text: str, letters: str, options: Sequence[str]) -> list[str]:
@@ -147,7 +343,7 @@ def _option_text(text: str, letters: str, options: Sequence[str]) -> list[str]:
 
 def _matchable(option: str) -> bool:
     """A one-letter option text (`S`, `C`) cannot be told from an option letter or a word fragment."""
-    return not (len(option) == 1 and option.isalpha())
+    return bool(option) and not (len(option) == 1 and option.isalpha())
 
 
 def _affirmed_mention(folded: str, option: str) -> bool:
@@ -162,6 +358,10 @@ _RULES = (
     _answer_statement,
     _bare_last_line,
     _affirmation,
+    _opening_option,
+    _conclusion,
+    _reviewed_options,
+    _full_text_lines,
     _lettered_lines,
     _named_option,
     _option_text,
