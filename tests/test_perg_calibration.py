@@ -11,11 +11,13 @@ import pytest
 from proxy.eval.calibration import (
     CONSISTENCY_LABELS,
     LIKERT,
+    Bootstrap,
     agreement,
     calibrate,
     cohen_kappa,
     confusion_matrix,
     follow_agreement,
+    kappa_interval,
     load_judge_labels,
 )
 from proxy.perg.datasets import DatasetError
@@ -139,3 +141,35 @@ def test_bad_label_rows_are_listed(tmp_path: Path) -> None:
     with pytest.raises(DatasetError) as caught:
         load_judge_labels(path)
     assert [line for line, _ in caught.value.problems] == [2, 3, 4]
+
+
+def test_kappa_comes_with_a_seeded_bootstrap_interval() -> None:
+    pairs = [("y", "y")] * 20 + [("y", "n")] * 5 + [("n", "y")] * 10 + [("n", "n")] * 15  # κ = 0.4 (above)
+    interval = kappa_interval(pairs, ["n", "y"], None, Bootstrap(resamples=500, seed=1), "t")
+    assert interval is not None and interval.low < 0.4 < interval.high
+    assert 0.05 < interval.low < 0.4 and 0.4 < interval.high < 0.75  # 50 pairs: a wide interval
+    assert interval == kappa_interval(pairs, ["n", "y"], None, Bootstrap(resamples=500, seed=1), "t")
+    assert interval != kappa_interval(pairs, ["n", "y"], None, Bootstrap(resamples=500, seed=2), "t")
+    wider = kappa_interval(pairs[::5], ["n", "y"], None, Bootstrap(resamples=500, seed=1), "t")
+    assert wider is not None and wider.high - wider.low > interval.high - interval.low  # fewer pairs, wider
+    # perfect agreement: every resample gives κ = 1; undefined κ (one label only): no interval
+    assert kappa_interval([("a", "a"), ("b", "b")] * 10, ["a", "b"], None, Bootstrap(), "t") == kappa_interval(
+        [("a", "a"), ("b", "b")] * 10, ["a", "b"], None, Bootstrap(), "t"
+    )
+    assert kappa_interval([("a", "a")] * 5, ["a", "b"], None, Bootstrap(), "t") is None
+    assert kappa_interval([], ["a", "b"], None, Bootstrap(), "t") is None
+
+
+def test_calibration_reports_every_kappa_with_its_interval() -> None:
+    labels = load_judge_labels()
+    result = calibrate(labels, [label.follow_score for label in labels], [label.consistency for label in labels], resamples=100)
+    for kappa, interval in (
+        (result.follow.kappa, result.follow.kappa_interval),
+        (result.follow.kappa_linear, result.follow.kappa_linear_interval),
+        (result.follow.kappa_quadratic, result.follow.kappa_quadratic_interval),
+        (result.consistency.kappa, result.consistency.kappa_interval),
+        (result.follow.thresholds[3].kappa, result.follow.thresholds[3].kappa_interval),
+    ):
+        assert kappa == pytest.approx(1.0) and interval is not None and interval.low == interval.high == pytest.approx(1.0)
+    unrelated = calibrate(labels, [1] * len(labels), ["consistent"] * len(labels), resamples=0)
+    assert unrelated.follow.kappa_interval is None  # no resamples: no interval
