@@ -234,6 +234,11 @@ MARKS = {
     "You judge whether any of a user's preferences": "judge_relevance",
     "You check whether a personalized answer keeps the facts": "judge_consistency",
     "You rate how well an answer follows": "judge_follow",
+    "You are a careful, neutral evaluator.": "judge_follow",  # the paper protocol's follow rubric
+}
+USER_MARKS = {  # prompts of `eval run` that carry no system message of their own
+    "You are a preference aligner.": "paper_aligner",
+    "You answered a user's question earlier.": "self_critic",
 }
 JUDGE_DEFAULTS = {
     "judge_consistency": {"reason": "same facts", "verdict": "consistent"},
@@ -249,6 +254,10 @@ def pipeline_role(body: dict[str, Any]) -> str:
         for mark, role in MARKS.items():
             if system.startswith(mark):
                 return role
+    user = last_user_text(body)
+    for mark, role in USER_MARKS.items():
+        if user.startswith(mark):
+            return role
     return "chat"
 
 
@@ -267,6 +276,12 @@ def scripted_reply(body: dict[str, Any]) -> str:
     if role == "aligner":
         answer = text.split("### Answer to rewrite\n", 1)[-1].split("\n\n### Preferences", 1)[0]
         return f"Personalized: {answer}"
+    if role == "paper_aligner":
+        answer = text.split("### Initial answer\n", 1)[-1].split("\n\n### User preferences", 1)[0]
+        return orjson.dumps({"response": f"Personalized: {answer}", "reasoning": "scripted"}).decode()
+    if role == "self_critic":
+        answer = text.split("### Your earlier answer\n", 1)[-1].split("\n\n### The user's preferences", 1)[0]
+        return orjson.dumps({"critique": "scripted", "response": f"Revised: {answer}"}).decode()
     if role == "gate":
         verdicts = {}
         for line in text.splitlines():

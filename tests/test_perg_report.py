@@ -87,7 +87,7 @@ def test_undefined_rates_render_as_na(tmp_path: Path) -> None:
     records = [Record(item_id="q", correct_nopref=False, correct_pref=False, extracted_nopref=False, extracted_pref=False)]
     files = write_report(summarize(records, resamples=10), tmp_path)
     row = next(line for line in files.markdown.read_text().splitlines() if line.startswith("| naive | relevant |"))
-    assert row.count("n/a") == 3  # BR, AFR, RER undefined with an empty Q*
+    assert row.count("n/a") == 4  # BR, AFR, RER and BR over readable answers undefined with an empty Q*
     assert json.loads(files.json_path.read_text())["groups"][0]["breakage_rate"]["value"] is None
     assert all(chart.read_bytes().startswith(PNG_MAGIC) for chart in files.charts)
 
@@ -97,8 +97,16 @@ def test_calibration_markdown() -> None:
     follow = [min(5, label.follow_score + 1) for label in labels]
     consistency = [label.consistency for label in labels]
     consistency[0] = None
-    text = render_calibration(calibrate(labels, follow, consistency))
+    calibration = calibrate(labels, follow, consistency, resamples=200)
+    text = render_calibration(calibration)
     assert f"Follow judge: {len(labels)} judged, 0 failed." in text
     assert f"Consistency judge: {len(labels) - 1} judged, 1 failed. Accuracy 100.0%" in text
     assert "| score ≥ 3 |" in text
-    assert "| human \\ judge | consistent | contradicts | cannot_compare |" in text
+    # the shipped labels are reference labels written for this project, and the report says so
+    assert "reference labels written for this project" in text and "human" not in text.split("not labels collected from")[0]
+    assert "| reference \\ judge | consistent | contradicts | cannot_compare |" in text
+    interval = calibration.follow.kappa_interval
+    assert interval is not None and interval.low <= calibration.follow.kappa <= interval.high  # type: ignore[operator]
+    assert f"κ {calibration.follow.kappa:.3f} [{interval.low:.3f}, {interval.high:.3f}]" in text
+    own = render_calibration(calibration, labels="your labels in mine.jsonl", reference=False)
+    assert "reference labels" not in own and "| label \\ judge |" in own and "Labels: your labels in mine.jsonl." in own

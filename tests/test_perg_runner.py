@@ -235,9 +235,14 @@ async def test_an_unparseable_verdict_is_unjudged_and_cached(tmp_path, fake_upst
     assert all(r.follow_score is None and r.errors["follow"].startswith("unparseable") for r in run.results)
     assert calls["judge_follow"] == 6  # not retried: the judge's own reply
     cell = overall(run)[("naive", "relevant")]
-    assert cell.n_follow_missing == 2 and cell.alignment_failure_rate.value is None
-    assert cell.robustness_error_rate.value == 1.0  # wrong is not robust whatever the judge says
-    assert "follow judge failures**: 6" in (tmp_path / "out" / "report.md").read_text()
+    # no verdict is not followed (the paper's rule), and counted on its own
+    assert cell.n_follow_missing == 2 and cell.alignment_failure_rate.value == 1.0
+    assert cell.robustness_error_rate.value == 1.0
+    aligner = overall(run)[("pref_aligner", "relevant")]
+    assert (aligner.breakage_rate.value, aligner.alignment_failure_rate.value, aligner.robustness_error_rate.value) == (0.0, 1.0, 1.0)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "follow verdicts missing**: 6 (a relevant case without a verdict is not followed" in report
+    assert "| verdict missing |" in report
     calls.clear()
     await run_benchmark(options(tmp_path, fake_upstream, settings=("relevant",)), progress=False)
     assert sum(calls.values()) == 0
@@ -258,17 +263,22 @@ async def test_llm_extraction_fallback(tmp_path, fake_upstream):
         return script(body)
 
     fake_upstream.scripts["mcq"] = reply
-    opts = options(tmp_path, fake_upstream, settings=("relevant",), strategies=("naive",), llm_extract=True)
+    opts = options(tmp_path, fake_upstream, settings=("relevant",), strategies=("naive",), extractor="rules+llm")
     run = await run_benchmark(opts, progress=False)
     by_item = {r.item_id: r for r in run.results}
     assert (by_item["q3"].nopref_letter, by_item["q3"].nopref_extraction) == ("C", "fallback")
     assert (by_item["q1"].nopref_letter, by_item["q1"].nopref_extraction) == (None, "none")
     assert (by_item["q1"].pref_letter, by_item["q1"].pref_extraction) == ("B", "rule")
     assert calls["extract"] == 3
-    assert "the LLM fallback where they found none (1 letter found by it)" in (tmp_path / "out" / "report.md").read_text()
+    assert "the LLM on the judge's server where they found none (1 letter read by it)" in (tmp_path / "out" / "report.md").read_text()
     calls.clear()
     await run_benchmark(opts, progress=False)
     assert calls["extract"] == 0
+    # `llm`: every answer is read by the LLM (the paper's way), the rules are not asked
+    calls.clear()
+    run = await run_benchmark(opts.model_copy(update={"extractor": "llm", "out": tmp_path / "llm"}), progress=False)
+    assert calls["extract"] == 6  # 3 baselines, 3 naive answers
+    assert {r.pref_extraction for r in run.results} == {"none"}  # "The answer is B." is not asked of the rules
 
 
 async def test_gate_variants(tmp_path, fake_upstream):
@@ -332,10 +342,11 @@ def test_options_are_validated():
 
 def test_the_report_states_the_command_that_reproduces_it():
     opts = RunOptions(
-        base_url="http://h/v1", api_key="sk-secret", settings=("relevant", "mixed"), llm_extract=True, note="a note", out=Path("o")
-    )
-    assert (
-        opts.command_line() == "perg-proxy eval run --base-url http://h/v1 --settings relevant,mixed --llm-extract --out o --note 'a note'"
+        base_url="http://h/v1", api_key="sk-secret", settings=("relevant", "mixed"), extractor="rules+llm", note="a note", out=Path("o"),
+        protocol="paper",
+    )  # fmt: skip
+    assert opts.command_line() == (
+        "perg-proxy eval run --base-url http://h/v1 --protocol paper --settings relevant,mixed --extractor rules+llm --out o --note 'a note'"
     )
     assert RunOptions().command_line() == "perg-proxy eval run"
 

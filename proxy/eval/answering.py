@@ -7,7 +7,9 @@ strategy with no preferences (the request goes upstream untouched).
 
 Strategies by name: `naive`, `pref_aligner` (relevance gate `llm`, the proxy's default) and
 `pref_aligner_gate_<mode>` for the other gate modes (`off`, `aligner`: every preference goes to
-the rewrite, which may answer UNCHANGED).
+the rewrite, which may answer UNCHANGED); and the paper's other baselines, `cot`, `icl` and
+`self_critic`, built from plain calls (`baselines`). Under the paper's protocol `naive` and
+`pref_aligner` are the paper's forms (`baselines` too) and the gate variants do not exist.
 """
 
 from __future__ import annotations
@@ -26,30 +28,36 @@ from ..upstream.client import Upstreams
 
 GATE_MODES = ("llm", "aligner", "off")
 BASELINE = "baseline"
+PROMPTED = ("cot", "icl", "self_critic")
 
 
 class EvalStrategy(NamedTuple):
     """A strategy of the benchmark: its name in the report, the pipeline's strategy, the gate mode."""
 
     name: str
-    pipeline: str  # off | naive | pref_aligner
+    pipeline: str  # off | naive | pref_aligner (the proxy's) | prompted | paper_aligner (`baselines`)
     gate: str | None = None
 
 
 BASELINE_STRATEGY = EvalStrategy(BASELINE, "off")
 
 
-def parse_strategy(name: str) -> EvalStrategy:
-    """`naive`, `pref_aligner` or `pref_aligner_gate_<llm|aligner|off>`; anything else is a ValueError."""
+def parse_strategy(name: str, protocol: str = "proxy") -> EvalStrategy:
+    """`naive`, `pref_aligner`, `pref_aligner_gate_<llm|aligner|off>` (the proxy's protocol only),
+    `cot`, `icl` or `self_critic`; anything else is a ValueError."""
+    paper = protocol == "paper"
     if name == "naive":
-        return EvalStrategy(name, "naive")
+        return EvalStrategy(name, "prompted" if paper else "naive")
     if name == "pref_aligner":
-        return EvalStrategy(name, "pref_aligner", "llm")
+        return EvalStrategy(name, "paper_aligner") if paper else EvalStrategy(name, "pref_aligner", "llm")
+    if name in PROMPTED:
+        return EvalStrategy(name, "prompted")
     prefix = "pref_aligner_gate_"
-    if name.startswith(prefix) and name[len(prefix) :] in GATE_MODES:
+    if not paper and name.startswith(prefix) and name[len(prefix) :] in GATE_MODES:
         return EvalStrategy(name, "pref_aligner", name[len(prefix) :])
-    choices = ", ".join(["naive", "pref_aligner", *(prefix + mode for mode in GATE_MODES)])
-    raise ValueError(f"unknown strategy {name!r}; choose from {choices}")
+    gates = [] if paper else [prefix + mode for mode in GATE_MODES]
+    choices = ", ".join(["naive", "pref_aligner", *gates, *PROMPTED])
+    raise ValueError(f"unknown strategy {name!r} under the {protocol} protocol; choose from {choices}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +107,7 @@ class Answerer:
     def prompt_version(self, strategy: EvalStrategy) -> str:
         """The MCQ prompt's version and the versions of the pipeline prompts the strategy uses."""
         parts = [PROMPT_VERSION]
-        if strategy.pipeline == "naive":
+        if strategy.pipeline == "naive" or strategy.name in PROMPTED:
             parts.append(f"naive:{self.prompts.naive.version}")
         if strategy.pipeline == "pref_aligner":
             parts.append(f"aligner:{self.prompts.aligner.version}")

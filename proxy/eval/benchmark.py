@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import TextIO
 
 from ..config import Retries, Timeouts, UpstreamSettings
+from ..perg.datasets import LoadSummary
 from .answering import BASELINE, Answerer, parse_strategy
+from .baselines import Baselines, load_icl_examples
 from .cache import ResponseCache
 from .judging import Judging, LetterExtractor
 from .options import RunOptions
 from .progress import Progress, duration
+from .protocols import Protocol
 from .report import ReportFiles, write_report
 from .results import CaseResult, write_results
 from .runner import Runner, RunStats, total_answers
@@ -34,6 +37,7 @@ class BenchmarkRun:
     stats: RunStats
     seconds: float
     n_items: int
+    protocol: str
 
 
 def upstream_settings(options: RunOptions) -> UpstreamSettings:
@@ -50,31 +54,47 @@ def upstream_settings(options: RunOptions) -> UpstreamSettings:
     )
 
 
-def load_suite(options: RunOptions) -> list[Unit]:
-    """The items and cases of a run; a bad dataset or pool raises (DatasetError lists every bad line)."""
+def protocol_of(options: RunOptions) -> Protocol:
+    return Protocol.create(options.protocol, max_tokens=options.max_tokens, seed=options.seed)
+
+
+def load_suite(options: RunOptions, summaries: list[LoadSummary] | None = None) -> list[Unit]:
+    """The items and cases of a run; a bad pool, or a dataset with no usable row (with `strict`:
+    any bad row), raises (DatasetError lists every bad line); skipped rows go into `summaries`."""
+    irrelevant = protocol_of(options).irrelevant
     return load_units(
         options.dataset, options.settings, preferences=options.preferences, seed=options.seed,
-        n_unrelated=options.n_unrelated, limit=options.limit,
+        n_unrelated=options.n_unrelated, limit=options.limit, irrelevant=irrelevant, strict=options.strict, summaries=summaries,
     )  # fmt: skip
 
 
 async def run_benchmark(
-    options: RunOptions, *, units: list[Unit] | None = None, progress: bool = True, stream: TextIO | None = None
+    options: RunOptions,
+    *,
+    units: list[Unit] | None = None,
+    summaries: list[LoadSummary] | None = None,
+    progress: bool = True,
+    stream: TextIO | None = None,
 ) -> BenchmarkRun:
     """Run every case (of `units`, else of `load_suite(options)`) and write the report."""
-    units = load_suite(options) if units is None else units
+    summaries = [] if summaries is None else summaries
+    units = load_suite(options, summaries) if units is None else units
     started = time.monotonic()
+    protocol = protocol_of(options)
     answerer = Answerer(upstream_settings(options), options.timeout)
     judging = Judging(
         options.judge_url, options.judge_key, options.judge_model_name, options.judge_style,
-        max_tokens=options.judge_max_tokens, timeout=options.timeout,
+        max_tokens=options.judge_max_tokens, timeout=options.timeout, follow_prompt=protocol.follow_prompt,
     )  # fmt: skip
+    baselines = Baselines(answerer, protocol, load_icl_examples(options.icl_examples), options.structured_output)
     extractor = None
-    if options.llm_extract:
-        extractor = LetterExtractor(options.base_url, options.api_key, options.model, options.structured_output, timeout=options.timeout)
+    if options.extractor != "rules":  # the judges' server and model read the letters, as in the paper
+        extractor = LetterExtractor(
+            options.judge_url, options.judge_key, options.judge_model_name, options.judge_style, timeout=options.timeout
+        )
     bar = Progress(total_answers(units, len(options.strategies)), "answers", stream=stream, enabled=progress)
     cache = ResponseCache(options.cache_path)
-    runner = Runner(options, cache, answerer, judging, extractor, bar)
+    runner = Runner(options, cache, answerer, judging, baselines, extractor, bar)
     try:
         await answerer.start()
         results = await runner.run(units)
@@ -88,33 +108,42 @@ async def run_benchmark(
     seconds = time.monotonic() - started
     records = [record for record in (r.record(options.follow_threshold) for r in results) if record is not None]
     summary = summarize(records, resamples=options.resamples, seed=options.seed)
-    meta = describe_run(options, units, results, runner, seconds)
+    meta = describe_run(options, units, results, runner, seconds, summaries)
     report = write_report(summary, options.out, title=options.title, meta=meta)
     files = write_results(results, options.out)
-    return BenchmarkRun(results, summary, report, files, runner.stats, seconds, len(units))
+    return BenchmarkRun(results, summary, report, files, runner.stats, seconds, len(units), protocol.description)
 
 
 def describe_run(
-    options: RunOptions, units: Sequence[Unit], results: Sequence[CaseResult], runner: Runner, seconds: float
+    options: RunOptions,
+    units: Sequence[Unit],
+    results: Sequence[CaseResult],
+    runner: Runner,
+    seconds: float,
+    summaries: Sequence[LoadSummary] = (),
 ) -> dict[str, str]:
     """The report's header lines: what was run, on what, and what happened along the way."""
-    stats, o = runner.stats, options
+    stats, o, protocol = runner.stats, options, runner.protocol
     answered = sum(r.answered for r in results)
     unjudged = sum(r.answered and r.relevant and r.follow_score is None for r in results)
-    versions = [f"{name} {runner.answerer.prompt_version(parse_strategy(name))}" for name in o.strategies]
+    versions = [f"{name} {runner.answerer.prompt_version(parse_strategy(name, o.protocol))}" for name in o.strategies]
     limit = f", {len(units)} chosen with --limit and seed {o.seed}" if o.limit else ""
+    skipped = "".join(f"; {s.name}: {s.loaded} of {s.rows} rows loaded, {len(s.skipped)} skipped" for s in summaries)
     meta = {
+        "protocol": protocol.description,
         "model": f"`{o.model}` at {o.base_url} (structured output: {o.structured_output})",
         "judge": f"`{o.judge_model_name}` at {o.judge_url}, verdicts capped at {o.judge_max_tokens} tokens; "
         f"followed means a follow score of at least {o.follow_threshold}",
-        "dataset": f"{dataset_name(o.dataset)}: {len(units)} items{limit}",
+        "dataset": f"{dataset_name(o.dataset)}: {len(units)} items{limit}{skipped}",
         "settings": ", ".join(o.settings),
         "strategies": ", ".join(o.strategies),
-        "generation": f"temperature 0, seed {o.seed}, max_tokens {o.max_tokens}",
-        "prompt versions": "; ".join([*versions, f"follow judge {runner.judging.version('follow')}"]),
+        "generation": f"temperature 0, seed {protocol.generation_seed}, max_tokens {protocol.answer_tokens}"
+        + (f" ({protocol.rewrite_tokens} for a rewrite)" if protocol.rewrite_tokens != protocol.answer_tokens else ""),
+        "prompt versions": "; ".join([*versions, f"protocol {protocol.version()}", f"follow judge {runner.judging.version('follow')}"]),
         "cases": f"{answered} of {len(results)} answered" + _failed(len(results) - answered),
-        "answer extraction": _extraction(o.llm_extract, stats.fallback_letters),
-        "follow judge failures": f"{unjudged} (counted as unjudged, never as a score)",
+        "answer extraction": _extraction(o.extractor, stats.fallback_letters),
+        "follow verdicts missing": f"{unjudged} (a relevant case without a verdict is not followed, the paper's rule; "
+        "counted here and in the `verdict missing` column)",
     }
     outcomes = _aligner_outcomes(results)
     if outcomes:
@@ -132,10 +161,13 @@ def describe_run(
     return meta
 
 
-def _extraction(llm: bool, found: int) -> str:
-    if not llm:
-        return "the deterministic rules only"
-    return f"the rules, then the LLM fallback where they found none ({found} letter{'s' if found != 1 else ''} found by it)"
+def _extraction(mode: str, found: int) -> str:
+    letters = f"{found} letter{'s' if found != 1 else ''} read by it"
+    if mode == "rules":
+        return "the deterministic rules only (an unreadable answer counts as wrong)"
+    if mode == "llm":
+        return f"the LLM on the judge's server for every answer, as in the paper ({letters})"
+    return f"the rules, then the LLM on the judge's server where they found none ({letters})"
 
 
 def _failed(count: int) -> str:

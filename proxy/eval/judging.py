@@ -2,9 +2,10 @@
 
 - `Judging`: the monitor's own judges (`proxy.perg.judges.Judge`: the paper's Likert follow
   rubric and the consistency check, constrained JSON validated into a verdict) on a judge upstream.
-- `LetterExtractor`: the optional LLM fallback of answer extraction, asked of the answering model
-  when the deterministic rules find no single letter; its reply is constrained to a letter or "none".
-- `judge_labels`: both judges over human-labelled samples, for `perg-proxy eval judge`.
+- `LetterExtractor`: the optional LLM reader of answers (`--extractor llm` or `rules+llm`), asked
+  of the judge's model on the judge's server, like the judges; its reply is constrained to a letter
+  or "none".
+- `judge_labels`: both judges over labelled samples, for `perg-proxy eval judge`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
-from ..perg.datasets import LETTERS
+from ..perg.cells import LETTERS
 from ..perg.judges import ConsistencyVerdict, FollowVerdict, Judge
 from ..prompts.loader import parse_prompt
 from ..upstream.sdk import client as sdk_client
@@ -31,9 +32,11 @@ EXTRACT_MAX_TOKENS = 24
 class Judging:
     """The follow and consistency judges of one judge model on one OpenAI-compatible server."""
 
-    def __init__(self, base_url: str, api_key: str, model: str, style: str, *, max_tokens: int, timeout: float) -> None:
+    def __init__(
+        self, base_url: str, api_key: str, model: str, style: str, *, max_tokens: int, timeout: float, follow_prompt: str = "judge_follow"
+    ) -> None:
         self.sdk = sdk_client(base_url, api_key, timeout=timeout, max_retries=0)
-        self.judge = Judge.create(functools.partial(complete_json, self.sdk), style, max_tokens)
+        self.judge = Judge.create(functools.partial(complete_json, self.sdk), style, max_tokens, follow_prompt)
         self.model = model
 
     def version(self, name: str) -> str:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..config import StructuredOutput
 from ..local_model import MODEL_ALIAS
 from ..perg.datasets import SETTINGS, Setting
+from ..perg.extract import ExtractorMode
 from .answering import parse_strategy
+from .protocols import ProtocolName
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8081/v1"
 DEFAULT_STRATEGIES = ("naive", "pref_aligner")
@@ -33,18 +35,21 @@ class RunOptions(BaseModel):
     judge_api_key: str | None = None
     judge_model: str | None = None
     judge_structured_output: StructuredOutput | None = None
+    protocol: ProtocolName = "proxy"
     dataset: str = "builtin"
+    strict: bool = False
     preferences: Path | None = None
+    icl_examples: Path | None = None
     settings: tuple[Setting, ...] = Field(SETTINGS, min_length=1)
     strategies: tuple[str, ...] = Field(DEFAULT_STRATEGIES, min_length=1)
     limit: int | None = Field(None, ge=1)
     seed: int = 0
     n_unrelated: int = Field(3, ge=1)
     concurrency: int = Field(2, ge=1, le=64)
-    max_tokens: int = Field(128, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
     judge_max_tokens: int = Field(200, ge=1)
     follow_threshold: int = Field(3, ge=1, le=5)
-    llm_extract: bool = False
+    extractor: ExtractorMode = "rules"
     attempts: int = Field(3, ge=1, le=10)
     backoff_seconds: float = Field(1.0, ge=0)
     timeout: float = Field(120.0, gt=0)
@@ -61,14 +66,13 @@ class RunOptions(BaseModel):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/") if value else value
 
-    @field_validator("strategies")
-    @classmethod
-    def _known_strategies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for name in value:
-            parse_strategy(name)
-        if len(set(value)) != len(value):
+    @model_validator(mode="after")
+    def _known_strategies(self) -> RunOptions:
+        for name in self.strategies:
+            parse_strategy(name, self.protocol)
+        if len(set(self.strategies)) != len(self.strategies):
             raise ValueError("a strategy is listed twice")
-        return value
+        return self
 
     @field_validator("settings")
     @classmethod

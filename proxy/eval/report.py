@@ -87,7 +87,7 @@ def render_markdown(
     lines += ["", "## Overall", "", *_overall_table(summary.overall())]
     lines += ["", "## Paired tests", "", PAIRED_NOTE, "", *_paired_table(summary)]
     lines += ["", "## Follow scores", "", FOLLOW_NOTE, "", *_follow_table(summary.overall())]
-    for dimension, heading in (("category", "By category"), ("source", "By source")):
+    for dimension, heading in (("category", "By category"), ("preference_category", "By preference category"), ("source", "By source")):
         groups = [g for g in summary.groups if g.dimension == dimension]
         if groups:
             lines += ["", f"## {heading}", "", *_group_table(groups)]
@@ -109,13 +109,16 @@ def _intro(summary: Summary, title: str, meta: Mapping[str, Any]) -> list[str]:
         "Rates are over Q*, the cases answered correctly without preferences (PVR over all cases). "
         "BR: broken by the preferences; AFR: preference not followed; RER: not robust "
         "(wrong, or relevant preference not followed). Brackets: the interval, in percent. "
-        "n/a: undefined (empty Q* or no judged case). Unreadable answers count as wrong.",
+        "n/a: undefined (empty Q* or no relevant case). Unreadable answers count as wrong (the paper's rule); "
+        "BR read is BR over the Q* cases whose answer with preferences could be read, beside it. "
+        "A relevant case without a follow verdict (the judge failed) is not followed (the paper's rule) "
+        "and is counted in `verdict missing`.",
     ]
 
 
 def _overall_table(groups: Sequence[GroupMetrics]) -> list[str]:
     header = ["strategy", "setting", "n", "Q*", "acc no pref", "acc pref", "BR", "AFR", "RER", "PVR"]
-    header += ["unreadable", "unjudged"]
+    header += ["BR read", "unreadable no pref / pref", "verdict missing"]
     rows = [
         [
             g.strategy,
@@ -125,6 +128,7 @@ def _overall_table(groups: Sequence[GroupMetrics]) -> list[str]:
             percent(g.accuracy_nopref),
             percent(g.accuracy_pref),
             *_rate_cells(g),
+            f"{percent(g.breakage_rate_readable)} (of {g.n_q_star_readable})",
             f"{percent(g.unextractable_nopref)} / {percent(g.unextractable_pref)}",
             str(g.n_follow_missing),
         ]
@@ -221,33 +225,44 @@ def _draw_bars(axes: Any, groups: Sequence[GroupMetrics], settings: list[str], s
         axes.legend()
 
 
-def render_calibration(calibration: Calibration, *, title: str = "Judge calibration") -> str:
-    """Markdown for `eval judge`: κ, accuracy per threshold and the confusion matrices."""
+REFERENCE_NOTE = (
+    "These are reference labels written for this project by its authors, not labels collected from "
+    "human annotators: agreement with them says how well the judge matches the project's own reading. "
+    "Pass `--labels FILE` to calibrate on your own human labels."
+)
+
+
+def render_calibration(calibration: Calibration, *, title: str = "Judge calibration", labels: str = "", reference: bool = True) -> str:
+    """Markdown for `eval judge`: κ with its bootstrap interval, accuracy per threshold, confusion matrices."""
     follow, consistency = calibration.follow, calibration.consistency
-    lines = [
-        f"# {title}",
-        "",
+    who = "reference" if reference else "label"
+    lines = [f"# {title}", ""]
+    if labels:
+        lines += [f"Labels: {labels}.", ""]
+    if reference:
+        lines += [REFERENCE_NOTE, ""]
+    lines += [
         f"Follow judge: {follow.n} judged, {follow.n_failed} failed. Exact agreement {percent(follow.accuracy)}; "
-        f"κ {_number(follow.kappa)}, linear-weighted κ {_number(follow.kappa_linear)}, "
-        f"quadratic-weighted κ {_number(follow.kappa_quadratic)}.",
+        f"κ {_kappa(follow.kappa, follow.kappa_interval)}, linear-weighted κ {_kappa(follow.kappa_linear, follow.kappa_linear_interval)}, "
+        f"quadratic-weighted κ {_kappa(follow.kappa_quadratic, follow.kappa_quadratic_interval)} (95% bootstrap intervals).",
         "",
         *table(
-            ["threshold", "accuracy", "κ"],
-            [[f"score ≥ {t}", percent(a.accuracy), _number(a.kappa)] for t, a in follow.thresholds.items()],
+            ["threshold", "accuracy", "κ [95% interval]"],
+            [[f"score ≥ {t}", percent(a.accuracy), _kappa(a.kappa, a.kappa_interval)] for t, a in follow.thresholds.items()],
         ),
         "",
-        "Follow scores (rows: human, columns: judge):",
+        f"Follow scores (rows: {who}, columns: judge):",
         "",
         *table(
-            ["human \\ judge", *follow.labels],
+            [f"{who} \\ judge", *follow.labels],
             [[h, *map(str, row)] for h, row in zip(follow.labels, follow.confusion, strict=True)],
         ),
         "",
         f"Consistency judge: {consistency.n} judged, {consistency.n_failed} failed. "
-        f"Accuracy {percent(consistency.accuracy)}; κ {_number(consistency.kappa)}.",
+        f"Accuracy {percent(consistency.accuracy)}; κ {_kappa(consistency.kappa, consistency.kappa_interval)}.",
         "",
         *table(
-            ["human \\ judge", *consistency.labels],
+            [f"{who} \\ judge", *consistency.labels],
             [[h, *map(str, row)] for h, row in zip(consistency.labels, consistency.confusion, strict=True)],
         ),
     ]
@@ -256,3 +271,9 @@ def render_calibration(calibration: Calibration, *, title: str = "Judge calibrat
 
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def _kappa(value: float | None, interval: Any) -> str:
+    if value is None or interval is None:
+        return _number(value)
+    return f"{value:.3f} [{interval.low:.3f}, {interval.high:.3f}]"

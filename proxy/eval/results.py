@@ -31,6 +31,7 @@ CSV_COLUMNS = (
     "item_id",
     "source",
     "category",
+    "preference_category",
     "strategy",
     "setting",
     "aligned",
@@ -54,6 +55,7 @@ class CaseResult(BaseModel):
     gold: str
     preferences: tuple[str, ...]
     judged_preferences: tuple[str, ...] = ()
+    preference_category: str | None = None
     nopref_answer: str | None = None
     nopref_letter: str | None = None
     nopref_extraction: str = "none"
@@ -70,7 +72,8 @@ class CaseResult(BaseModel):
         return self.nopref_answer is not None and self.pref_answer is not None
 
     def record(self, threshold: int) -> Record | None:
-        """The case as the metrics see it; None when an answer is missing."""
+        """The case as the metrics see it; None when an answer is missing. A relevant case without
+        a follow score (the judge failed) has `followed` None: not followed, and counted apart."""
         if not self.answered:
             return None
         followed = None if self.follow_score is None or not self.relevant else self.follow_score >= threshold
@@ -85,6 +88,7 @@ class CaseResult(BaseModel):
             correct_pref=self.pref_letter == self.gold,
             followed=followed,
             follow_score=self.follow_score if self.relevant else None,
+            preference_category=self.preference_category,
             extracted_nopref=self.nopref_letter is not None,
             extracted_pref=self.pref_letter is not None,
         )
@@ -129,6 +133,7 @@ def _write_csv(path: Path, rows: Iterable[CaseResult]) -> None:
                     r.item_id,
                     r.source,
                     r.category or "",
+                    r.preference_category or "",
                     r.strategy,
                     r.setting,
                     r.aligned or "",

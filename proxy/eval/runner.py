@@ -4,7 +4,8 @@ For each item: the no-preference baseline answer, then every strategy × setting
 through the proxy's own pipeline (`answering`); the option letter of every answer (`extract`,
 with the optional LLM fallback); and for the relevant and mixed settings the follow judge, which
 sees the question, the relevant preference, and the answers without and with preferences. Items
-run concurrently (`concurrency` at a time), calls at temperature 0 with a fixed seed.
+run concurrently (`concurrency` at a time), calls at temperature 0 with a fixed seed. How a
+question is asked, and what each strategy sends, is the `protocol`'s (`proxy` or `paper`).
 
 Every outcome worth keeping goes into the response cache at once, so a re-run after an
 interruption makes no call it already made. A call that fails is retried (transient failures
@@ -22,14 +23,15 @@ from functools import partial
 from typing import Any
 
 from ..errors import CallFailed
-from ..perg.cases import mcq_prompt
 from ..perg.datasets import Item, PreferenceItem
 from ..perg.extract import Extraction, extract_answer
 from .answering import BASELINE, BASELINE_STRATEGY, Answer, Answerer, EvalStrategy, parse_strategy
+from .baselines import Baselines
 from .cache import CacheKey, ResponseCache, fingerprint
 from .judging import Judging, LetterExtractor
 from .options import RunOptions
 from .progress import Progress
+from .protocols import Protocol
 from .results import CaseResult
 from .retry import describe_error, retried
 from .suite import Unit
@@ -63,6 +65,7 @@ class Runner:
         cache: ResponseCache,
         answerer: Answerer,
         judging: Judging,
+        baselines: Baselines,
         extractor: LetterExtractor | None = None,
         progress: Progress | None = None,
     ) -> None:
@@ -70,9 +73,11 @@ class Runner:
         self.cache = cache
         self.answerer = answerer
         self.judging = judging
+        self.baselines = baselines
+        self.protocol: Protocol = baselines.protocol
         self.extractor = extractor
         self.progress = progress or Progress(0, "", enabled=False)
-        self.strategies = [parse_strategy(name) for name in options.strategies]
+        self.strategies = [parse_strategy(name, options.protocol) for name in options.strategies]
         self.stats = RunStats()
         self._gate = asyncio.Semaphore(options.concurrency)
 
@@ -108,13 +113,14 @@ class Runner:
             "item_id": item.id, "source": item.source, "category": item.category, "setting": case.setting,
             "strategy": strategy.name, "relevant": case.relevant, "question": item.question, "options": item.options,
             "gold": item.gold, "preferences": case.preferences, "judged_preferences": unit.judged_preferences(case),
+            "preference_category": case.preference_category,
         }  # fmt: skip
         if baseline is None or nopref is None:
             errors["answer"] = "not asked: the baseline answer failed"
             self.progress.advance(failed=1)
             return CaseResult(**fields, errors=errors)
         fields.update(nopref_answer=baseline.text, nopref_letter=nopref.letter, nopref_extraction=nopref.method)
-        answer = await self.answer(item, case.setting, strategy, case.preferences, errors, "answer")
+        answer = await self.answer(item, case.setting, strategy, case.preferences, errors, "answer", baseline.text)
         if answer is None:
             return CaseResult(**fields, errors=errors)
         self._compare_draft(answer, baseline)
@@ -127,24 +133,28 @@ class Runner:
         return CaseResult(**fields, errors=errors)
 
     def body(self, item: Item) -> dict[str, Any]:
-        """The request a client would send: the MCQ prompt, temperature 0, the run's seed and token cap."""
-        return {
-            "model": self.options.model,
-            "messages": [{"role": "user", "content": mcq_prompt(item)}],
-            "temperature": 0,
-            "seed": self.options.seed,
-            "max_tokens": self.options.max_tokens,
-        }
+        """The request a client would send, as the protocol writes it: the MCQ prompt (and the
+        paper's system prompt), temperature 0, the protocol's seed and token cap."""
+        return self.protocol.body(item, self.options.model)
 
     async def answer(
-        self, item: Item, setting: str, strategy: EvalStrategy, preferences: tuple[str, ...], errors: dict[str, str], label: str
+        self,
+        item: Item,
+        setting: str,
+        strategy: EvalStrategy,
+        preferences: tuple[str, ...],
+        errors: dict[str, str],
+        label: str,
+        baseline: str = "",
     ) -> Answer | None:
         """A strategy's answer, from the cache or through the pipeline; None (error recorded) on failure."""
         body = self.body(item)
+        prompted = strategy.pipeline in ("prompted", "paper_aligner")
+        extra = (self.baselines.inputs(item, strategy), baseline if strategy.pipeline == "paper_aligner" else "") if prompted else ()
         key = CacheKey(
             kind="answer", item_id=item.id, setting=setting, strategy=strategy.name, model=self.options.model,
             prompt_version=self.answerer.prompt_version(strategy),
-            inputs=fingerprint(body, preferences, self.options.structured_output),
+            inputs=fingerprint(body, preferences, self.options.structured_output, *extra),
         )  # fmt: skip
         cached = self.cache.get(key)
         if cached is not None:
@@ -155,7 +165,7 @@ class Runner:
         request_id = f"perg-eval:{item.id}:{setting}:{strategy.name}"
         started = time.perf_counter()
         try:
-            answer = await self._retried(lambda: self.answerer.answer(request_id, body, strategy, preferences))
+            answer = await self._retried(lambda: self._produce(request_id, body, item, strategy, preferences, baseline))
         except Exception as error:  # noqa: BLE001 - one failed case never aborts the run
             errors[label] = describe_error(error)
             self.stats.answers_failed += 1
@@ -168,11 +178,18 @@ class Runner:
         self.progress.advance()
         return answer
 
+    async def _produce(
+        self, request_id: str, body: dict[str, Any], item: Item, strategy: EvalStrategy, preferences: tuple[str, ...], baseline: str
+    ) -> Answer:
+        if strategy.pipeline in ("prompted", "paper_aligner"):
+            return await self.baselines.answer(request_id, body, item, strategy, preferences, baseline)
+        return await self.answerer.answer(request_id, body, strategy, preferences)
+
     async def letter(self, item: Item, setting: str, strategy: str, text: str, errors: dict[str, str], label: str) -> Extraction:
-        """The letter an answer commits to: the rules, then (when on) the LLM fallback."""
+        """The letter an answer commits to: the rules, the LLM, or the rules then the LLM (`--extractor`)."""
         fallback = partial(self._fallback_letter, item, setting, strategy, errors, label) if self.extractor else None
         try:
-            extraction = await extract_answer(text, item.options, fallback)
+            extraction = await extract_answer(text, item.options, fallback, self.options.extractor)
         except Exception as error:  # noqa: BLE001 - a failed fallback leaves the answer unextractable
             errors[label] = describe_error(error)
             return Extraction(letter=None, method="none")
@@ -185,13 +202,13 @@ class Runner:
         assert self.extractor is not None
         key = CacheKey(
             kind="extract", item_id=item.id, setting=setting, strategy=strategy, model=self.extractor.model,
-            prompt_version=self.extractor.version, inputs=fingerprint(text, self.extractor.style),
+            prompt_version=self.extractor.version, inputs=fingerprint(text, self.extractor.style, self.protocol.question(item)),
         )  # fmt: skip
         cached = self.cache.get(key)
         if cached is not None:
             return cached["letter"]
         try:
-            letter = await self._retried(lambda: self.extractor.letter(mcq_prompt(item), text, options))
+            letter = await self._retried(lambda: self.extractor.letter(self.protocol.question(item), text, options))
         except CallFailed as error:
             if error.reason not in REPLY_FAILURES:
                 raise
@@ -204,7 +221,7 @@ class Runner:
         self, unit: Unit, case: PreferenceItem, strategy: EvalStrategy, without: str, with_: str, errors: dict[str, str]
     ) -> dict[str, Any] | None:
         """The follow verdict `{"score", "reason"}`; None (error recorded) when the judge failed."""
-        query, preferences = mcq_prompt(unit.item), unit.judged_preferences(case)
+        query, preferences = self.protocol.question(unit.item), unit.judged_preferences(case)
         o = self.options
         key = CacheKey(
             kind="follow", item_id=unit.item.id, setting=case.setting, strategy=strategy.name, model=o.judge_model_name,

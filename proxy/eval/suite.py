@@ -5,9 +5,12 @@ Datasets: `builtin`, a JSONL file in the shared-data schema, or a CSV in the PER
 and built-in items get their style preference from the pool (`cases.build_cases`); a PERGData row
 brings its own preference, which plays the style preference's part: the relevant setting asks
 with it alone, mixed inserts it among unrelated preferences from the pool, and irrelevant uses the
-pool's unrelated preferences only. `--limit N` keeps N items chosen by a seeded shuffle (so a small
-run spans the categories, and a larger limit with the same seed contains a smaller one), in dataset
-order.
+pool's unrelated preferences only (under the paper's protocol: its five fixed irrelevant
+preferences, the relevant one in their middle for mixed). A PERGData row's `preference_category`
+travels with its cases; a pool's style preference brings its own. `--limit N` keeps N items
+chosen by a seeded shuffle (so a small run spans the categories, and a larger limit with the same
+seed contains a smaller one), in dataset order. Rows that cannot be used are skipped and listed
+in the `LoadSummary` (`strict` refuses the file instead).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..perg.cases import CasePreference, PreferencePool, build_cases, load_preferences
-from ..perg.datasets import Item, PreferenceItem, Setting, load_builtin, load_jsonl, load_pergdata_csv
+from ..perg.datasets import Item, LoadSummary, PreferenceItem, Setting, load_builtin, load_jsonl, load_pergdata_csv
 from ..perg.stats import derive_seed
 
 T = TypeVar("T")
@@ -38,6 +41,15 @@ class Unit:
         return (self.style,) if case.relevant else ()
 
 
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """How the preference settings are built: the pool's random unrelated preferences, or fixed ones."""
+
+    seed: int = 0
+    n_unrelated: int = 3
+    irrelevant: tuple[str, ...] | None = None
+
+
 def load_units(
     dataset: str,
     settings: Sequence[Setting],
@@ -46,14 +58,24 @@ def load_units(
     seed: int = 0,
     n_unrelated: int = 3,
     limit: int | None = None,
+    irrelevant: tuple[str, ...] | None = None,
+    strict: bool = False,
+    summaries: list[LoadSummary] | None = None,
 ) -> list[Unit]:
+    """The units of a run; the dataset's `LoadSummary` is appended to `summaries` when given."""
     pool = load_preferences(preferences)
+    layout = Layout(seed, n_unrelated, irrelevant)
     if dataset == "builtin":
-        return _item_units(select(load_builtin(), limit, seed), pool, settings, seed, n_unrelated)
+        return _item_units(select(load_builtin(), limit, seed), pool, settings, layout)
     if dataset.lower().endswith(".csv"):
-        rows = select(load_pergdata_csv(dataset), limit, seed)
-        return [_row_unit(row, pool, settings, seed, n_unrelated) for row in rows]
-    return _item_units(select(load_jsonl(dataset), limit, seed), pool, settings, seed, n_unrelated)
+        loaded = load_pergdata_csv(dataset, strict=strict)
+        if summaries is not None:
+            summaries.append(loaded.summary)
+        return [_row_unit(row, pool, settings, layout) for row in select(loaded.entries, limit, seed)]
+    items = load_jsonl(dataset, strict=strict)
+    if summaries is not None:
+        summaries.append(items.summary)
+    return _item_units(select(items.entries, limit, seed), pool, settings, layout)
 
 
 def dataset_name(dataset: str) -> str:
@@ -69,15 +91,21 @@ def select(entries: Sequence[T], limit: int | None, seed: int) -> list[T]:
     return [entries[index] for index in sorted(order[:limit])]
 
 
-def _item_units(items: list[Item], pool: PreferencePool, settings: Sequence[Setting], seed: int, n_unrelated: int) -> list[Unit]:
-    styles = {case.item.id: case.preferences[0] for case in build_cases(items, pool, ("relevant",), seed=seed, n_unrelated=n_unrelated)}
+def _cases(items: list[Item], pool: PreferencePool, settings: Sequence[Setting], layout: Layout) -> list[PreferenceItem]:
+    return build_cases(items, pool, settings, seed=layout.seed, n_unrelated=layout.n_unrelated, irrelevant=layout.irrelevant)
+
+
+def _item_units(items: list[Item], pool: PreferencePool, settings: Sequence[Setting], layout: Layout) -> list[Unit]:
+    styles = {case.item.id: case.preferences[0] for case in _cases(items, pool, ("relevant",), layout)}
     cases: dict[str, list[PreferenceItem]] = {}
-    for case in build_cases(items, pool, settings, seed=seed, n_unrelated=n_unrelated):
+    for case in _cases(items, pool, settings, layout):
         cases.setdefault(case.item.id, []).append(case)
     return [Unit(item, tuple(cases.get(item.id, ())), styles[item.id]) for item in items]
 
 
-def _row_unit(row: PreferenceItem, pool: PreferencePool, settings: Sequence[Setting], seed: int, n_unrelated: int) -> Unit:
+def _row_unit(row: PreferenceItem, pool: PreferencePool, settings: Sequence[Setting], layout: Layout) -> Unit:
     style = row.preferences[0]
     own = PreferencePool(style=(CasePreference(id="row", text=style),), unrelated=pool.unrelated)
-    return Unit(row.item, tuple(build_cases([row.item], own, settings, seed=seed, n_unrelated=n_unrelated)), style)
+    cases = [case.model_copy(update={"preference_category": row.preference_category}) if case.relevant else case
+             for case in _cases([row.item], own, settings, layout)]  # fmt: skip
+    return Unit(row.item, tuple(cases), style)

@@ -69,8 +69,11 @@ class Judge:
     prompts: dict[str, Prompt]
 
     @classmethod
-    def create(cls, ask_json: AskJson, style: str, max_tokens: int) -> Judge:
+    def create(cls, ask_json: AskJson, style: str, max_tokens: int, follow_prompt: str = "judge_follow") -> Judge:
+        """The judges with the shipped prompts; `follow_prompt` names another follow rubric
+        (`paper_judge_follow`, the paper's protocol) with the same placeholders."""
         prompts = {name: load_prompt(f"judge_{name}") for name in SCHEMAS}
+        prompts["follow"] = load_prompt(follow_prompt)
         return cls(ask_json, style, max_tokens, prompts)
 
     async def ask(self, name: str, model: str, **values: str) -> Any:

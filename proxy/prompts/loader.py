@@ -1,7 +1,7 @@
 """Prompt templates: files under `proxy/prompts/` (or the configured overrides), rendered safely.
 
 A template file holds the system text, a line `---`, then the user template (no `---` means
-system text only). Placeholders are `{name}` (`{query}`, `{answer}`, `{preferences}`, …); values
+system text only; a file that starts with `---` is a user template only). Placeholders are `{name}` (`{query}`, `{answer}`, `{preferences}`, …); values
 are inserted verbatim in one pass (braces in them are harmless), and every preference is put on
 one labelled line so that its text cannot pose as another section of the prompt.
 """
@@ -48,7 +48,8 @@ def _fill(template: str, values: dict[str, str]) -> str:
 
 
 def parse_prompt(name: str, text: str) -> Prompt:
-    system, _, user = text.partition(SEPARATOR)
+    """A template from its file's text; a file that starts with `---` has no system text."""
+    system, _, user = ("\n" + text if text.startswith("---\n") else text).partition(SEPARATOR)
     version = hashlib.sha256(text.encode()).hexdigest()[:12]
     return Prompt(name=name, system=system.strip(), user=user.strip(), version=version)
 
