@@ -37,6 +37,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from .cells import LETTERS, normalize_text
+from .statements import HEDGE, QUOTED, SENTENCE_END, VERB, answer_statement, letter_at, matchable, strip_option_lists, text_at
 
 Fallback = Callable[[str, Sequence[str]], Awaitable[str | None]]
 """An optional second opinion (an LLM asked for the letter): gets the reply and the options, returns
@@ -44,33 +45,12 @@ text that is itself run through `extract_letter`. Its errors propagate to the ca
 
 ExtractorMode = Literal["rules", "llm", "rules+llm"]
 EXTRACTOR_MODES: tuple[ExtractorMode, ...] = ("rules", "llm", "rules+llm")
-HEDGE = "?"
-"""What a statement naming two letters yields: an ambiguity, never an answer."""
 
-_TOKEN = re.compile(r"""\s*["'“‘]?\s*(?:[(\[]\s*(?P<enclosed>[A-Za-z])\s*[)\]]|(?P<bare>[A-Za-z])(?!\w)(?!['’]\w))""")
-_LOWER_END = re.compile(r"""\s*(?:$|[.,;:!?)\]"'”’])""")
-_SECOND_LETTER = re.compile(r"""\s*(?:,|/|&|\band\b|\bor\b)\s*(?:option\s+|choice\s+)?[(\[]?[A-Z][)\]]?(?![\w'’])""")
-_VERB = r"\s*(?:is|would be|should be|must be|will be|=|:|-|–)\s*:?\s*(?:option|choice|letter)?\s*:?"
-_FINAL = re.compile(r"\\boxed\{|<answer>|\bfinal answer" + _VERB, re.IGNORECASE)
-_ANSWER = re.compile(r"\b(?:answer|option|choice)" + _VERB, re.IGNORECASE)
-_SAME_SENTENCE = r"(?:(?![.!?](?:\s|$))[^\n]){0,160}?"
-_SENTENCE_END = re.compile(r"[.!?](?:\s|$)|\n\s*\n")
-_STATEMENT_ANCHOR = re.compile(
-    r"\b(?:answer|option|choice|conclusion)s?\b|\bbest (?:fits|answers|describes|matches|fit|answer|describe|match)\b", re.IGNORECASE
-)
-_PARENTHESISED = re.compile(r"\((?:option\s+|choice\s+)?([A-Z])\)", re.IGNORECASE)
+_FINAL = re.compile(r"\\boxed\{|<answer>|\bfinal answer" + VERB, re.IGNORECASE)
 _BRACKETED = re.compile(r"^\s*\[([A-Z])\s*[,\]]")
-_WORD_AFTER = re.compile(r"\s+(?!(?:is|or|and|because|since|as|would|was)\b)[a-z]")
-_ARTICLE = re.compile(r"(?:the|an?)\s+", re.IGNORECASE)
-_QUOTED = re.compile(r'"[^"\n]{1,400}"|“[^”\n]{1,400}”')
 _CONCLUSION = re.compile(
     r"(?:^|(?<=[.!?]\s)|(?<=\n))\s*(?:therefore|thus|hence|so|in summary|in conclusion|to summarize|to sum up|overall|"
     r"in short|ultimately|based on (?:this|the|these|our|my)[^,\n]{0,60})\b,?",
-    re.IGNORECASE,
-)
-_STATEMENT_VERB = re.compile(
-    r"\b(?:is|would be|should be|must be|will be|remains)\b\s*:?\s*(?:(?:most\s+)?(?:likely|probably|clearly|definitely)\s+)?"
-    r"(?:(?:the\s+)?(?:option|choice|letter)\s*:?\s*)?",
     re.IGNORECASE,
 )
 _REVIEW_HEAD = re.compile(r"^\s*(?:option\s+)?[(\[]?([A-Z])\s*[)\].:\-–]", re.IGNORECASE)
@@ -78,14 +58,6 @@ _REVIEW_VERDICT = re.compile(
     r"\b(?:this|that|it)\s+(?:option|answer|statement|choice)?\s*(?:is|seems|appears)\s+(?:to be\s+)?(?:the\s+)?(?:most\s+)?"
     r"(?P<verdict>correct|true|accurate|right|valid|best|likely|plausible|not|incorrect|false|wrong|inaccurate|partially|also|less|too)\b",
     re.IGNORECASE,
-)
-_ASSESSED = re.compile(
-    r"(?:\b(?i:option|choice)\s+[(\[]?(?P<letter>[A-Z])[)\]]?|(?<![\w'’.])(?P<lettered>[A-Z])[.)](?=\s))(?![\w'’])"
-    r"""(?:\s*[,:(]?\s*["'“]?""" + _SAME_SENTENCE + r"""["'”)]?\s*,?)?"""
-    r"\s+(?i:is|would be|seems to be|appears to be)\s+(?i:the\s+|a\s+)?(?i:most\s+|best\s+|only\s+)?"
-    r"(?i:correct|right|best|accurate|appropriate|suitable|reasonable|fitting|plausible|true|valid|likely)\b"
-    r"|\b(?i:option|choice)\s+[(\[]?(?P<chosen>[A-Z])[)\]]?(?![\w'’])\s+(?i:as)\s+(?i:the|our)\s+"
-    r"(?i:most likely|best|correct|right|most accurate|most appropriate|final)\b"
 )
 _AFFIRM = re.compile(
     r"\b(?:i(?:'d| would| will|'ll)? (?:choose|pick|select|go with|say)|go with|i (?:think|believe)"
@@ -106,7 +78,6 @@ _NEGATION = re.compile(
     r"(?:[^.;:!?]{0,40}?(?:,|\bor|\bnor)\s+)?$"  # also the later items of `not X, Y or Z`
 )
 _MARKUP = re.compile(r"[*`]|__")
-_ECHO_LINE = re.compile(r"^\s*[(\[]?([A-Z])\s*[)\].:\-–]\s+(?:(?![.!?]\s)[^\n]){1,200}$")
 _REJECTED = re.compile(
     r"""\s*(?:[,(]\s*["'“]?""" + r"(?:(?![.!?]\s)[^\n]){0,120}?" + r"""["'”)]?\s*,?\s*)?"""
     r"(?:is|was|seems|would be)\s+(?:not\b|incorrect|wrong|false|unlikely|less\b|also\s+(?:not|incorrect|wrong))|\s*isn't"
@@ -127,7 +98,7 @@ def extract_letter(text: str | None, options: Sequence[str]) -> str | None:
     letters = LETTERS[: len(options)]
     if not text or not letters:
         return None
-    clean = _strip_option_lists(_MARKUP.sub("", text).replace("’", "'").strip())
+    clean = strip_option_lists(_MARKUP.sub("", text).replace("’", "'").strip())
     for rule in _RULES:
         found = rule(clean, letters, options)
         if found:
@@ -151,108 +122,13 @@ async def extract_answer(
     return Extraction(letter=letter, method="fallback" if letter else "none")
 
 
-def _strip_option_lists(text: str) -> str:
-    """The reply without its copies of the option list: runs of two or more consecutive lines that
-    each give one option, letters in increasing order (`A. Sydney` / `B. Canberra` …). A copy of
-    the options is no answer, and must not hide the answer written after it."""
-    lines = text.splitlines()
-    keep = [True] * len(lines)
-    start = 0
-    while start < len(lines):
-        end = start
-        while (
-            end < len(lines)
-            and (match := _ECHO_LINE.match(lines[end]))
-            and (
-                end == start or match.group(1) > _ECHO_LINE.match(lines[end - 1]).group(1)  # type: ignore[union-attr]
-            )
-        ):
-            end += 1
-        if end - start >= 2:
-            keep[start:end] = [False] * (end - start)
-        start = max(end, start + 1)
-    return "\n".join(line for line, kept in zip(lines, keep, strict=True) if kept)
-
-
-def _letter_at(text: str, position: int, letters: str) -> str | None:
-    """The option letter written at `position` (after an anchor such as `answer:`), if any;
-    `HEDGE` when a second letter follows it (`B and D`, `A or C`)."""
-    match = _TOKEN.match(text, position)
-    if match is None:
-        return None
-    bare = match.group("bare")
-    if bare is not None and bare.islower() and not _LOWER_END.match(text, match.end()):
-        return None
-    letter = (bare or match.group("enclosed")).upper()
-    if letter not in letters or (bare in ("A", "I") and _WORD_AFTER.match(text, match.end())):
-        return None  # the article or the pronoun: `Answer: A mouse can be found …`
-    return HEDGE if _SECOND_LETTER.match(text, match.end()) else letter
-
-
-def _text_at(text: str, position: int, options: Sequence[str], letters: str) -> str | None:
-    """The letter of the option whose full text is written at `position` (the longest that fits)."""
-    rest = normalize_text(text[position : position + 400]).lstrip("\"'“‘(")
-    best: tuple[int, str] | None = None
-    for letter, option in zip(letters, options, strict=True):
-        target = normalize_text(option)
-        if _matchable(target) and rest.startswith(target) and not rest[len(target) : len(target) + 1].isalnum():
-            if best is None or len(target) > best[0]:
-                best = (len(target), letter)
-    return best[1] if best else None
-
-
 def _anchored(pattern: re.Pattern[str], text: str, letters: str) -> list[str]:
-    found = [_letter_at(text, match.end(), letters) for match in pattern.finditer(text)]
+    found = [letter_at(text, match.end(), letters) for match in pattern.finditer(text)]
     return [letter for letter in found if letter is not None]
 
 
 def _final_answer(text: str, letters: str, options: Sequence[str]) -> list[str]:
     return _anchored(_FINAL, text, letters)[-1:]
-
-
-def _answer_statement(text: str, letters: str, options: Sequence[str]) -> list[str]:
-    """The last statement of an answer, wherever it is: `(position, letter)` from every form, sorted."""
-    found: list[tuple[int, str]] = []
-    for match in _ANSWER.finditer(text):
-        letter = _letter_at(text, match.end(), letters)
-        if letter is not None:
-            found.append((match.end(), letter))
-    for anchor in _STATEMENT_ANCHOR.finditer(text):
-        stated = _stated_after(text, anchor.end(), letters, options)
-        if stated is not None:
-            found.append(stated)
-    for match in _ASSESSED.finditer(text):
-        letter = match.group("letter") or match.group("lettered") or match.group("chosen")
-        if letter in letters:
-            found.append((match.end(), letter))
-    return [max(found)[1]] if found else []
-
-
-def _stated_after(text: str, start: int, letters: str, options: Sequence[str]) -> tuple[int, str] | None:
-    """`(position, letter)` of the first `is <letter or option text>` in the sentence from `start`."""
-    window = _QUOTED.sub(lambda quoted: "x" * len(quoted.group(0)), text[start : start + 480])
-    end = _SENTENCE_END.search(window)
-    window = window[: end.start()] if end else window
-    named = text[start - 8 : start].casefold().rstrip().endswith(("option", "choice", "options", "choices"))
-    for verb in _STATEMENT_VERB.finditer(window):
-        position = start + verb.end()
-        article = _ARTICLE.match(text, position)
-        letter = (
-            _letter_at(text, position, letters)
-            or _text_at(text, position, options, letters)
-            or (_text_at(text, article.end(), options, letters) if article else None)
-            or (None if named else _parenthesised(window[verb.end() :], letters))
-        )
-        if letter is not None:
-            return position, letter
-    return None
-
-
-def _parenthesised(rest: str, letters: str) -> str | None:
-    """The `(B)` / `(option B)` closing the first clause: `the answer is a cupboard (B)`."""
-    match = _PARENTHESISED.search(re.split(r",|;|\bwhile\b|\bwhereas\b|\bbut\b", rest, maxsplit=1)[0])
-    letter = match.group(1).upper() if match else None
-    return letter if letter is not None and letter in letters else None
 
 
 def _bare_last_line(text: str, letters: str, options: Sequence[str]) -> list[str]:
@@ -274,8 +150,8 @@ def _conclusion(text: str, letters: str, options: Sequence[str]) -> list[str]:
     if not markers:
         return []
     start = markers[-1].end()
-    window = _QUOTED.sub(lambda quoted: "x" * len(quoted.group(0)), text[start : start + 600])
-    end = _SENTENCE_END.search(window)
+    window = QUOTED.sub(lambda quoted: "x" * len(quoted.group(0)), text[start : start + 600])
+    end = SENTENCE_END.search(window)
     sentence = text[start : start + (end.start() if end else len(window))]
     return _named_option(sentence, letters, options) or _option_text(sentence, letters, options)
 
@@ -305,7 +181,7 @@ def _opening_option(text: str, letters: str, options: Sequence[str]) -> list[str
     if match is None or match.group(1).upper() not in letters or (len(lines) > 1 and _LETTERED_LINE.match(lines[1])):
         return []  # not an opening line but the first of a list of the options
     letter = match.group(1).upper()
-    return [letter] if _text_at(match.group(2), 0, [options[letters.index(letter)]], letter) else []
+    return [letter] if text_at(match.group(2), 0, [options[letters.index(letter)]], letter) else []
 
 
 def _full_text_lines(text: str, letters: str, options: Sequence[str]) -> list[str]:
@@ -336,14 +212,9 @@ def _named_option(text: str, letters: str, options: Sequence[str]) -> list[str]:
 def _option_text(text: str, letters: str, options: Sequence[str]) -> list[str]:
     folded = text.casefold()
     texts = {letter: normalize_text(option) for letter, option in zip(letters, options, strict=True)}
-    mentioned = {letter for letter, option in texts.items() if _matchable(option) and _affirmed_mention(folded, option)}
+    mentioned = {letter for letter, option in texts.items() if matchable(option) and _affirmed_mention(folded, option)}
     longest = [letter for letter in mentioned if not any(other != letter and texts[letter] in texts[other] for other in mentioned)]
     return sorted(longest)
-
-
-def _matchable(option: str) -> bool:
-    """A one-letter option text (`S`, `C`) cannot be told from an option letter or a word fragment."""
-    return bool(option) and not (len(option) == 1 and option.isalpha())
 
 
 def _affirmed_mention(folded: str, option: str) -> bool:
@@ -355,7 +226,7 @@ def _affirmed_mention(folded: str, option: str) -> bool:
 
 _RULES = (
     _final_answer,
-    _answer_statement,
+    answer_statement,
     _bare_last_line,
     _affirmation,
     _opening_option,
