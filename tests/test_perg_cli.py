@@ -246,3 +246,17 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path, fake_upstre
     # baselines + naive + stage 1 = 21 answers in all; those finished before the interruption are not asked again
     assert len(fake_upstream.chat_bodies("chat")) <= 21 - asked + 1
     assert "3 items, 18 cases, 0 failed" in resumed.stdout
+
+
+def test_run_skips_unusable_rows_says_so_and_runs_the_rest(tmp_path, fake_upstream) -> None:
+    fake_upstream.scripts["mcq"] = mcq_script()
+    done = perg(
+        "run", "--base-url", fake_upstream.url, "--model", "script:mcq", "--structured-output", "json_schema",
+        "--dataset", str(FIXTURES / "pergdata_bad.csv"), "--settings", "relevant", "--strategies", "naive",
+        "--resamples", "10", "--out", str(tmp_path / "out"), "--quiet",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "pergdata_bad.csv: 7 rows, 1 loaded, 6 skipped" in done.stderr and "skipped line 5: gold '2' is ambiguous" in done.stderr
+    assert "1 items, 1 cases, 0 failed" in done.stdout
+    meta = json.loads((tmp_path / "out" / "report.json").read_text())["meta"]
+    assert meta["dataset"].endswith("pergdata_bad.csv: 1 of 7 rows loaded, 6 skipped")
