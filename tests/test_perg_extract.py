@@ -129,6 +129,8 @@ VERBOSE: list[tuple[str, Sequence[str], str | None]] = [
         "B",
     ),
     ("[B, Canberra] is the answer.", CITIES, "B"),
+    # a letter inside a formula is no lettered option
+    ("Under that condition the first answer, P(A ∪ B) = 0.5, is correct.", CITIES, None),
     # the article and the pronoun are not letters
     ("Answer: A mouse can live in a garden.", CITIES, None),
     # hedges stay hedges

@@ -40,7 +40,7 @@ _STATEMENT_VERB = re.compile(
     re.IGNORECASE,
 )
 _ASSESSED = re.compile(
-    r"(?:\b(?i:option|choice)\s+[(\[]?(?P<letter>[A-Z])[)\]]?|(?<![\w'’.])(?P<lettered>[A-Z])[.)](?=\s))(?![\w'’])"
+    r"(?:\b(?i:option|choice)\s+[(\[]?(?P<letter>[A-Z])[)\]]?|(?:^|(?<=\n)|(?<=[,:;] ))(?P<lettered>[A-Z])[.)](?=\s))(?![\w'’])"
     r"""(?:\s*[,:(]?\s*["'“]?""" + _SAME_SENTENCE + r"""["'”)]?\s*,?)?"""
     r"\s+(?i:is|would be|seems to be|appears to be)\s+(?i:the\s+|a\s+)?(?i:most\s+|best\s+|only\s+)?"
     r"(?i:correct|right|best|accurate|appropriate|suitable|reasonable|fitting|plausible|true|valid|likely)\b"
