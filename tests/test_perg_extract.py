@@ -133,6 +133,32 @@ VERBOSE: list[tuple[str, Sequence[str], str | None]] = [
     ("Under that condition the first answer, P(A ∪ B) = 0.5, is correct.", CITIES, None),
     # the article and the pronoun are not letters
     ("Answer: A mouse can live in a garden.", CITIES, None),
+    # a verdict belongs to the option it follows, not to a later clause
+    ("The answer is B.\n\nOption D is not the best answer because Perth is likely to be larger.", CITIES, "B"),
+    ("Answer: B\n\nD. Partially correct - while it is true that Perth is large, it is not the capital.", CITIES, "B"),
+    ('The option that fits is a "planned capital" (option B).', CITIES, "B"),
+    # the answer on the line after `is:`; several lettered lines there are several answers
+    ("The correct answer is:\n\nB. Canberra\n\nIt was built to be the capital.", CITIES, "B"),
+    ("The correct answer is:\nB. Canberra\nD. Perth\n\nPerth is on the west coast.", CITIES, None),
+    ("The best answers would be:\n\nA. Sydney\n\nC. Melbourne\n\nBoth are large cities.", CITIES, None),
+    ("The correct shape is:\n\nC. Triangle, with three corners\n\nOption A, a circle, has none; option B has four.", SHAPES, "C"),
+    ("The false statement is:\n\nA. Circle, which has corners\n\nB. Square has four corners.\n\nC. Triangle has three.", SHAPES, "A"),
+    ("These shapes are:\n\nA. Circle: round.\n\nB. Square: four corners.\n\nC. Triangle: three corners.", SHAPES, None),
+    # `answer:` or `option:` said in passing before a walk through every option is no answer
+    (
+        "To help you see the correct answer:\n\nA. Sydney: the largest city.\n\nB. Canberra: the capital.\n\n"
+        "C. Melbourne: the seat until 1927.\n\nD. Perth: in the west.",
+        CITIES,
+        None,
+    ),
+    ("So, let's consider the correct answer:\nB. This option names the planned capital.", CITIES, "B"),
+    # an option cited by its letter and full text after a verb
+    ("A circle is round and a square has four sides; the three-sided one is C. Triangle.", SHAPES, "C"),
+    ("The correct answer is B. Canberra. A more scenic place to visit is D. Perth.", CITIES, "B"),
+    ("Options A and B miss the mark; option C comes the closest and option D is far off.", SHAPES, "C"),
+    # several options in an opening bracket
+    ("[A, B] Sydney and Canberra are both important cities.", CITIES, None),
+    ("[B, D, or C. These are all plausible.]", CITIES, None),
     # hedges stay hedges
     ("The best answer to the question would be either B or C.", CITIES, None),
     ("The correct answer is B and D.", CITIES, None),

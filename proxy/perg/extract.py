@@ -37,7 +37,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from .cells import LETTERS, normalize_text
-from .statements import HEDGE, QUOTED, SENTENCE_END, VERB, answer_statement, letter_at, matchable, strip_option_lists, text_at
+from .statements import HEDGE, QUOTED, SENTENCE_END, VERB, answer_statement, cited_option, letter_at, matchable, strip_option_lists, text_at
 
 Fallback = Callable[[str, Sequence[str]], Awaitable[str | None]]
 """An optional second opinion (an LLM asked for the letter): gets the reply and the options, returns
@@ -47,7 +47,7 @@ ExtractorMode = Literal["rules", "llm", "rules+llm"]
 EXTRACTOR_MODES: tuple[ExtractorMode, ...] = ("rules", "llm", "rules+llm")
 
 _FINAL = re.compile(r"\\boxed\{|<answer>|\bfinal answer" + VERB, re.IGNORECASE)
-_BRACKETED = re.compile(r"^\s*\[([A-Z])\s*[,\]]")
+_BRACKETED = re.compile(r"^\s*\[([A-Z])\s*(?P<several>,\s*(?:or\s+)?[A-Z]\s*[,\].])?")  # `[B, No, …]`; `[A, B]` names two
 _CONCLUSION = re.compile(
     r"(?:^|(?<=[.!?]\s)|(?<=\n))\s*(?:therefore|thus|hence|so|in summary|in conclusion|to summarize|to sum up|overall|"
     r"in short|ultimately|based on (?:this|the|these|our|my)[^,\n]{0,60})\b,?",
@@ -98,7 +98,7 @@ def extract_letter(text: str | None, options: Sequence[str]) -> str | None:
     letters = LETTERS[: len(options)]
     if not text or not letters:
         return None
-    clean = strip_option_lists(_MARKUP.sub("", text).replace("’", "'").strip())
+    clean = strip_option_lists(_MARKUP.sub("", text).replace("’", "'").strip(), letters)
     for rule in _RULES:
         found = rule(clean, letters, options)
         if found:
@@ -122,13 +122,13 @@ async def extract_answer(
     return Extraction(letter=letter, method="fallback" if letter else "none")
 
 
-def _anchored(pattern: re.Pattern[str], text: str, letters: str) -> list[str]:
-    found = [letter_at(text, match.end(), letters) for match in pattern.finditer(text)]
+def _anchored(pattern: re.Pattern[str], text: str, letters: str, options: Sequence[str]) -> list[str]:
+    found = [letter_at(text, match.end(), letters, options) for match in pattern.finditer(text)]
     return [letter for letter in found if letter is not None]
 
 
 def _final_answer(text: str, letters: str, options: Sequence[str]) -> list[str]:
-    return _anchored(_FINAL, text, letters)[-1:]
+    return _anchored(_FINAL, text, letters, options)[-1:]
 
 
 def _bare_last_line(text: str, letters: str, options: Sequence[str]) -> list[str]:
@@ -140,7 +140,7 @@ def _bare_last_line(text: str, letters: str, options: Sequence[str]) -> list[str
 
 def _affirmation(text: str, letters: str, options: Sequence[str]) -> list[str]:
     stated = [m.group(1) for m in _CORRECT.finditer(text) if m.group(1) in letters]
-    return [letter for letter in _anchored(_AFFIRM, text, letters) + stated if letter != HEDGE]
+    return [letter for letter in _anchored(_AFFIRM, text, letters, options) + stated if letter != HEDGE]
 
 
 def _conclusion(text: str, letters: str, options: Sequence[str]) -> list[str]:
@@ -176,7 +176,7 @@ def _opening_option(text: str, letters: str, options: Sequence[str]) -> list[str
     lines = [line for line in text.splitlines() if line.strip() and not _LABEL.match(line)]
     bracketed = _BRACKETED.match(lines[0]) if lines else None
     if bracketed is not None and bracketed.group(1) in letters:
-        return [bracketed.group(1)]  # `[B, No, it is not]`
+        return [HEDGE if bracketed.group("several") else bracketed.group(1)]  # `[B, No, it is not]`; `[A, B]` is a hedge
     match = _LETTERED_TEXT.match(lines[0]) if lines else None
     if match is None or match.group(1).upper() not in letters or (len(lines) > 1 and _LETTERED_LINE.match(lines[1])):
         return []  # not an opening line but the first of a list of the options
@@ -227,6 +227,7 @@ def _affirmed_mention(folded: str, option: str) -> bool:
 _RULES = (
     _final_answer,
     answer_statement,
+    cited_option,
     _bare_last_line,
     _affirmation,
     _opening_option,

@@ -21,11 +21,15 @@ HEDGE = "?"
 """What a statement naming two letters yields: an ambiguity, never an answer."""
 
 _TOKEN = re.compile(r"""\s*["'“‘]?\s*(?:[(\[]\s*(?P<enclosed>[A-Za-z])\s*[)\]]|(?P<bare>[A-Za-z])(?!\w)(?!['’]\w))""")
-_LOWER_END = re.compile(r"""\s*(?:$|[.,;:!?)\]"'”’])""")
+_LOWER_END = re.compile(r"""\s*(?:$|[.,;:!?)\]”’]|["'](?!\w))""")  # not an opening quote: `is a "tall building"`
 _SECOND_LETTER = re.compile(r"""\s*(?:,|/|&|\band\b|\bor\b)\s*(?:option\s+|choice\s+)?[(\[]?[A-Z][)\]]?(?![\w'’])""")
 VERB = r"\s*(?:is|would be|should be|must be|will be|=|:|-|–)\s*:?\s*(?:option|choice|letter)?\s*:?"
 _ANSWER = re.compile(r"\b(?:answer|option|choice)" + VERB, re.IGNORECASE)
 _SAME_SENTENCE = r"(?:(?![.!?](?:\s|$))[^\n]){0,160}?"
+_BETWEEN = (  # what may stand between an option and its verdict: a quote, or words that are neither a verb nor a new clause
+    r"""(?:"(?:(?![.!?]\s)[^"\n]){1,200}"|“(?:(?![.!?]\s)[^”\n]){1,200}”|(?![.!?](?:\s|$))"""
+    r"(?!(?i:\b(?:is|are|was|were|that|while|although|though|if|because|whether|but|when|which|since|not)\b))[^\n]){0,160}?"
+)
 SENTENCE_END = re.compile(r"[.!?](?:\s|$)|\n\s*\n")
 _STATEMENT_ANCHOR = re.compile(
     r"\b(?:answer|option|choice|conclusion)s?\b|\bbest (?:fits|answers|describes|matches|fit|answer|describe|match)\b", re.IGNORECASE
@@ -41,19 +45,38 @@ _STATEMENT_VERB = re.compile(
 )
 _ASSESSED = re.compile(
     r"(?:\b(?i:option|choice)\s+[(\[]?(?P<letter>[A-Z])[)\]]?|(?:^|(?<=\n)|(?<=[,:;] ))(?P<lettered>[A-Z])[.)](?=\s))(?![\w'’])"
-    r"""(?:\s*[,:(]?\s*["'“]?""" + _SAME_SENTENCE + r"""["'”)]?\s*,?)?"""
+    r"""(?:\s*[,:(]?\s*["'“]?""" + _BETWEEN + r"""["'”)]?\s*,?)?"""
     r"\s+(?i:is|would be|seems to be|appears to be)\s+(?i:the\s+|a\s+)?(?i:most\s+|best\s+|only\s+)?"
     r"(?i:correct|right|best|accurate|appropriate|suitable|reasonable|fitting|plausible|true|valid|likely)\b"
+    r"|\b(?i:option|choice)\s+[(\[]?(?P<closest>[A-Z])[)\]]?(?![\w'’])\s+(?i:comes|is)\s+(?i:the\s+)?(?i:closest)\b"
     r"|\b(?i:option|choice)\s+[(\[]?(?P<chosen>[A-Z])[)\]]?(?![\w'’])\s+(?i:as)\s+(?i:the|our)\s+"
     r"(?i:most likely|best|correct|right|most accurate|most appropriate|final)\b"
+)
+_INTRODUCES_ANSWER = re.compile(
+    r"\b(?:answers?|options?|choices?|correct|best|true|false|accurate)\b[^\n]{0,200}?(?:is|are|be|include)\s*:\s*$", re.IGNORECASE
+)
+_NEXT_LETTERED = re.compile(r"\n(?P<blank>[ \t]*\n)?(?P<line>[ \t]*[(\[]?[A-Z]\s*[)\].:\-–]\s[^\n]*)")
+_INTRODUCED = re.compile(
+    r"\b(?:correct|incorrect|true|false|best|most|right|answer|statement|example|likely|appropriate|accurate)\b"
+    r"[^\n.!?]{0,120}?\b(?:is|would be|should be|will be)\s*:[ \t]*(?=\n)",
+    re.IGNORECASE,
+)
+_LINE_LETTER = re.compile(r"^\s*[(\[]?([A-Z])\s*[)\].:\-–]\s", re.MULTILINE)
+_LETTERED_AT = re.compile(r"\s*\n\s*[(\[]?[A-Z]\s*[)\].:\-–]\s")
+_CITED = re.compile(
+    r"\b(?:is|are|would be|should be|will be)\s+(?:(?:most\s+)?(?:likely|probably|often|clearly|definitely|usually)\s+)?"
+    r"(?:option\s+)?[(\[]?(?P<letter>[A-Z])[)\].:]\s+",
+    re.IGNORECASE,
 )
 _ECHO_LINE = re.compile(r"^\s*[(\[]?([A-Z])\s*[)\].:\-–]\s+(?:(?![.!?]\s)[^\n]){1,200}$")
 
 
-def strip_option_lists(text: str) -> str:
+def strip_option_lists(text: str, letters: str = "") -> str:
     """The reply without its copies of the option list: runs of two or more consecutive lines that
     each give one option, letters in increasing order (`A. Sydney` / `B. Canberra` …). A copy of
-    the options is no answer, and must not hide the answer written after it."""
+    the options is no answer, and must not hide the answer written after it. A run that a line
+    ending in `:` introduces as the answer (`The correct answers are:`) is a choice of several
+    options, not a copy, unless it gives every one of `letters`: it stays, and reads as a hedge."""
     lines = text.splitlines()
     keep = [True] * len(lines)
     start = 0
@@ -67,13 +90,19 @@ def strip_option_lists(text: str) -> str:
             )
         ):
             end += 1
-        if end - start >= 2:
+        if end - start >= 2 and not _chosen_run(lines, start, end, letters):
             keep[start:end] = [False] * (end - start)
         start = max(end, start + 1)
     return "\n".join(line for line, kept in zip(lines, keep, strict=True) if kept)
 
 
-def letter_at(text: str, position: int, letters: str) -> str | None:
+def _chosen_run(lines: list[str], start: int, end: int, letters: str) -> bool:
+    before = next((line for line in reversed(lines[:start]) if line.strip()), "")
+    listed = "".join(_ECHO_LINE.match(line).group(1) for line in lines[start:end])  # type: ignore[union-attr]
+    return bool(_INTRODUCES_ANSWER.search(before)) and listed != letters
+
+
+def letter_at(text: str, position: int, letters: str, options: Sequence[str] = ()) -> str | None:
     """The option letter written at `position` (after an anchor such as `answer:`), if any;
     `HEDGE` when a second letter follows it (`B and D`, `A or C`)."""
     match = _TOKEN.match(text, position)
@@ -85,7 +114,34 @@ def letter_at(text: str, position: int, letters: str) -> str | None:
     letter = (bare or match.group("enclosed")).upper()
     if letter not in letters or (bare in ("A", "I") and _WORD_AFTER.match(text, match.end())):
         return None  # the article or the pronoun: `Answer: A mouse can be found …`
-    return HEDGE if _SECOND_LETTER.match(text, match.end()) else letter
+    written = match.start("bare") if bare is not None else match.start("enclosed")
+    line_start = text.rfind("\n", 0, written)
+    on_own_line = line_start >= 0 and not text[line_start + 1 : written].strip(" \t([\"'“‘")
+    if _SECOND_LETTER.match(text, match.end()) or (on_own_line and _listed_with_others(text, match.end(), options)):
+        return HEDGE
+    return letter
+
+
+def _listed_with_others(text: str, end: int, options: Sequence[str]) -> bool:
+    """Whether the lettered line ending after `end` is one of several (`C. keg` / `D. can` after
+    `The best answer would be:`): the next line gives another option, or, after a blank line, both
+    lines give nothing but their option's text (a review of the others after the chosen one is
+    not a list of choices)."""
+    line_end = text.find("\n", end)
+    following = _NEXT_LETTERED.match(text, line_end) if line_end >= 0 else None
+    if following is None:
+        return False
+    if following.group("blank") is None:
+        return True
+    line_start = text.rfind("\n", 0, end) + 1
+    return _bare_option_line(text[line_start:line_end], options) and _bare_option_line(following.group("line"), options)
+
+
+def _bare_option_line(line: str, options: Sequence[str]) -> bool:
+    marker = _LINE_LETTER.match(line)
+    if marker is None or ord(marker.group(1)) - ord("A") >= len(options):
+        return False
+    return normalize_text(line[marker.end() :]).rstrip(".") == normalize_text(options[ord(marker.group(1)) - ord("A")]).rstrip(".")
 
 
 def text_at(text: str, position: int, options: Sequence[str], letters: str) -> str | None:
@@ -104,18 +160,44 @@ def answer_statement(text: str, letters: str, options: Sequence[str]) -> list[st
     """The last statement of an answer, wherever it is: `(position, letter)` from every form, sorted."""
     found: list[tuple[int, str]] = []
     for match in _ANSWER.finditer(text):
-        letter = letter_at(text, match.end(), letters)
-        if letter is not None:
+        letter = letter_at(text, match.end(), letters, options)
+        if letter is not None and not _label_in_passing(text, match):
             found.append((match.end(), letter))
     for anchor in _STATEMENT_ANCHOR.finditer(text):
         stated = _stated_after(text, anchor.end(), letters, options)
         if stated is not None:
             found.append(stated)
     for match in _ASSESSED.finditer(text):
-        letter = match.group("letter") or match.group("lettered") or match.group("chosen")
+        letter = match.group("letter") or match.group("lettered") or match.group("chosen") or match.group("closest")
         if letter in letters:
             found.append((match.end(), letter))
     return [max(found)[1]] if found else []
+
+
+def cited_option(text: str, letters: str, options: Sequence[str]) -> list[str]:
+    """The last option cited after a verb with no answer word: `The false statement is:` with
+    `A. …` on the next line, or `the best strategy is often D. Penetration pricing` (the option's
+    letter and its full text)."""
+    found: list[tuple[int, str]] = []
+    for match in _INTRODUCED.finditer(text):  # `The false statement is:` with `A. …` on the next line
+        letter = letter_at(text, match.end(), letters, options)
+        if letter is not None and _LETTERED_AT.match(text, match.end()):
+            found.append((match.end(), letter))
+    for match in _CITED.finditer(text):  # `the best strategy is often D. Penetration pricing`
+        letter = match.group("letter")
+        if letter in letters and text_at(text, match.end(), [options[letters.index(letter)]], letter):
+            found.append((match.end(), letter))
+    return [max(found)[1]] if found else []
+
+
+def _label_in_passing(text: str, match: re.Match[str]) -> bool:
+    """`to help you understand the correct answer:` or `Let's examine each option:` before a walk
+    through the options (`A. …`, `B. …`, `C. …` in order): an `answer:` or `option:` with no verb
+    whose letter opens such a walk on a later line is no answer."""
+    if "\n" not in match.group(0) or _STATEMENT_VERB.search(match.group(0)):
+        return False
+    walk = [line.group(1) for line in _LINE_LETTER.finditer(text, match.end())][:3]
+    return len(walk) == 3 and ord(walk[0]) + 1 == ord(walk[1]) and ord(walk[1]) + 1 == ord(walk[2])
 
 
 def _stated_after(text: str, start: int, letters: str, options: Sequence[str]) -> tuple[int, str] | None:
@@ -128,7 +210,7 @@ def _stated_after(text: str, start: int, letters: str, options: Sequence[str]) -
         position = start + verb.end()
         article = _ARTICLE.match(text, position)
         letter = (
-            letter_at(text, position, letters)
+            letter_at(text, position, letters, options)
             or text_at(text, position, options, letters)
             or (text_at(text, article.end(), options, letters) if article else None)
             or (None if named else _parenthesised(window[verb.end() :], letters))
