@@ -162,6 +162,7 @@ VERBOSE: list[tuple[str, Sequence[str], str | None]] = [
     # hedges stay hedges
     ("The best answer to the question would be either B or C.", CITIES, None),
     ("The correct answer is B and D.", CITIES, None),
+    ("In conclusion, the best answer is either option A or B, both being large cities.", CITIES, None),
     ("Option A is incorrect. Option C is wrong too.", CITIES, None),
     ("A. Sydney: not it.\n\nB. Canberra: possibly.\n\nC. Melbourne: possibly.", CITIES, None),
 ]

@@ -84,5 +84,7 @@ def test_the_extractor_reads_the_papers_raw_answers() -> None:
         print(f"\nanswers {side} preferences: {n} rows, agreement with the paper's letters {agree / n:.4f}, unreadable {unread / n:.4f}")
     ratio = rates["with"][1] / rates["without"][1]
     print(f"unreadable with / without preferences: {ratio:.2f}x")
-    assert rates["without"][0] >= 0.94 and rates["with"][0] >= 0.88
-    assert ratio <= 2.1
+    # Floors at the figures reached (issue 10 asks 95% and 1.5x; docs/eval.md says what the misses are:
+    # mostly answers that name several options or state none, where the paper's reader still gave a letter)
+    assert rates["without"][0] >= 0.945 and rates["with"][0] >= 0.885
+    assert ratio <= 1.83

@@ -40,7 +40,7 @@ _ARTICLE = re.compile(r"(?:the|an?)\s+", re.IGNORECASE)
 QUOTED = re.compile(r'"[^"\n]{1,400}"|“[^”\n]{1,400}”')
 _STATEMENT_VERB = re.compile(
     r"\b(?:is|would be|should be|must be|will be|remains)\b\s*:?\s*(?:(?:most\s+)?(?:likely|probably|clearly|definitely)\s+)?"
-    r"(?:(?:the\s+)?(?:option|choice|letter)\s*:?\s*)?",
+    r"(?:either\s+)?(?:(?:the\s+)?(?:option|choice|letter)\s*:?\s*)?",
     re.IGNORECASE,
 )
 _ASSESSED = re.compile(
