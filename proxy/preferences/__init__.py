@@ -6,9 +6,17 @@ or `async with store:`. See `store.py` for the semantics every backend shares.
 
 from __future__ import annotations
 
-from .models import JudgedSample, Preference, Profile, SampleCounts, SampleSummary, SampleTexts
+from .models import JudgedSample, Preference, Profile, SampleBucket, SampleCounts, SampleLabel, SampleSeries, SampleSummary, SampleTexts
 from .store import Store, open_store
-from .store_errors import InvalidCursor, PreferenceNotFound, StoreError, StoreUnavailable, TooManyPreferences, UnstorableText
+from .store_errors import (
+    InvalidCursor,
+    PreferenceNotFound,
+    SampleNotFound,
+    StoreError,
+    StoreUnavailable,
+    TooManyPreferences,
+    UnstorableText,
+)
 
 __all__ = [
     "InvalidCursor",
@@ -16,7 +24,11 @@ __all__ = [
     "Preference",
     "PreferenceNotFound",
     "Profile",
+    "SampleBucket",
     "SampleCounts",
+    "SampleLabel",
+    "SampleNotFound",
+    "SampleSeries",
     "SampleSummary",
     "SampleTexts",
     "Store",

@@ -6,21 +6,22 @@ on the event loop; share one instance per process, not across processes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 
-from .models import JudgedSample, Profile, SampleCounts, utcnow
+from .models import JudgedSample, Profile, SampleCounts, SampleLabel, utcnow
 from .store import ProfileEdit, Store
 from .store_errors import InvalidCursor
 
 
 class MemoryStore(Store):
-    """Owns two dicts: profiles by user id, samples by id."""
+    """Owns three dicts: profiles by user id, samples by id, labels by sample id."""
 
     def __init__(self) -> None:
         super().__init__()
         self._profiles: dict[str, Profile] = {}
         self._samples: dict[str, JudgedSample] = {}
+        self._labels: dict[str, list[SampleLabel]] = {}
 
     async def open(self) -> None:
         return None
@@ -41,6 +42,7 @@ class MemoryStore(Store):
     async def _delete(self, user_id: str) -> bool:
         for sample in [s for s in self._samples.values() if s.user_id == user_id]:
             del self._samples[sample.id]
+            self._labels.pop(sample.id, None)
         return self._profiles.pop(user_id, None) is not None
 
     async def _update(self, user_id: str, plan: ProfileEdit) -> Profile:
@@ -56,7 +58,7 @@ class MemoryStore(Store):
         return [self._profiles[user] for user in users[:limit]]
 
     async def _insert_sample(self, sample: JudgedSample) -> None:
-        self._samples[sample.id] = sample
+        self._samples[sample.id] = sample.model_copy(update={"labels": ()})
 
     async def _list_samples(
         self, verdict: str | None, strategy: str | None, role: str | None, limit: int, after: str | None
@@ -83,7 +85,34 @@ class MemoryStore(Store):
         doomed = self._newest_first()[keep:]
         for sample in doomed:
             del self._samples[sample.id]
+            self._labels.pop(sample.id, None)
         return len(doomed)
+
+    async def _samples_by_id(self, ids: Sequence[str]) -> list[JudgedSample]:
+        wanted = set(ids)
+        return [sample for sample in self._newest_first() if sample.id in wanted]
+
+    async def _insert_label(self, label: SampleLabel) -> bool:
+        if label.sample_id not in self._samples:
+            return False
+        self._labels.setdefault(label.sample_id, []).append(label)
+        return True
+
+    async def _labels_of(self, sample_ids: Sequence[str]) -> list[SampleLabel]:
+        found = [label for sample_id in dict.fromkeys(sample_ids) for label in self._labels.get(sample_id, ())]
+        return sorted(found, key=lambda label: (label.created_at, label.id))
+
+    async def _list_labels(self, limit: int) -> list[SampleLabel]:
+        every = [label for labels in self._labels.values() for label in labels]
+        return sorted(every, key=lambda label: (label.created_at, label.id), reverse=True)[:limit]
+
+    async def _sample_buckets(self, since: datetime, until: datetime, width_micros: int) -> list[tuple[int, SampleCounts]]:
+        by_bucket: dict[int, list[JudgedSample]] = {}
+        for sample in self._samples.values():
+            if since <= sample.created_at < until:
+                index = (sample.created_at - since) // timedelta(microseconds=width_micros)
+                by_bucket.setdefault(index, []).append(sample)
+        return [(index, counts) for index, samples in by_bucket.items() for counts in count_samples(samples)]
 
     def _newest_first(self) -> list[JudgedSample]:
         return sorted(self._samples.values(), key=lambda s: (s.created_at, s.id), reverse=True)

@@ -33,6 +33,10 @@ def new_sample_id() -> str:
     return f"smp_{secrets.token_hex(8)}"
 
 
+def new_label_id() -> str:
+    return f"lbl_{secrets.token_hex(8)}"
+
+
 def check_storable(text: str, param: str) -> str:
     """`text` unchanged, or `UnstorableText`: U+0000 and lone surrogates cannot be stored exactly
     by every backend (PostgreSQL text refuses U+0000; UTF-8 has no surrogates), so none takes them."""
@@ -89,9 +93,23 @@ class SampleTexts(Frozen):
     answer: str | None = None
 
 
+class SampleLabel(Frozen):
+    """What an operator says the judges should have answered for a sample: the follow score (1–5)
+    and the consistency verdict. Kept beside the sample and deleted with it."""
+
+    id: str = Field(default_factory=new_label_id)
+    sample_id: str
+    created_at: AwareDatetime = Field(default_factory=utcnow)
+    follow_score: int = Field(ge=1, le=5)
+    consistency: Verdict
+
+    _utc = field_validator("created_at")(_as_utc)
+
+
 class JudgedSample(Frozen):
     """One sampled request as the monitor's judges saw it. `verdict` is None when the consistency
-    judge failed; `broken` / `followed` / `robust` are None when they could not be decided."""
+    judge failed; `broken` / `followed` / `robust` are None when they could not be decided.
+    `labels` are the operators' labels, oldest first; the store fills them in when it reads."""
 
     id: str = Field(default_factory=new_sample_id)
     created_at: AwareDatetime = Field(default_factory=utcnow)
@@ -108,6 +126,7 @@ class JudgedSample(Frozen):
     follow_score: int | None = Field(None, ge=1, le=5)
     reasons: dict[str, str] = Field(default_factory=dict)
     texts: SampleTexts | None = None
+    labels: tuple[SampleLabel, ...] = ()
 
     _utc = field_validator("created_at")(_as_utc)
 
@@ -142,3 +161,21 @@ class SampleSummary(Frozen):
     since: AwareDatetime
     window_seconds: float
     groups: tuple[SampleCounts, ...] = ()
+
+
+class SampleBucket(Frozen):
+    """The counts of one (strategy, role) in one time bucket, which starts at `start`."""
+
+    start: AwareDatetime
+    counts: SampleCounts
+
+    _utc = field_validator("start")(_as_utc)
+
+
+class SampleSeries(Frozen):
+    """`buckets` consecutive buckets of `bucket_seconds` from `since`; only non-empty ones appear."""
+
+    since: AwareDatetime
+    bucket_seconds: float
+    buckets: int
+    points: tuple[SampleBucket, ...] = ()

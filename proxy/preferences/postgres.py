@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 
@@ -24,13 +24,16 @@ import asyncpg
 import structlog
 from yarl import URL
 
-from .models import JudgedSample, Preference, Profile, SampleCounts, utcnow
+from .models import JudgedSample, Preference, Profile, SampleCounts, SampleLabel, utcnow
 from .postgres_schema import migrate, quote_identifier
 from .rows import (
     COUNT_COLUMNS,
+    LABEL_COLUMNS,
     PROFILE_COLUMNS,
     SAMPLE_COLUMNS,
+    buckets_from_rows,
     counts_from_rows,
+    label_from_row,
     profiles_from_rows,
     sample_filters,
     sample_from_row,
@@ -209,6 +212,36 @@ class PostgresStore(Store):
         async with self._connection() as db:
             status = await db.execute(f"DELETE FROM samples WHERE (created_at, id) <= ({oldest_kept})", keep)
         return _affected(status)
+
+    async def _samples_by_id(self, ids: Sequence[str]) -> list[JudgedSample]:
+        sql = f"SELECT {SAMPLE_COLUMNS} FROM samples WHERE id = ANY($1::text[]) ORDER BY created_at DESC, id DESC"
+        async with self._connection() as db:
+            rows = await db.fetch(sql, list(ids))
+        return [sample_from_row(row, _same) for row in rows]
+
+    async def _insert_label(self, label: SampleLabel) -> bool:
+        sql = f"INSERT INTO sample_labels ({LABEL_COLUMNS}) SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM samples WHERE id = $2)"
+        async with self._connection() as db:
+            status = await db.execute(sql, label.id, label.sample_id, label.created_at, label.follow_score, label.consistency)
+        return _affected(status) == 1
+
+    async def _labels_of(self, sample_ids: Sequence[str]) -> list[SampleLabel]:
+        sql = f"SELECT {LABEL_COLUMNS} FROM sample_labels WHERE sample_id = ANY($1::text[]) ORDER BY created_at, id"
+        async with self._connection() as db:
+            rows = await db.fetch(sql, list(sample_ids))
+        return [label_from_row(row, _same) for row in rows]
+
+    async def _list_labels(self, limit: int) -> list[SampleLabel]:
+        sql = f"SELECT {LABEL_COLUMNS} FROM sample_labels ORDER BY created_at DESC, id DESC LIMIT $1"
+        async with self._connection() as db:
+            rows = await db.fetch(sql, limit)
+        return [label_from_row(row, _same) for row in rows]
+
+    async def _sample_buckets(self, since: datetime, until: datetime, width_micros: int) -> list[tuple[int, SampleCounts]]:
+        bucket = "floor(extract(epoch FROM created_at - $1::timestamptz) * 1000000 / $3::bigint)::bigint"
+        sql = f"SELECT {bucket}, {COUNT_COLUMNS} FROM samples WHERE created_at >= $1 AND created_at < $2 GROUP BY 1, strategy, role"
+        async with self._connection() as db:
+            return buckets_from_rows(await db.fetch(sql, since, until, width_micros))
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:

@@ -37,6 +37,16 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX samples_by_user ON samples (user_id)",
         ),
     ),
+    (
+        3,
+        (
+            "CREATE TABLE sample_labels (id text PRIMARY KEY,"
+            " sample_id text NOT NULL REFERENCES samples (id) ON DELETE CASCADE,"
+            " created_at timestamptz NOT NULL, follow_score smallint NOT NULL, consistency text NOT NULL)",
+            "CREATE INDEX sample_labels_by_sample ON sample_labels (sample_id)",
+            "CREATE INDEX sample_labels_newest ON sample_labels (created_at, id)",
+        ),
+    ),
 )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from .models import JudgedSample, Preference, Profile, SampleCounts, SampleTexts
+from .models import JudgedSample, Preference, Profile, SampleCounts, SampleLabel, SampleTexts
 
 DecodeTime = Callable[[Any], datetime]
 
@@ -30,6 +30,7 @@ COUNT_COLUMNS = (
     " count(*) FILTER (WHERE verdict = 'cannot_compare'),"
     " count(*) FILTER (WHERE verdict IS NULL)"
 )
+LABEL_COLUMNS = "id, sample_id, created_at, follow_score, consistency"
 COUNT_FIELDS = ("samples", "judged", "broken", "not_followed", "not_robust", "uncomparable", "judge_failed")
 
 
@@ -93,6 +94,17 @@ def sample_from_row(row: Sequence[Any], decode_time: DecodeTime) -> JudgedSample
 def counts_from_rows(rows: Iterable[Sequence[Any]]) -> list[SampleCounts]:
     """`SampleCounts` from rows of `COUNT_COLUMNS`."""
     return [SampleCounts(strategy=row[0], role=row[1], **dict(zip(COUNT_FIELDS, row[2:], strict=True))) for row in rows]
+
+
+def label_from_row(row: Sequence[Any], decode_time: DecodeTime) -> SampleLabel:
+    id_, sample_id, created, follow_score, consistency = row
+    return SampleLabel(id=id_, sample_id=sample_id, created_at=decode_time(created), follow_score=follow_score, consistency=consistency)
+
+
+def buckets_from_rows(rows: Sequence[Sequence[Any]]) -> list[tuple[int, SampleCounts]]:
+    """(bucket, counts) from rows of a bucket index followed by `COUNT_COLUMNS`."""
+    counts = counts_from_rows([row[1:] for row in rows])
+    return [(int(row[0]), found) for row, found in zip(rows, counts, strict=True)]
 
 
 def sample_filters(verdict: str | None, strategy: str | None, role: str | None) -> list[tuple[str, str]]:

@@ -13,19 +13,24 @@ fsync per write, on the admin and monitor paths only; the request path only read
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
 
-from .models import JudgedSample, Preference, Profile, SampleCounts, utcnow
+from .models import JudgedSample, Preference, Profile, SampleCounts, SampleLabel, utcnow
 from .rows import (
     COUNT_COLUMNS,
+    LABEL_COLUMNS,
     PROFILE_COLUMNS,
     SAMPLE_COLUMNS,
+    buckets_from_rows,
     counts_from_rows,
+    label_from_row,
     profiles_from_rows,
     sample_filters,
     sample_from_row,
@@ -61,7 +66,18 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX samples_by_user ON samples (user_id)",
         ),
     ),
+    (
+        3,
+        (
+            "CREATE TABLE sample_labels (id TEXT PRIMARY KEY,"
+            " sample_id TEXT NOT NULL REFERENCES samples (id) ON DELETE CASCADE,"
+            " created_at INTEGER NOT NULL, follow_score INTEGER NOT NULL, consistency TEXT NOT NULL)",
+            "CREATE INDEX sample_labels_by_sample ON sample_labels (sample_id)",
+            "CREATE INDEX sample_labels_newest ON sample_labels (created_at, id)",
+        ),
+    ),
 )
+IN_CHUNK = 500  # ids per `IN (...)` list, well under SQLite's limit on bound variables
 
 
 def to_micros(moment: datetime) -> int:
@@ -159,6 +175,46 @@ class SqliteStore(Store):
         oldest_kept = "SELECT created_at, id FROM samples ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET ?"
         sql = f"DELETE FROM samples WHERE (created_at, id) <= ({oldest_kept})"
         return await self._pool.write(lambda db: db.execute(sql, (keep,)).rowcount)
+
+    async def _samples_by_id(self, ids: Sequence[str]) -> list[JudgedSample]:
+        rows = await self._in_chunks(f"SELECT {SAMPLE_COLUMNS} FROM samples WHERE id IN", ids)
+        samples = [sample_from_row(row, from_micros) for row in rows]
+        return sorted(samples, key=lambda sample: (sample.created_at, sample.id), reverse=True)
+
+    async def _insert_label(self, label: SampleLabel) -> bool:
+        sql = f"INSERT INTO sample_labels ({LABEL_COLUMNS}) SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM samples WHERE id = ?)"
+        values = (label.id, label.sample_id, to_micros(label.created_at), label.follow_score, label.consistency, label.sample_id)
+        return await self._pool.write(lambda db: db.execute(sql, values).rowcount) == 1
+
+    async def _labels_of(self, sample_ids: Sequence[str]) -> list[SampleLabel]:
+        rows = await self._in_chunks(f"SELECT {LABEL_COLUMNS} FROM sample_labels WHERE sample_id IN", sample_ids)
+        labels = [label_from_row(row, from_micros) for row in rows]
+        return sorted(labels, key=lambda label: (label.created_at, label.id))
+
+    async def _list_labels(self, limit: int) -> list[SampleLabel]:
+        sql = f"SELECT {LABEL_COLUMNS} FROM sample_labels ORDER BY created_at DESC, id DESC LIMIT ?"
+        rows = await self._pool.read(lambda db: db.execute(sql, (limit,)).fetchall())
+        return [label_from_row(row, from_micros) for row in rows]
+
+    async def _sample_buckets(self, since: datetime, until: datetime, width_micros: int) -> list[tuple[int, SampleCounts]]:
+        start = to_micros(since)
+        sql = (
+            f"SELECT (created_at - ?) / ?, {COUNT_COLUMNS} FROM samples WHERE created_at >= ? AND created_at < ? GROUP BY 1, strategy, role"
+        )
+        values = (start, width_micros, start, to_micros(until))
+        return buckets_from_rows(await self._pool.read(lambda db: db.execute(sql, values).fetchall()))
+
+    async def _in_chunks(self, select: str, ids: Sequence[str]) -> list[tuple]:
+        """The rows of `select (?, …)` over `ids`, IN_CHUNK ids per query."""
+        rows: list[tuple] = []
+        unique = list(dict.fromkeys(ids))
+        for at in range(0, len(unique), IN_CHUNK):
+            rows += await self._pool.read(functools.partial(_select_in, select, unique[at : at + IN_CHUNK]))
+        return rows
+
+
+def _select_in(select: str, ids: list[str], db: sqlite3.Connection) -> list[tuple]:
+    return db.execute(f"{select} ({', '.join('?' * len(ids))})", ids).fetchall()
 
 
 def _update_rows(db: sqlite3.Connection, user_id: str, plan: ProfileEdit) -> Profile:

@@ -16,6 +16,7 @@ Semantics every backend shares:
   Its optional `limit` (the caller's maximum count) is checked inside the transaction, the one
   business rule the caller cannot check correctly from outside under concurrent patches.
 * `delete` removes the profile and every judged sample of that user (even with no profile).
+* A sample's labels (`add_label`) are deleted with it: by `delete`, and by pruning.
 * Lists are keyset-paginated: profiles by `user_id`, samples newest first; `after` is the last
   id of the previous page. A page is `(items, has_more)`.
 * A method that returned has committed: SQLite with `synchronous=FULL`, PostgreSQL by COMMIT.
@@ -26,14 +27,28 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Self
 
 from ..config import ProfileSettings
-from .models import JudgedSample, Preference, Profile, SampleCounts, SampleSummary, Verdict, check_storable, new_preference_id, utcnow
-from .store_errors import PreferenceNotFound, TooManyPreferences, UnstorableText
+from .models import (
+    JudgedSample,
+    Preference,
+    Profile,
+    SampleBucket,
+    SampleCounts,
+    SampleLabel,
+    SampleSeries,
+    SampleSummary,
+    Verdict,
+    check_storable,
+    new_preference_id,
+    utcnow,
+)
+from .store_errors import PreferenceNotFound, SampleNotFound, TooManyPreferences, UnstorableText
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PRUNE_EVERY = 64
 """With `add_sample(..., keep=N)`, a store prunes on its 1st add and then every 64th."""
 
@@ -127,7 +142,36 @@ class Store(ABC):
             if value is not None:
                 check_storable(value, param)
         samples = await self._list_samples(verdict, strategy, role, limit + 1, after)
-        return samples[:limit], len(samples) > limit
+        return await self._with_labels(samples[:limit]), len(samples) > limit
+
+    async def get_sample(self, sample_id: str) -> JudgedSample | None:
+        """The sample with its labels, or None."""
+        if not storable(sample_id):
+            return None
+        found = await self._with_labels(await self._samples_by_id([sample_id]))
+        return found[0] if found else None
+
+    async def add_label(self, sample_id: str, follow_score: int, consistency: Verdict) -> SampleLabel:
+        """Record an operator's label on a sample (`SampleNotFound` when there is no such sample)."""
+        check_storable(sample_id, "sample_id")
+        label = SampleLabel(sample_id=sample_id, follow_score=follow_score, consistency=consistency)
+        if not await self._insert_label(label):
+            raise SampleNotFound(sample_id)
+        return label
+
+    async def labelled_samples(self, limit: int = 10000) -> list[JudgedSample]:
+        """The samples of the newest `limit` labels, newest first, each with all its labels."""
+        _check_limit(limit)
+        ids = list(dict.fromkeys(label.sample_id for label in await self._list_labels(limit)))
+        return await self._with_labels(await self._samples_by_id(ids))
+
+    async def _with_labels(self, samples: list[JudgedSample]) -> list[JudgedSample]:
+        if not samples:
+            return samples
+        grouped: dict[str, list[SampleLabel]] = {}
+        for label in await self._labels_of([sample.id for sample in samples]):
+            grouped.setdefault(label.sample_id, []).append(label)
+        return [sample.model_copy(update={"labels": tuple(grouped.get(sample.id, ()))}) for sample in samples]
 
     async def sample_summary(self, window_seconds: float) -> SampleSummary:
         """Counts per (strategy, role) of the samples created in the last `window_seconds`."""
@@ -137,6 +181,21 @@ class Store(ABC):
         groups = await self._sample_counts(since)
         groups.sort(key=lambda group: (group.strategy, group.role))
         return SampleSummary(since=since, window_seconds=window_seconds, groups=tuple(groups))
+
+    async def sample_series(self, window_seconds: float, buckets: int) -> SampleSeries:
+        """Counts per (strategy, role) in `buckets` equal buckets ending now. A bucket is the window
+        over `buckets`, rounded up to a microsecond; buckets start at multiples of that width since
+        the epoch (so they stay put from one call to the next), the last being the current one."""
+        if window_seconds <= 0 or buckets < 1:
+            raise ValueError("window_seconds must be positive and buckets at least 1")
+        until = utcnow()
+        width = -(-round(window_seconds * 1_000_000) // buckets)  # microseconds, rounded up
+        current = (until - EPOCH) // timedelta(microseconds=1) // width * width
+        since = EPOCH + timedelta(microseconds=current - width * (buckets - 1))
+        rows = await self._sample_buckets(since, until, width)
+        points = [SampleBucket(start=since + timedelta(microseconds=width * index), counts=counts) for index, counts in rows]
+        points.sort(key=lambda point: (point.start, point.counts.strategy, point.counts.role))
+        return SampleSeries(since=since, bucket_seconds=width / 1_000_000, buckets=buckets, points=tuple(points))
 
     async def prune_samples(self, keep: int) -> int:
         """Delete all but the newest `keep` samples; the number deleted."""
@@ -175,6 +234,27 @@ class Store(ABC):
 
     @abstractmethod
     async def _prune_samples(self, keep: int) -> int: ...
+
+    @abstractmethod
+    async def _samples_by_id(self, ids: Sequence[str]) -> list[JudgedSample]:
+        """The samples with these ids that exist, newest first."""
+
+    @abstractmethod
+    async def _insert_label(self, label: SampleLabel) -> bool:
+        """Store the label if its sample exists, in one statement; whether it was stored."""
+
+    @abstractmethod
+    async def _labels_of(self, sample_ids: Sequence[str]) -> list[SampleLabel]:
+        """The labels of these samples, oldest first."""
+
+    @abstractmethod
+    async def _list_labels(self, limit: int) -> list[SampleLabel]:
+        """The newest `limit` labels, newest first."""
+
+    @abstractmethod
+    async def _sample_buckets(self, since: datetime, until: datetime, width_micros: int) -> list[tuple[int, SampleCounts]]:
+        """(bucket index, counts) per bucket and (strategy, role) of the samples created in
+        [since, until); index = (created_at - since) // width_micros."""
 
 
 def plan_put(existing: Sequence[Preference], texts: Sequence[str], now: datetime) -> list[Preference]:

@@ -58,3 +58,13 @@ class UnstorableText(InvalidRequest):
     """A string no backend can store exactly: it contains U+0000 or a lone surrogate."""
 
     code = "unstorable_text"
+
+
+class SampleNotFound(NotFound):
+    """A label named a sample that does not exist (any more: it may have been pruned)."""
+
+    code = "sample_not_found"
+
+    def __init__(self, sample_id: str) -> None:
+        super().__init__(f"no sample with id {sample_id!r} (it may have been pruned)", param="sample_id")
+        self.sample_id = sample_id
