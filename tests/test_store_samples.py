@@ -96,7 +96,8 @@ async def test_summary_counts_per_strategy_and_role_within_the_window(store: Sto
         sample(),
         sample(verdict="contradicts", broken=True, robust=False),
         sample(followed=False, robust=False, follow_score=2),
-        sample(verdict="cannot_compare", broken=None),
+        # not followed, but cannot_compare: out of every rate, so not counted as not followed either
+        sample(verdict="cannot_compare", broken=None, followed=False, robust=None, follow_score=1),
         sample(verdict=None, broken=None, followed=None, robust=None, follow_score=None),
         sample(strategy="naive", role="shadow", verdict="contradicts", broken=True, followed=False, robust=False),
         sample(seconds_ago=7200, verdict="contradicts", broken=True, robust=False),

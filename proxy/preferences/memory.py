@@ -126,7 +126,7 @@ def count_samples(samples: Iterable[JudgedSample]) -> list[SampleCounts]:
         row["samples"] += 1
         row["judged"] += sample.verdict is not None
         row["broken"] += sample.broken is True
-        row["not_followed"] += sample.followed is False
+        row["not_followed"] += sample.followed is False and sample.broken is not None
         row["not_robust"] += sample.robust is False
         row["uncomparable"] += sample.verdict == "cannot_compare"
         row["judge_failed"] += sample.verdict is None

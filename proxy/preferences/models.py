@@ -144,7 +144,9 @@ class JudgedSample(Frozen):
 
 class SampleCounts(Frozen):
     """Judged-sample counts of one (strategy, role) over a window; ratios are the reader's job
-    (breakage = broken / (judged - uncomparable), as in DESIGN.md "Online adaptation")."""
+    (breakage = broken / (judged - uncomparable), as in DESIGN.md "Online adaptation"). `broken`,
+    `not_followed` and `not_robust` count comparable samples only, so each is at most
+    judged - uncomparable."""
 
     strategy: str
     role: str

@@ -21,11 +21,13 @@ PROFILE_COLUMNS = "p.user_id, p.updated_at, q.id, q.text, q.created_at, q.update
 SAMPLE_COLUMNS = (
     "id, created_at, request_id, user_id, model, strategy, role, relevance, verdict, broken, followed, robust, follow_score, reasons, texts"
 )
+# not_followed counts comparable samples only (broken decided), as perg_monitor_not_followed_total
+# does: it is a numerator over judged - uncomparable, like broken and not_robust.
 COUNT_COLUMNS = (
     "strategy, role, count(*),"
     " count(*) FILTER (WHERE verdict IS NOT NULL),"
     " count(*) FILTER (WHERE broken),"
-    " count(*) FILTER (WHERE NOT followed),"
+    " count(*) FILTER (WHERE NOT followed AND broken IS NOT NULL),"
     " count(*) FILTER (WHERE NOT robust),"
     " count(*) FILTER (WHERE verdict = 'cannot_compare'),"
     " count(*) FILTER (WHERE verdict IS NULL)"
