@@ -1,4 +1,4 @@
-"""Percentiles, bootstrap intervals and the exact McNemar test, against hand-computed values."""
+"""Percentiles, bootstrap intervals, the exact McNemar test and Wilson intervals, against hand-computed values."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from proxy.perg.stats import bootstrap_intervals, derive_seed, mcnemar_exact, percentile
+from proxy.perg.stats import bootstrap_intervals, derive_seed, mcnemar_exact, percentile, wilson_interval
 
 
 @pytest.mark.parametrize(
@@ -107,3 +107,23 @@ def test_derived_seeds_differ_per_part_and_are_stable() -> None:
     assert derive_seed(0, "naive", "relevant") == derive_seed(0, "naive", "relevant")
     assert derive_seed(0, "naive", "relevant") != derive_seed(0, "naive", "mixed")
     assert derive_seed(0, "naive", "relevant") != derive_seed(1, "naive", "relevant")
+
+
+@pytest.mark.parametrize(
+    ("successes", "n", "expected"),
+    [
+        (0, 10, (0.0, 0.27753)),  # the upper bound is z² / (n + z²) at p = 0
+        (5, 10, (0.23659, 0.76341)),
+        (10, 10, (0.72247, 1.0)),
+        (81, 263, (0.25529, 0.36621)),  # by hand: centre 0.310752, half-width 0.055461
+    ],
+)
+def test_wilson_interval(successes: int, n: int, expected: tuple[float, float]) -> None:
+    low, high = wilson_interval(successes, n)
+    assert (low, high) == pytest.approx(expected, abs=1e-5)
+
+
+def test_wilson_interval_edges() -> None:
+    assert wilson_interval(0, 0) is None
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)

@@ -1,5 +1,6 @@
-"""Statistics for the benchmark, in pure Python and seeded: percentile-bootstrap confidence intervals
-and the exact (binomial) McNemar test for paired accuracy."""
+"""Statistics for the benchmark, in pure Python and seeded: percentile-bootstrap confidence intervals,
+the exact (binomial) McNemar test for paired accuracy, and the Wilson interval of a proportion (the
+monitor's live rates)."""
 
 from __future__ import annotations
 
@@ -79,3 +80,23 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
         return 1.0
     tail = Fraction(sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)), 2**n)
     return float(min(Fraction(1), 2 * tail))
+
+
+Z_95 = 1.959963984540054  # the 97.5% quantile of the standard normal
+
+
+def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float] | None:
+    """The Wilson score interval of a proportion (95% by default); None when n is 0.
+
+    Unlike the normal approximation p ± z·√(p(1−p)/n), it stays inside [0, 1] and is not empty
+    at p = 0 or 1, which is where a breakage rate over a few dozen samples usually sits.
+    """
+    if n < 0 or not 0 <= successes <= n:
+        raise ValueError("need 0 <= successes <= n")
+    if n == 0:
+        return None
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
