@@ -70,6 +70,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.model_label = BoundedLabel()
+        self.fallback_reason = BoundedLabel(20)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.declared: list[Declared] = []
         self.requests = self._counter("perg_requests", "Client requests handled.", ("route", "method", "status", "strategy"))
@@ -107,6 +108,11 @@ class Metrics:
         self.in_flight = self._gauge("perg_requests_in_flight", "Client requests being handled now.", unit="{request}")
         self.stream_errors = self._counter("perg_stream_errors", "Streams that ended with an in-band error event, by cause.", ("cause",))
         self.aligner_outcomes = self._counter("perg_aligner_outcomes", "Chat requests by personalization outcome.", ("strategy", "outcome"))
+        self.aligner_fallbacks = self._counter(
+            "perg_aligner_fallbacks",
+            "Pref-Aligner choices served as the stage-1 draft, by reason (an error code or a failed check).",
+            ("reason",),
+        )
         self.gate_outcomes = self._counter(
             "perg_gate_outcomes",
             "Relevance gate decisions: relevant, irrelevant, unparseable or error (both fail open).",
@@ -218,6 +224,15 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*values)
         return found
+
+
+def metric_samples(registry: CollectorRegistry, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample called `name` (say `perg_monitor_dropped_total`) in this
+    process's registry, for the admin routes that show the figures of one process."""
+    found = []
+    for family in registry.collect():
+        found += [(dict(sample.labels), sample.value) for sample in family.samples if sample.name == name]
+    return found
 
 
 def private_metrics() -> Metrics:

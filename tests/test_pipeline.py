@@ -202,6 +202,7 @@ def test_stage2_failure_serves_the_draft(start_proxy, fake_upstream, aligner_mod
     assert response.headers["x-perg-aligned"] == "fallback"
     assert text_of(response) == QUESTION
     assert proxy.metric("perg_aligner_outcomes_total", {"strategy": "pref_aligner", "outcome": "fallback"}) == 1
+    assert proxy.metric("perg_aligner_fallbacks_total", {"reason": reason}) == 1
 
 
 def test_return_draft(aligner, fake_upstream):

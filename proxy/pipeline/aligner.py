@@ -154,6 +154,7 @@ def record(turn: Turn, ctx: PipelineContext, outcomes: list[Outcome]) -> None:
     for outcome in outcomes:
         ctx.metrics.aligner_outcomes.labels("pref_aligner", outcome.outcome).inc()
         if outcome.outcome == "fallback":
+            ctx.metrics.aligner_fallbacks.labels(ctx.metrics.fallback_reason(outcome.reason)).inc()
             log.warning("aligner_fallback", request_id=turn.request_id, reason=outcome.reason)
     turn.aligned = aligned_header(outcomes)
 
