@@ -25,6 +25,7 @@ from ..perg.datasets import PreferenceItem, load_builtin, load_jsonl
 from ..perg.extract import extract_letter
 from ..perg.rates import followed_or_not
 from ..pipeline.context import PipelineContext
+from .canary_history import CanaryHistory
 from .evaluate import Evaluator
 
 log = structlog.get_logger("perg.canary")
@@ -49,6 +50,7 @@ class Canary:
         items = load_builtin() if self.settings.dataset == "builtin" else self._load(Path(self.settings.dataset))
         self.cases = build_cases(items, load_preferences(), settings=self.settings.settings, seed=self.settings.seed)
         self._next = 0
+        self.history = CanaryHistory(metrics.registry)
 
     @staticmethod
     def _load(path: Path) -> list[Any]:
@@ -70,6 +72,7 @@ class Canary:
             probe = await self.probe(case)
             if probe is not None:
                 probes.append(probe)
+        self.history.snapshot()
         return probes
 
     async def probe(self, case: PreferenceItem) -> Probe | None:
