@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from ..errors import InvalidRequest, NotFound
+from ..monitor.figures import rate_intervals
 from ..preferences.models import Profile
 from ..preferences.resolve import check_preferences
 from .protocol import parse_json_object
@@ -23,7 +24,10 @@ MAX_LIMIT = 100
 
 
 def json_response(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json")
+    """An admin answer: profiles and samples are private, so no cache may keep them."""
+    response = web.Response(status=status, body=orjson.dumps(payload), content_type="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def profile_json(profile: Profile) -> dict[str, Any]:
@@ -140,7 +144,11 @@ async def monitor_summary(request: web.Request) -> web.Response:
         )
     summary = await (await store_of(request)).sample_summary(window)
     groups = [
-        {**group.model_dump(mode="json"), **ratios(group.judged, group.uncomparable, group.broken, group.not_followed, group.not_robust)}
+        {
+            **group.model_dump(mode="json"),
+            **ratios(group.judged, group.uncomparable, group.broken, group.not_followed, group.not_robust),
+            **rate_intervals(group),
+        }
         for group in summary.groups
     ]
     monitor = services.monitor
