@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tomllib
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -34,6 +35,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy import cli, local_model
 from proxy.config import ENV_PATTERN, ConfigError, Settings, expand_env, parse_settings
+from proxy.server import operator_page
 from proxy.server.app import create_app
 from proxy.server.handlers import READY_TIMEOUT
 from tests.conftest import free_port, wait_for
@@ -520,6 +522,10 @@ def test_builder_stage_builds_the_wheel_from_the_build_context(tmp_path: Path):
     assert result.returncode == 0, result.stdout + result.stderr
     (wheel,) = (tmp_path / "wheels").glob("perg_proxy-*.whl")
     assert wheel.name.startswith(f"perg_proxy-{VERSION}-")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = set(archive.namelist())
+    page = {f"proxy/server/ui/{name}" for name, _ in operator_page.FILES.values()}
+    assert page <= shipped, f"the operator page's files are not in the wheel: {sorted(page - shipped)}"
 
 
 # ------------------------------------------------------------------------------ docker-compose

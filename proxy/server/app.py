@@ -15,7 +15,7 @@ from ..pipeline.context import PipelineContext
 from ..preferences.handle import StoreHandle
 from ..prompts.loader import Prompts
 from ..upstream.client import Upstreams
-from . import admin, handlers, monitor_admin
+from . import admin, handlers, monitor_admin, operator_page
 from .auth import Authenticator
 from .middleware import request_middleware
 from .ratelimit import RateLimiter
@@ -53,6 +53,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.cleanup_ctx.append(_monitor)
     admin.add_routes(app)
     monitor_admin.add_routes(app)
+    operator_page.add_routes(app)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_route("*", "/v1/models/{model}", handlers.passthrough)

@@ -17,6 +17,7 @@ from aiohttp import web
 from ..errors import MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError, error_payload
 from ..metrics import Metrics
 from ..turn import Turn
+from .operator_page import UI_PATHS
 from .responses import apply_turn_headers
 from .services import SERVICES
 
@@ -36,6 +37,8 @@ def route_of(path: str) -> str:
         return "models"
     if path.startswith("/v1/"):
         return "passthrough"
+    if path in UI_PATHS:
+        return "ui"
     if path.startswith("/perg/profiles"):
         return "profiles"
     if path.startswith("/perg/monitor"):
@@ -86,7 +89,7 @@ async def request_middleware(request: web.Request, handler) -> web.StreamRespons
     metrics.in_flight.inc()
     tokens = structlog.contextvars.bind_contextvars(request_id=turn.request_id)
     try:
-        if path.startswith(("/v1/", "/perg/")):
+        if path.startswith(("/v1/", "/perg/")) and path not in UI_PATHS:
             turn.client = services.auth.check(request.headers.get("Authorization"), admin=path.startswith("/perg/"))
             await services.limiter.admit(turn.client)
         response = await handler(request)
