@@ -208,6 +208,66 @@ def test_judge_failures_are_counted_never_scores(tmp_path, fake_upstream) -> Non
     assert refused.returncode == 2 and "line 1" in refused.stderr
 
 
+async def _store_labelled_samples(path: Path) -> list[Any]:
+    from proxy.preferences import JudgedSample, SampleTexts
+    from proxy.preferences.sqlite import SqliteStore
+
+    common = {"request_id": "r", "model": "m", "strategy": "pref_aligner", "role": "served", "relevance": "relevant"}
+    texts = SampleTexts(query="How far is Lyon?", preferences=("Use km", "Be brief"), reference="About 290 miles.", answer="About 465 km.")
+    with_texts, without_texts = JudgedSample(**common, texts=texts), JudgedSample(**common)
+    async with SqliteStore(path) as store:
+        for sample in (with_texts, without_texts):
+            await store.add_sample(sample)
+        await store.add_label(with_texts.id, 5, "consistent")
+        await store.add_label(with_texts.id, 2, "contradicts")
+        await store.add_label(without_texts.id, 3, "consistent")
+    return [with_texts, without_texts]
+
+
+def test_judge_from_store_reads_the_labels_operators_recorded(tmp_path, fake_upstream) -> None:
+    database = tmp_path / "profiles.db"
+    labelled, bare = asyncio.run(_store_labelled_samples(database))
+    config = tmp_path / "config.yaml"
+    config.write_text(f"upstreams: [{{name: main, base_url: '{fake_upstream.url}'}}]\nprofiles: {{backend: sqlite, path: '{database}'}}\n")
+    fake_upstream.scripts["judge"] = judge_script()
+    done = perg(
+        "judge", "--from-store", "--config", str(config), "--base-url", fake_upstream.url, "--model", "script:judge",
+        "--structured-output", "json_schema", "--quiet", "--format", "json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert document["title"] == "Judge calibration: script:judge on 2 samples"
+    assert document["labels"] == f"the labels operators recorded on the samples in sqlite {database}"
+    assert document["reference_labels"] is False
+    # the operators said 5 / consistent and 2 / contradicts; the judge says 4 / consistent to both
+    expected = calibrate([_label(5, "consistent"), _label(2, "contradicts")], [4, 4], ["consistent", "consistent"]).model_dump(mode="json")
+    assert {key: document[key] for key in ("follow", "consistency")} == expected
+    assert f"{bare.id}: 1 label(s) skipped: its texts were not stored" in done.stderr
+    (prompt, _) = [last_user_text(body) for body in fake_upstream.chat_bodies("judge_follow")]
+    assert "### Preference\n- Use km; Be brief" in prompt and "About 465 km." in prompt and "About 290 miles." in prompt
+    assert labelled.id not in done.stderr
+
+
+def _label(score: int, verdict: str) -> Any:
+    from proxy.eval.calibration import JudgeLabel
+
+    return JudgeLabel(query="q", preference="p", answer_without="a", answer_with="b", follow_score=score, consistency=verdict)
+
+
+def test_judge_from_store_needs_a_config_and_labels(tmp_path, fake_upstream, monkeypatch) -> None:
+    monkeypatch.delenv("PERG_CONFIG", raising=False)
+    missing = perg("judge", "--from-store", "--base-url", fake_upstream.url)
+    assert missing.returncode == 2 and "--config FILE" in missing.stderr
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"upstreams: [{{name: main, base_url: '{fake_upstream.url}'}}]\nprofiles: {{backend: sqlite, path: '{tmp_path / 'p.db'}'}}\n"
+    )
+    empty = perg("judge", "--from-store", "--config", str(config), "--base-url", fake_upstream.url)
+    assert empty.returncode == 1 and "no usable label" in empty.stderr
+    both = perg("judge", "--from-store", "--labels", "x.jsonl", "--config", str(config))
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+
+
 def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path, fake_upstream) -> None:
     import signal
     import time

@@ -3,7 +3,8 @@ dataset and say what was skipped) and `judge` (calibrate the judges on labelled 
 
 `eval judge` without `--labels` uses the 58 *reference labels* shipped with the project: written
 for it by its authors, not collected from human annotators, and said so wherever they are used.
-`--labels FILE` takes your own human labels (same JSONL layout).
+`--labels FILE` takes your own human labels (same JSONL layout); `--from-store` the labels operators
+recorded on the monitor's stored samples (`stored_labels.py`).
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ def add_judge(sub: argparse._SubParsersAction, add_server: Callable[..., None], 
     p = sub.add_parser(
         "judge", help="agreement of the judges with labelled samples", description="Calibrate the follow and consistency judges."
     )
-    p.add_argument("--labels", help="your own human labels, JSONL (default: the reference labels written for this project)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--labels", help="your own human labels, JSONL (default: the reference labels written for this project)")
+    source.add_argument("--from-store", action="store_true", help="the labels recorded on the monitor's samples in the store of --config")
+    p.add_argument("--config", help="with --from-store: the proxy's configuration file (default: $PERG_CONFIG)")
     add_server(p, "judge")
     p.add_argument("--max-tokens", type=int, default=max_tokens, help="token cap of a verdict (default: %(default)s)")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the κ intervals (default: %(default)s)")
@@ -136,11 +140,20 @@ def dataset_command(args: argparse.Namespace) -> int:
 
 def judge_command(args: argparse.Namespace) -> int:
     from .calibration import load_judge_labels
+    from .stored_labels import StoredLabelsError, labels_from_store
 
     try:
-        labels = load_judge_labels(args.labels)
+        if args.from_store:
+            labels, args.source, skipped = labels_from_store(args.config)
+            for line in skipped:
+                print(f"perg-proxy eval judge: {line}", file=sys.stderr)
+        else:
+            labels = load_judge_labels(args.labels)
+            args.source = f"your labels in {args.labels}" if args.labels else REFERENCE_LABELS
     except (DatasetError, OSError) as error:
         return fail("judge", str(error))
+    except StoredLabelsError as error:
+        return fail("judge", str(error), error.code)
     if args.concurrency < 1 or args.attempts < 1 or args.timeout <= 0 or args.resamples < 0:
         return fail("judge", "--concurrency and --attempts must be at least 1, --timeout positive, --resamples at least 0")
     configure(args)
@@ -173,14 +186,14 @@ async def _calibrate(args: argparse.Namespace, labels: list[Any]) -> tuple[Any, 
 def _print_calibration(args: argparse.Namespace, labels: list[Any], calibration: Any, failures: list[str]) -> int:
     from .report import render_calibration
 
-    source = f"your labels in {args.labels}" if args.labels else REFERENCE_LABELS
+    source, reference = args.source, args.source == REFERENCE_LABELS
     title = f"Judge calibration: {args.model} on {len(labels)} samples"
-    markdown = render_calibration(calibration, title=title, labels=source, reference=args.labels is None)
+    markdown = render_calibration(calibration, title=title, labels=source, reference=reference)
     if failures:
         markdown += "\nJudge failures:\n\n" + "\n".join(f"- {line}" for line in failures) + "\n"
     document = {
         "title": title, "model": args.model, "base_url": args.base_url, "labels": source,
-        "reference_labels": args.labels is None, "failures": failures, **calibration.model_dump(mode="json"),
+        "reference_labels": reference, "failures": failures, **calibration.model_dump(mode="json"),
     }  # fmt: skip
     if args.out:
         out = Path(args.out)
