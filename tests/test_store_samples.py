@@ -99,6 +99,10 @@ async def test_summary_counts_per_strategy_and_role_within_the_window(store: Sto
         # not followed, but cannot_compare: out of every rate, so not counted as not followed either
         sample(verdict="cannot_compare", broken=None, followed=False, robust=None, follow_score=1),
         sample(verdict=None, broken=None, followed=None, robust=None, follow_score=None),
+        # relevant and comparable, the follow verdict missing: not followed (the paper's rule), and missing
+        sample(followed=None, robust=False, follow_score=None),
+        # irrelevant: no follow verdict to miss
+        sample(relevance="irrelevant", followed=None, follow_score=None),
         sample(strategy="naive", role="shadow", verdict="contradicts", broken=True, followed=False, robust=False),
         sample(seconds_ago=7200, verdict="contradicts", broken=True, robust=False),
     ):
@@ -111,16 +115,17 @@ async def test_summary_counts_per_strategy_and_role_within_the_window(store: Sto
         SampleCounts(
             strategy="pref_aligner",
             role="served",
-            samples=5,
-            judged=4,
+            samples=7,
+            judged=6,
             broken=1,
-            not_followed=1,
-            not_robust=2,
+            not_followed=2,
+            not_robust=3,
             uncomparable=1,
             judge_failed=1,
+            follow_missing=2,
         ),
     )
-    assert (await store.sample_summary(10_000)).groups[1].samples == 6
+    assert (await store.sample_summary(10_000)).groups[1].samples == 8
     with pytest.raises(ValueError):
         await store.sample_summary(0)
 

@@ -126,11 +126,12 @@ def count_samples(samples: Iterable[JudgedSample]) -> list[SampleCounts]:
         row["samples"] += 1
         row["judged"] += sample.verdict is not None
         row["broken"] += sample.broken is True
-        row["not_followed"] += sample.followed is False and sample.broken is not None
+        row["not_followed"] += sample.relevance == "relevant" and sample.followed is not True and sample.broken is not None
         row["not_robust"] += sample.robust is False
         row["uncomparable"] += sample.verdict == "cannot_compare"
         row["judge_failed"] += sample.verdict is None
+        row["follow_missing"] += sample.relevance == "relevant" and sample.followed is None
     return [SampleCounts(strategy=strategy, role=role, **row) for (strategy, role), row in totals.items()]
 
 
-COUNTED = ("samples", "judged", "broken", "not_followed", "not_robust", "uncomparable", "judge_failed")
+COUNTED = ("samples", "judged", "broken", "not_followed", "not_robust", "uncomparable", "judge_failed", "follow_missing")

@@ -146,7 +146,9 @@ class SampleCounts(Frozen):
     """Judged-sample counts of one (strategy, role) over a window; ratios are the reader's job
     (breakage = broken / (judged - uncomparable), as in DESIGN.md "Online adaptation"). `broken`,
     `not_followed` and `not_robust` count comparable samples only, so each is at most
-    judged - uncomparable."""
+    judged - uncomparable; a relevant sample whose follow verdict is missing is not followed, as in
+    the monitor's counters. `judge_failed` counts samples without a consistency verdict,
+    `follow_missing` relevant samples without a follow verdict."""
 
     strategy: str
     role: str
@@ -157,6 +159,7 @@ class SampleCounts(Frozen):
     not_robust: int = 0
     uncomparable: int = 0
     judge_failed: int = 0
+    follow_missing: int = 0
 
 
 class SampleSummary(Frozen):

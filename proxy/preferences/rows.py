@@ -21,19 +21,22 @@ PROFILE_COLUMNS = "p.user_id, p.updated_at, q.id, q.text, q.created_at, q.update
 SAMPLE_COLUMNS = (
     "id, created_at, request_id, user_id, model, strategy, role, relevance, verdict, broken, followed, robust, follow_score, reasons, texts"
 )
-# not_followed counts comparable samples only (broken decided), as perg_monitor_not_followed_total
-# does: it is a numerator over judged - uncomparable, like broken and not_robust.
+# As the monitor counts (perg_monitor_not_followed_total): not_followed is a relevant, comparable
+# sample (broken decided) whose follow verdict is not "followed", a missing one included (the
+# paper's rule), so it is a numerator over judged - uncomparable like broken and not_robust;
+# follow_missing is every relevant sample without a follow verdict.
 COUNT_COLUMNS = (
     "strategy, role, count(*),"
     " count(*) FILTER (WHERE verdict IS NOT NULL),"
     " count(*) FILTER (WHERE broken),"
-    " count(*) FILTER (WHERE NOT followed AND broken IS NOT NULL),"
+    " count(*) FILTER (WHERE relevance = 'relevant' AND followed IS NOT TRUE AND broken IS NOT NULL),"
     " count(*) FILTER (WHERE NOT robust),"
     " count(*) FILTER (WHERE verdict = 'cannot_compare'),"
-    " count(*) FILTER (WHERE verdict IS NULL)"
+    " count(*) FILTER (WHERE verdict IS NULL),"
+    " count(*) FILTER (WHERE relevance = 'relevant' AND followed IS NULL)"
 )
 LABEL_COLUMNS = "id, sample_id, created_at, follow_score, consistency"
-COUNT_FIELDS = ("samples", "judged", "broken", "not_followed", "not_robust", "uncomparable", "judge_failed")
+COUNT_FIELDS = ("samples", "judged", "broken", "not_followed", "not_robust", "uncomparable", "judge_failed", "follow_missing")
 
 
 def profiles_from_rows(rows: Iterable[Sequence[Any]], decode_time: DecodeTime) -> list[Profile]:
