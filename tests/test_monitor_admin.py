@@ -125,6 +125,11 @@ def test_process_counters_are_this_processes_registry(start_proxy, fake_upstream
     assert figures["enqueued"] == {"served": 1}
     assert {"strategy": "pref_aligner", "outcome": "fallback", "count": 1} in figures["aligner"]
     assert figures["fallbacks"] == {"upstream_http_500": 1}
+    # every judge failed: relevance, consistency and follow (relevance unknown: not asked) missing
+    assert figures["verdicts_missing"] == {
+        judge: int(proxy.metric("perg_monitor_verdicts_missing_total", {"judge": judge})) for judge in figures["verdicts_missing"]
+    }
+    assert figures["verdicts_missing"]["consistency"] == 1
     for row in figures["judge_errors"]:
         value = proxy.metric("perg_monitor_judge_errors_total", {"judge": row["judge"], "reason": row["reason"]})
         assert row["count"] == value > 0

@@ -142,7 +142,7 @@ def test_operator_page_end_to_end(monitored_proxy, browser):
     for row, group in zip(rows, sorted(summary["groups"], key=lambda g: (g["strategy"], g["role"])), strict=True):
         assert row.find_element(By.CSS_SELECTOR, ".judged").text == str(group["judged"])
         assert row.find_element(By.CSS_SELECTOR, ".comparable").text == str(group["judged"] - group["uncomparable"])
-        assert row.find_element(By.CSS_SELECTOR, ".missing").text == str(group["judge_failed"])
+        assert row.find_element(By.CSS_SELECTOR, ".missing").text == str(group["judge_failed"] + group["follow_missing"])
     assert len(driver.find_elements(By.CSS_SELECTOR, "#charts svg.chart")) == 3
     # A dot per rate for each group and bucket with comparable samples (the page fetched its own
     # series a moment earlier: a sample may since have crossed into the next bucket).

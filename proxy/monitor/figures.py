@@ -77,6 +77,7 @@ def process_figures(registry: CollectorRegistry) -> dict[str, Any]:
         "enqueued": by_label(registry, "perg_monitor_enqueued_total", "role"),
         "dropped": by_label(registry, "perg_monitor_dropped_total", "reason"),
         "judge_errors": labelled(registry, "perg_monitor_judge_errors_total", "judge", "reason"),
+        "verdicts_missing": by_label(registry, "perg_monitor_verdicts_missing_total", "judge"),
         "aligner": labelled(registry, "perg_aligner_outcomes_total", "strategy", "outcome"),
         "fallbacks": by_label(registry, "perg_aligner_fallbacks_total", "reason"),
         "gate": by_label(registry, "perg_gate_outcomes_total", "outcome"),

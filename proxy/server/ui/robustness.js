@@ -29,7 +29,7 @@ function colorOf(group) {
 }
 
 // Fields of a summary group that count missing verdicts: `judge_failed` (no consistency
-// verdict) and any field the server names "*missing*" (shown exactly as the server reports it).
+// verdict) and every field the server names "*missing*" (today `follow_missing`), as reported.
 export function missingVerdicts(group) {
   let total = group.judge_failed || 0;
   for (const [name, value] of Object.entries(group)) {
@@ -192,6 +192,7 @@ function processPanel(process, summary) {
     ...Object.entries(process.enqueued).map(([role, n]) => [`enqueued (${role})`, n]),
     ...Object.entries(process.dropped).map(([reason, n]) => [`dropped: ${reason}`, n]),
     ["missing verdicts (window)", missing],
+    ...Object.entries(process.verdicts_missing).map(([judge, n]) => [`${judge} verdicts missing`, n]),
   ];
   const errors = process.judge_errors.map((e) => [`${e.judge}: ${e.reason}`, e.count]);
   const outcomes = process.aligner.map((a) => [`${a.strategy}: ${a.outcome}`, a.count]);
