@@ -119,5 +119,6 @@ async def test_series_counts_samples_in_their_buckets(store: Store):
 async def test_series_buckets_round_up_to_a_microsecond(store: Store):
     series = await store.sample_series(1.0, 3)
     assert series.bucket_seconds == pytest.approx(0.333334) and series.points == ()
+    assert (await store.sample_series(1e-9, 200)).bucket_seconds == 0.000001  # never narrower than a microsecond
     with pytest.raises(ValueError):
         await store.sample_series(0, 3)

@@ -189,7 +189,7 @@ class Store(ABC):
         if window_seconds <= 0 or buckets < 1:
             raise ValueError("window_seconds must be positive and buckets at least 1")
         until = utcnow()
-        width = -(-round(window_seconds * 1_000_000) // buckets)  # microseconds, rounded up
+        width = max(1, -(-round(window_seconds * 1_000_000) // buckets))  # microseconds, rounded up
         current = (until - EPOCH) // timedelta(microseconds=1) // width * width
         since = EPOCH + timedelta(microseconds=current - width * (buckets - 1))
         rows = await self._sample_buckets(since, until, width)
