@@ -129,6 +129,16 @@ VERBOSE: list[tuple[str, Sequence[str], str | None]] = [
         "B",
     ),
     ("[B, Canberra] is the answer.", CITIES, "B"),
+    # a review whose option stands on a line of its own, its verdict in the next paragraph
+    (
+        "Let us look at each.\n\nOption A: Circle.\n\nThis answer is not accurate, it has no sides.\n\n"
+        "Option C: Triangle.\n\nThis answer is factually correct: three sides.",
+        SHAPES,
+        "C",
+    ),
+    # a plain verdict that its own sentence restricts is a concession, not a later answer
+    ("The best answer is:\n\nC. Triangle\n\nOption A is correct, but it does not answer the question.", SHAPES, "C"),
+    ("The best answer is:\n\nC. Triangle\n\nOn reflection, option A is the best answer, but it is close.", SHAPES, "A"),
     # a letter inside a formula is no lettered option
     ("Under that condition the first answer, P(A ∪ B) = 0.5, is correct.", CITIES, None),
     # the article and the pronoun are not letters

@@ -56,6 +56,7 @@ _CONCLUSION = re.compile(
 _REVIEW_HEAD = re.compile(r"^\s*(?:option\s+)?[(\[]?([A-Z])\s*[)\].:\-–]", re.IGNORECASE)
 _REVIEW_VERDICT = re.compile(
     r"\b(?:this|that|it)\s+(?:option|answer|statement|choice)?\s*(?:is|seems|appears)\s+(?:to be\s+)?(?:the\s+)?(?:most\s+)?"
+    r"(?:(?:factually|historically|scientifically|generally|clearly|definitely|absolutely|entirely|completely|certainly)\s+)?"
     r"(?P<verdict>correct|true|accurate|right|valid|best|likely|plausible|not|incorrect|false|wrong|inaccurate|partially|also|less|too)\b",
     re.IGNORECASE,
 )
@@ -161,7 +162,7 @@ def _reviewed_options(text: str, letters: str, options: Sequence[str]) -> list[s
     and whose first verdict is `This option is correct` (or true, accurate, the best, …)."""
     accepted: set[str] = set()
     rejected: set[str] = set()
-    for paragraph in re.split(r"\n\s*\n", text):
+    for paragraph in _review_paragraphs(text):
         head = _REVIEW_HEAD.match(paragraph)
         verdict = _REVIEW_VERDICT.search(paragraph[:600]) if head else None
         if head is None or verdict is None or head.group(1).upper() not in letters:
@@ -169,6 +170,19 @@ def _reviewed_options(text: str, letters: str, options: Sequence[str]) -> list[s
         positive = verdict.group("verdict").lower() in ("correct", "true", "accurate", "right", "valid", "best", "likely", "plausible")
         (accepted if positive else rejected).add(head.group(1).upper())
     return sorted(accepted - rejected) if accepted - rejected else []
+
+
+def _review_paragraphs(text: str) -> list[str]:
+    """The paragraphs of a reply; a paragraph that is one lettered line alone (`Option D: <its
+    text>`) is joined to the next one, the comment it introduces (`This answer is the most accurate.`)."""
+    paragraphs = re.split(r"\n\s*\n", text)
+    joined: list[str] = []
+    for paragraph in paragraphs:
+        if joined and "\n" not in joined[-1].strip() and _REVIEW_HEAD.match(joined[-1]) and not _REVIEW_HEAD.match(paragraph):
+            joined[-1] += "\n\n" + paragraph
+        else:
+            joined.append(paragraph)
+    return joined
 
 
 def _opening_option(text: str, letters: str, options: Sequence[str]) -> list[str]:

@@ -52,6 +52,8 @@ _ASSESSED = re.compile(
     r"|\b(?i:option|choice)\s+[(\[]?(?P<chosen>[A-Z])[)\]]?(?![\w'’])\s+(?i:as)\s+(?i:the|our)\s+"
     r"(?i:most likely|best|correct|right|most accurate|most appropriate|final)\b"
 )
+_RANKED = re.compile(r"\b(?:the|most|best|only)\b")
+_CONCESSION = re.compile(r"(?:\s+(?:in (?:a|some) (?:sense|way)|to (?:a|some) (?:degree|extent)))?\s*[,;]?\s*(?:but|although|though|yet|however)\b", re.IGNORECASE)
 _INTRODUCES_ANSWER = re.compile(
     r"\b(?:answers?|options?|choices?|correct|best|true|false|accurate)\b[^\n]{0,200}?(?:is|are|be|include)\s*:\s*$", re.IGNORECASE
 )
@@ -169,7 +171,7 @@ def answer_statement(text: str, letters: str, options: Sequence[str]) -> list[st
             found.append(stated)
     for match in _ASSESSED.finditer(text):
         letter = match.group("letter") or match.group("lettered") or match.group("chosen") or match.group("closest")
-        if letter in letters:
+        if letter in letters and not _conceded(text, match):
             found.append((match.end(), letter))
     return [max(found)[1]] if found else []
 
@@ -188,6 +190,13 @@ def cited_option(text: str, letters: str, options: Sequence[str]) -> list[str]:
         if letter in letters and text_at(text, match.end(), [options[letters.index(letter)]], letter):
             found.append((match.end(), letter))
     return [max(found)[1]] if found else []
+
+
+def _conceded(text: str, match: re.Match[str]) -> bool:
+    """`Option A is correct, but it does not answer the question`: a plain verdict (no `the`, `most`,
+    `best`, `only`) that the same sentence at once restricts is a concession, not the answer."""
+    verdict = text[match.start() : match.end()].casefold()
+    return not _RANKED.search(verdict) and bool(_CONCESSION.match(text, match.end()))
 
 
 def _label_in_passing(text: str, match: re.Match[str]) -> bool:
