@@ -166,6 +166,9 @@ VERBOSE: list[tuple[str, Sequence[str], str | None]] = [
     ("A circle is round and a square has four sides; the three-sided one is C. Triangle.", SHAPES, "C"),
     ("The correct answer is B. Canberra. A more scenic place to visit is D. Perth.", CITIES, "B"),
     ("Options A and B miss the mark; option C comes the closest and option D is far off.", SHAPES, "C"),
+    # an option cited by its full text and its own letter after a verb, with no answer word
+    ("The odd one out would be a triangle (option C). A square (option B) and a hexagon (option D) are even.", SHAPES, "C"),
+    ("The shape with three sides is either a triangle (option C) or a hexagon (option D).", SHAPES, None),
     # several options in an opening bracket
     ("[A, B] Sydney and Canberra are both important cities.", CITIES, None),
     ("[B, D, or C. These are all plausible.]", CITIES, None),

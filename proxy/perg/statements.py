@@ -70,6 +70,7 @@ _CITED = re.compile(
     r"(?:option\s+)?[(\[]?(?P<letter>[A-Z])[)\].:]\s+",
     re.IGNORECASE,
 )
+_CITED_TEXT = re.compile(r"\b(?:is|are|would be|should be|will be)\s+(?:(?:most\s+)?(?:likely|probably|clearly|definitely)\s+)?", re.IGNORECASE)
 _ECHO_LINE = re.compile(r"^\s*[(\[]?([A-Z])\s*[)\].:\-–]\s+(?:(?![.!?]\s)[^\n]){1,200}$")
 
 
@@ -189,6 +190,10 @@ def cited_option(text: str, letters: str, options: Sequence[str]) -> list[str]:
         letter = match.group("letter")
         if letter in letters and text_at(text, match.end(), [options[letters.index(letter)]], letter):
             found.append((match.end(), letter))
+    for match in _CITED_TEXT.finditer(text):  # `the oddest thing to replace would be pants (option A)`
+        cited = _text_with_its_letter(text, match.end(), letters, options)
+        if cited is not None:
+            found.append(cited)
     return [max(found)[1]] if found else []
 
 
@@ -197,6 +202,21 @@ def _conceded(text: str, match: re.Match[str]) -> bool:
     `best`, `only`) that the same sentence at once restricts is a concession, not the answer."""
     verdict = text[match.start() : match.end()].casefold()
     return not _RANKED.search(verdict) and bool(_CONCESSION.match(text, match.end()))
+
+
+def _text_with_its_letter(text: str, position: int, letters: str, options: Sequence[str]) -> tuple[int, str] | None:
+    """`(end, letter)` when an option's full text at `position` is followed by its own letter in
+    brackets (`pants (option A)`): the text and the letter say the same thing."""
+    article = _ARTICLE.match(text, position)
+    for start in (position, article.end()) if article else (position,):
+        letter = text_at(text, start, options, letters)
+        if letter is None:
+            continue
+        end = start + len(options[letters.index(letter)].rstrip("."))
+        tag = _PARENTHESISED.match(text, end + len(text[end:]) - len(text[end:].lstrip(" .,")))
+        if tag is not None and tag.group(1).upper() == letter:
+            return tag.end(), letter
+    return None
 
 
 def _label_in_passing(text: str, match: re.Match[str]) -> bool:
