@@ -53,7 +53,10 @@ _ASSESSED = re.compile(
     r"(?i:most likely|best|correct|right|most accurate|most appropriate|final)\b"
 )
 _RANKED = re.compile(r"\b(?:the|most|best|only)\b")
-_CONCESSION = re.compile(r"(?:\s+(?:in (?:a|some) (?:sense|way)|to (?:a|some) (?:degree|extent)))?\s*[,;]?\s*(?:but|although|though|yet|however)\b", re.IGNORECASE)
+_CONCESSION = re.compile(
+    r"(?:\s+(?:in (?:a|some) (?:sense|way)|to (?:a|some) (?:degree|extent)))?\s*[,;]?\s*(?:but|although|though|yet|however)\b",
+    re.IGNORECASE,
+)
 _INTRODUCES_ANSWER = re.compile(
     r"\b(?:answers?|options?|choices?|correct|best|true|false|accurate)\b[^\n]{0,200}?(?:is|are|be|include)\s*:\s*$", re.IGNORECASE
 )
@@ -70,7 +73,9 @@ _CITED = re.compile(
     r"(?:option\s+)?[(\[]?(?P<letter>[A-Z])[)\].:]\s+",
     re.IGNORECASE,
 )
-_CITED_TEXT = re.compile(r"\b(?:is|are|would be|should be|will be)\s+(?:(?:most\s+)?(?:likely|probably|clearly|definitely)\s+)?", re.IGNORECASE)
+_CITED_TEXT = re.compile(
+    r"\b(?:is|are|would be|should be|will be)\s+(?:(?:most\s+)?(?:likely|probably|clearly|definitely)\s+)?", re.IGNORECASE
+)
 _ECHO_LINE = re.compile(r"^\s*[(\[]?([A-Z])\s*[)\].:\-–]\s+(?:(?![.!?]\s)[^\n]){1,200}$")
 
 
