@@ -169,6 +169,12 @@ VERBOSE: list[tuple[str, Sequence[str], str | None]] = [
     # an option cited by its full text and its own letter after a verb, with no answer word
     ("The odd one out would be a triangle (option C). A square (option B) and a hexagon (option D) are even.", SHAPES, "C"),
     ("The shape with three sides is either a triangle (option C) or a hexagon (option D).", SHAPES, None),
+    # the first sentence after the reply's one `Answer:` label names one option: that is the answer
+    ("Summary: shapes differ by corners.\n\nAnswer: Three corners belong to C. Triangle. A square (option B) has four.", SHAPES, "C"),
+    ("Answer: A good spot is a hexagon (option D). A circle (option A) rolls away.", SHAPES, "D"),
+    # not when it names several, or when the reply answers several questions
+    ("Answer: Both a circle (option A) and a square (option B) fit. A square (option B) stacks.", SHAPES, None),
+    ("Question: three corners?\nAnswer: those belong to C. Triangle.\n\nQuestion: four?\nAnswer: those belong to B. Square.", SHAPES, None),
     # several options in an opening bracket
     ("[A, B] Sydney and Canberra are both important cities.", CITIES, None),
     ("[B, D, or C. These are all plausible.]", CITIES, None),

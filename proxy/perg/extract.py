@@ -73,6 +73,8 @@ _BARE_LINE = re.compile(r"^[(\[]?\s*([A-Za-z])\s*[)\]]?\s*[.):]?$")
 _LETTERED_LINE = re.compile(r"^\s*[(\[]?([A-Z])\s*[)\].:\-–](?:\s|$)", re.MULTILINE)
 _LETTERED_TEXT = re.compile(r"""^\s*(?:option\s+)?[(\[]?([A-Z])\s*[)\].:\-–]\s+["'“]?(.*)$""", re.MULTILINE | re.IGNORECASE)
 _LABEL = re.compile(r"^\s*(?:response|answer|reply)\s*:\s*$", re.IGNORECASE)
+_LABELLED = re.compile(r"^[ \t]*(?:response|answer|reply)[ \t]*:[ \t]*(?=\S)", re.IGNORECASE | re.MULTILINE)
+_INLINE_LETTER = re.compile(r"(?<![\w'’])[(\[]?([A-Z])[)\].]\s+")
 _NAMED = re.compile(r"\b(?i:option|choice)\s+[(\[]?([A-Z])[)\]]?(?!\w)|\(([A-Z])\)")
 _NEGATION = re.compile(
     r"(?:\bnot|n't|\bnever|\bnor|\brather than|\binstead of)\s+(?:the\s+|an?\s+)?"
@@ -198,6 +200,28 @@ def _opening_option(text: str, letters: str, options: Sequence[str]) -> list[str
     return [letter] if text_at(match.group(2), 0, [options[letters.index(letter)]], letter) else []
 
 
+def _labelled_answer(text: str, letters: str, options: Sequence[str]) -> list[str]:
+    """The one option named in the first sentence after the reply's only `Answer:` / `Response:`
+    label with text on its line: by its letter and full text (`… responsible for D. life on
+    earth`), by `(option C)`, or by its text. The label announces the answer, and a reply opens
+    its answer with its choice; several labels (a reply answering several questions) or several
+    options in that sentence decide nothing."""
+    labels = list(_LABELLED.finditer(text))
+    if len(labels) != 1:
+        return []
+    start = labels[0].end()
+    window = QUOTED.sub(lambda quoted: "x" * len(quoted.group(0)), text[start : start + 600])
+    end = SENTENCE_END.search(_INLINE_LETTER.sub(lambda cited: "x" * len(cited.group(0)), window))  # `D. life` ends nothing
+    sentence = text[start : start + (end.start() if end else len(window))]
+    cited = {
+        match.group(1)
+        for match in _INLINE_LETTER.finditer(sentence)
+        if match.group(1) in letters and text_at(sentence, match.end(), [options[letters.index(match.group(1))]], match.group(1))
+    }
+    named = cited | set(_named_option(sentence, letters, options)) | set(_option_text(sentence, letters, options))
+    return list(named) if len(named) == 1 else []
+
+
 def _full_text_lines(text: str, letters: str, options: Sequence[str]) -> list[str]:
     """Lettered lines that give their option's text in full; a list of every option is no answer."""
     found = []
@@ -245,6 +269,7 @@ _RULES = (
     _bare_last_line,
     _affirmation,
     _opening_option,
+    _labelled_answer,
     _conclusion,
     _reviewed_options,
     _full_text_lines,
