@@ -119,6 +119,16 @@ VERBOSE: list[tuple[str, Sequence[str], str | None]] = [
     ('Option A, "Sydney," is not the most fitting answer. Instead, option B, "Canberra," is the best.', CITIES, "B"),
     ("We can focus on option C as the most likely answer: it has three sides.", SHAPES, "C"),
     ('D. "Hexagon" would be the most accurate answer here.', SHAPES, "D"),
+    ("Circles (option A) and squares (option B) are drawn; option C is the most literal and accurate answer.", SHAPES, "C"),
+    # what stands between an option and its verdict names no other option and starts no new clause
+    (
+        "While circles (option A), squares (option B) and hexagons (option D) may tile, a triangle is the most general and fitting answer.",
+        SHAPES,
+        None,
+    ),
+    # the options set aside: `Other options like …`, `… is a large city, but it's not …`
+    ("Canberra (option B) was built as the capital. Other options like Sydney (option A) and Perth (option D) are larger.", CITIES, "B"),
+    ("Canberra (option B) was built as the capital. Sydney (option A) is a large city, but it's not the capital.", CITIES, "B"),
     # a concluding sentence
     ("A square has four sides, a circle none.\n\nTherefore, the triangle (option C) is the three-sided shape.", SHAPES, "C"),
     ("Each has its merits.\n\nIn conclusion, Canberra is the capital of Australia.", CITIES, "B"),

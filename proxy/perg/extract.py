@@ -84,6 +84,10 @@ _MARKUP = re.compile(r"[*`]|__")
 _REJECTED = re.compile(
     r"""\s*(?:[,(]\s*["'“]?""" + r"(?:(?![.!?]\s)[^\n]){0,120}?" + r"""["'”)]?\s*,?\s*)?"""
     r"(?:is|was|seems|would be)\s+(?:not\b|incorrect|wrong|false|unlikely|less\b|also\s+(?:not|incorrect|wrong))|\s*isn't"
+    r"|\s*(?:is|was)\b[^.!?\n;]{0,120}?,\s*but\s+(?:it|this|that)(?:'s|\s+is)\s+not\b"  # `(option B) is a shop, but it's not …`
+)
+_SET_ASIDE = re.compile(  # `Other options like home (option A) … are not …`: the options not chosen
+    r"(?:^|(?<=[.!?]\s)|(?<=\n))[ \t]*(?:the\s+|all\s+)?(?:other|remaining)\s+(?:options|choices|answers)\b[^.!?\n]*", re.IGNORECASE
 )
 
 
@@ -239,6 +243,7 @@ def _lettered_lines(text: str, letters: str, options: Sequence[str]) -> list[str
 def _named_option(text: str, letters: str, options: Sequence[str]) -> list[str]:
     """Options named by letter, except those named to be rejected (`Option A is incorrect`, `not (B)`)."""
     found = []
+    text = _SET_ASIDE.sub(lambda aside: " " * len(aside.group(0)), text)
     for match in _NAMED.finditer(text):
         letter = match.group(1) or match.group(2)
         before = text[max(0, match.start() - 60) : match.start()].casefold()
@@ -248,7 +253,7 @@ def _named_option(text: str, letters: str, options: Sequence[str]) -> list[str]:
 
 
 def _option_text(text: str, letters: str, options: Sequence[str]) -> list[str]:
-    folded = text.casefold()
+    folded = _SET_ASIDE.sub(lambda aside: " " * len(aside.group(0)), text).casefold()
     texts = {letter: normalize_text(option) for letter, option in zip(letters, options, strict=True)}
     mentioned = {letter for letter, option in texts.items() if matchable(option) and _affirmed_mention(folded, option)}
     longest = [letter for letter in mentioned if not any(other != letter and texts[letter] in texts[other] for other in mentioned)]

@@ -28,7 +28,8 @@ _ANSWER = re.compile(r"\b(?:answer|option|choice)" + VERB, re.IGNORECASE)
 _SAME_SENTENCE = r"(?:(?![.!?](?:\s|$))[^\n]){0,160}?"
 _BETWEEN = (  # what may stand between an option and its verdict: a quote, or words that are neither a verb nor a new clause
     r"""(?:"(?:(?![.!?]\s)[^"\n]){1,200}"|“(?:(?![.!?]\s)[^”\n]){1,200}”|(?![.!?](?:\s|$))"""
-    r"(?!(?i:\b(?:is|are|was|were|that|while|although|though|if|because|whether|but|when|which|since|not)\b))[^\n]){0,160}?"
+    r"(?!(?i:\b(?:is|are|was|were|that|while|although|though|if|because|whether|but|when|which|since|not|may|might|can|could|will|would|should|must|do|does|did|has|have|had)\b))"
+    r"(?!\b(?i:option|choice)\s+[(\[]?[A-Z]\b)[^\n]){0,160}?"  # nor another option
 )
 SENTENCE_END = re.compile(r"[.!?](?:\s|$)|\n\s*\n")
 _STATEMENT_ANCHOR = re.compile(
@@ -47,6 +48,7 @@ _ASSESSED = re.compile(
     r"(?:\b(?i:option|choice)\s+[(\[]?(?P<letter>[A-Z])[)\]]?|(?:^|(?<=\n)|(?<=[,:;] ))(?P<lettered>[A-Z])[.)](?=\s))(?![\w'’])"
     r"""(?:\s*[,:(]?\s*["'“]?""" + _BETWEEN + r"""["'”)]?\s*,?)?"""
     r"\s+(?i:is|would be|seems to be|appears to be)\s+(?i:the\s+|a\s+)?(?i:most\s+|best\s+|only\s+)?"
+    r"(?i:(?:factually|historically|scientifically)\s+)?(?i:(?!(?:not|least|less|in)\b)[a-z]+(?:,\s*|\s+and\s+))?"  # `the most literal and accurate`
     r"(?i:correct|right|best|accurate|appropriate|suitable|reasonable|fitting|plausible|true|valid|likely)\b"
     r"|\b(?i:option|choice)\s+[(\[]?(?P<closest>[A-Z])[)\]]?(?![\w'’])\s+(?i:comes|is)\s+(?i:the\s+)?(?i:closest)\b"
     r"|\b(?i:option|choice)\s+[(\[]?(?P<chosen>[A-Z])[)\]]?(?![\w'’])\s+(?i:as)\s+(?i:the|our)\s+"
