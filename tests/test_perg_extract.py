@@ -157,6 +157,8 @@ VERBOSE: list[tuple[str, Sequence[str], str | None]] = [
     ("The answer is B.\n\nOption D is not the best answer because Perth is likely to be larger.", CITIES, "B"),
     ("Answer: B\n\nD. Partially correct - while it is true that Perth is large, it is not the capital.", CITIES, "B"),
     ('The option that fits is a "planned capital" (option B).', CITIES, "B"),
+    # after `Option C`, the option's own verb says its verdict; a later clause's `is no …` is no option `No.`
+    ("The correct answer is:\n\nB. Yes.\n\nOption C is wrong as there is no doubt.", ("No.", "Yes.", "Maybe."), "B"),
     # the answer on the line after `is:`; several lettered lines there are several answers
     ("The correct answer is:\n\nB. Canberra\n\nIt was built to be the capital.", CITIES, "B"),
     ("The correct answer is:\nB. Canberra\nD. Perth\n\nPerth is on the west coast.", CITIES, None),

@@ -253,6 +253,8 @@ def _stated_after(text: str, start: int, letters: str, options: Sequence[str]) -
         )
         if letter is not None:
             return position, letter
+        if named:
+            return None  # `Option D is incorrect as there is no …`: the option's own verb said no letter
     return None
 
 
