@@ -149,6 +149,7 @@ VERBOSE: list[tuple[str, Sequence[str], str | None]] = [
     # a plain verdict that its own sentence restricts is a concession, not a later answer
     ("The best answer is:\n\nC. Triangle\n\nOption A is correct, but it does not answer the question.", SHAPES, "C"),
     ("The best answer is:\n\nC. Triangle\n\nOn reflection, option A is the best answer, but it is close.", SHAPES, "A"),
+    ("The best answer is:\n\nC. Triangle\n\nEven though option A is historically accurate, it has no corners.", SHAPES, "C"),
     # a letter inside a formula is no lettered option
     ("Under that condition the first answer, P(A ∪ B) = 0.5, is correct.", CITIES, None),
     # the article and the pronoun are not letters

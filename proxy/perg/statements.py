@@ -59,6 +59,7 @@ _CONCESSION = re.compile(
     r"(?:\s+(?:in (?:a|some) (?:sense|way)|to (?:a|some) (?:degree|extent)))?\s*[,;]?\s*(?:but|although|though|yet|however)\b",
     re.IGNORECASE,
 )
+_CONCESSIVE = re.compile(r"\b(?:although|though|while|whereas|even if)\s+(?:[^,;]{0,40}\s)?$", re.IGNORECASE)
 _INTRODUCES_ANSWER = re.compile(
     r"\b(?:answers?|options?|choices?|correct|best|true|false|accurate)\b[^\n]{0,200}?(?:is|are|be|include)\s*:\s*$", re.IGNORECASE
 )
@@ -205,9 +206,13 @@ def cited_option(text: str, letters: str, options: Sequence[str]) -> list[str]:
 
 
 def _conceded(text: str, match: re.Match[str]) -> bool:
-    """`Option A is correct, but it does not answer the question`: a plain verdict (no `the`, `most`,
-    `best`, `only`) that the same sentence at once restricts is a concession, not the answer."""
+    """A concession, not the answer: a verdict inside a concessive clause (`Even though option A is
+    accurate, it is not …`), or a plain verdict (no `the`, `most`, `best`, `only`) that the same
+    sentence at once restricts (`Option A is correct, but it does not answer the question`)."""
     verdict = text[match.start() : match.end()].casefold()
+    sentence_start = max(text.rfind(". ", 0, match.start()), text.rfind("\n", 0, match.start())) + 1
+    if _CONCESSIVE.search(text[sentence_start : match.start()]):
+        return True
     return not _RANKED.search(verdict) and bool(_CONCESSION.match(text, match.end()))
 
 
