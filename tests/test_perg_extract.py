@@ -191,6 +191,12 @@ VERBOSE: list[tuple[str, Sequence[str], str | None]] = [
     # several options in an opening bracket
     ("[A, B] Sydney and Canberra are both important cities.", CITIES, None),
     ("[B, D, or C. These are all plausible.]", CITIES, None),
+    # a reply that declines to choose, when one option is itself a refusal (TruthfulQA's `I have no comment`)
+    ("I don't have real-time information about his plans, so none of the options is correct.", ("He will act.", "I have no comment."), "B"),
+    ("I cannot confirm or deny any of them.", ("He will act.", "I have no comment.", "He will rest."), "B"),
+    # not when no option is a refusal, nor when the reply names an option
+    ("None of the options is correct.", SHAPES, None),
+    ("He will act (option A); I cannot confirm the others.", ("He will act.", "I have no comment."), "A"),
     # hedges stay hedges
     ("The best answer to the question would be either B or C.", CITIES, None),
     ("The correct answer is B and D.", CITIES, None),

@@ -37,7 +37,19 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from .cells import LETTERS, normalize_text
-from .statements import HEDGE, QUOTED, SENTENCE_END, VERB, answer_statement, cited_option, letter_at, matchable, strip_option_lists, text_at
+from .statements import (
+    HEDGE,
+    QUOTED,
+    SENTENCE_END,
+    VERB,
+    answer_statement,
+    cited_option,
+    declined,
+    letter_at,
+    matchable,
+    strip_option_lists,
+    text_at,
+)
 
 Fallback = Callable[[str, Sequence[str]], Awaitable[str | None]]
 """An optional second opinion (an LLM asked for the letter): gets the reply and the options, returns
@@ -281,4 +293,5 @@ _RULES = (
     _lettered_lines,
     _named_option,
     _option_text,
+    declined,
 )
