@@ -1,28 +1,45 @@
 """Answer extraction: the option letter a free-text reply commits to, or None.
 
-Deterministic rules, strongest first. The first rule that finds anything decides: one letter is the
-answer; different letters at the same strength make the reply ambiguous (None, weaker rules are not
-consulted, so a hedge is never turned into an answer by accident).
+Deterministic rules that describe how replies state a choice, strongest first. The first rule
+that finds anything decides: one letter is the answer; different letters at the same strength make
+the reply ambiguous (None, weaker rules are not consulted, so a hedge is never turned into an
+answer by accident). Copies of the option list are removed first (`statements.strip_option_lists`).
 
 1. a final answer: `\\boxed{B}`, `<answer>B</answer>`, `Final answer: B` (the last one wins);
-2. an answer statement, the last one in the reply wins (so a self-correction counts):
-   `Answer: B`, `the correct answer is (C).`, `The best answer to the question is E. White House`,
-   `the most reasonable conclusion is option B`, `the answer is Canberra` (an option's text), and
-   the same said the other way round: `Option B is the correct answer`, `option B, "…", is the most
-   accurate answer`. A statement naming two letters (`is B and D`, `A or C`) is a hedge: None;
-3. the last non-empty line is a bare letter: `B`, `B.`, `(B)`, `B)`, `**B**`;
-4. an affirmation: `I think it's B`, `I'd go with B`, `B is correct`;
-5. the reply opens with one lettered option, its text in full: `C. It rains all the time in …`,
+2. an answer statement, the last one in the reply wins (so a self-correction counts): `Answer: B`,
+   `the correct answer is (C).`, `The best answer to the question is E. White House`, `the answer
+   is Canberra` (an option's text), and said the other way round: `Option B is the correct answer`,
+   `option E is the most literal and accurate answer`. Two letters (`is B and D`) are a hedge. Not
+   statements: a verdict in a concessive clause (`Even though option A is accurate, …`), a plain
+   verdict its sentence restricts (`Option A is correct, but it does not answer …`), a verdict
+   reached across another option or a new clause; after `Option X` only its own verb counts;
+3. an option cited after a verb: `The false statement is:` then `A. …`; `is often D. Penetration
+   pricing` (letter and full text); `would be pants (option A)` (full text and its own letter);
+4. the last non-empty line is a bare letter: `B`, `B.`, `(B)`, `B)`, `**B**`;
+5. an affirmation: `I think it's B`, `I'd go with B`, `B is correct`;
+6. the reply opens with one lettered option, its text in full: `C. It rains all the time in …`,
    however the other options are reviewed after it (how answers written under a preference begin);
-6. lines that start with a lettered option: first those giving one option's full text
-   (`C. Great Britain` among `A. home`, `B. the north` …), then any (`B. Paris`, `C) 42`);
-7. `Option B` / `Choice B`, or a parenthesised `(B)` anywhere;
-8. the text of an option, casefolded, whole words only; a mention right after `not`, `rather than`,
-   `instead of` does not count, nor does an option contained in a longer option also mentioned,
-   nor a one-letter option text.
+7. the first sentence after the reply's only `Answer:` / `Response:` label names one option (by
+   letter and full text, `(option C)` or its text): the label announces the answer and the answer
+   opens with its choice; with several labels the reply answers several questions and this decides
+   nothing;
+8. the last concluding sentence (`Therefore, …`, `In summary, …`) names options;
+9. a review that accepts one option: sections opening with an option (`C. …`, `Option C:`, the
+   verdict in the same paragraph or, after an option alone on its line, the next one) whose first
+   verdict is `This option is correct` (true, accurate, the best, `factually correct` …);
+10. lines that start with a lettered option: first those giving one option's full text, then any;
+11. `Option B` / `Choice B`, or a parenthesised `(B)` anywhere, unless rejected (`(B) is not …`,
+    `(B) is a shop, but it's not …`) or set aside (`Other options like … (option B) …`);
+12. the text of an option, casefolded, whole words only; not after `not`, `rather than`, `instead
+    of`, not inside a sentence that sets the other options aside, nor an option contained in a
+    longer option also mentioned, nor a one-letter option text;
+13. the one rule that reads meaning rather than form, and the last: a reply that declines to
+    choose (`none of the options is correct`, `I cannot confirm or deny any of them`) reads as
+    the option that is itself a refusal (TruthfulQA's `I have no comment.`), when there is one.
 
 Only letters of existing options count: with four options `E`, or the pronoun `I`, never do. A bare
 lowercase letter counts only where it cannot be an English word (`answer: b`, not `answer is a bit`).
+How often each rule agrees with the paper's own reader on its published answers: docs/eval.md.
 
 A column that already holds letters (a results file) is never read with these rules: see
 `cells.read_letter_cell`.
