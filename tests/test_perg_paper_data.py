@@ -60,11 +60,16 @@ def test_the_shared_rows_load_as_pergdata_with_nothing_skipped() -> None:
     assert loaded == rows == 2 * 1442 + 37
 
 
-def extraction_agreement() -> dict[str, tuple[int, int, int]]:
-    """(rows, agreeing, unreadable) per side over the shared files, on rows whose paper letter is
-    A–D and an option of the row."""
+TUNED_ON = "mixtral-icl-relevant-full-chunk0.csv"
+"""The file the extraction rules were developed on (TruthfulQA and CommonsenseQA rows); the other
+two (MMLU rows, and a small Mistral-7B run) were held out: docs/eval.md gives both figures."""
+
+
+def extraction_agreement(names: tuple[str, ...] = FILES) -> dict[str, tuple[int, int, int]]:
+    """(rows, agreeing, unreadable) per side over the shared files `names`, on rows whose paper
+    letter is A–D and an option of the row."""
     counts = {"without": [0, 0, 0], "with": [0, 0, 0]}
-    for name in FILES:
+    for name in names:
         with shared_file("paper", name).open(encoding="utf-8", newline="") as handle:
             for row in csv.DictReader(handle):
                 options = parse_options(row["options"])
@@ -77,14 +82,26 @@ def extraction_agreement() -> dict[str, tuple[int, int, int]]:
     return {side: (n, agree, unread) for side, (n, agree, unread) in counts.items()}
 
 
-def test_the_extractor_reads_the_papers_raw_answers() -> None:
-    counts = extraction_agreement()
+def agreement_figures(label: str, names: tuple[str, ...]) -> tuple[float, float, float]:
+    """Prints and returns the agreement without and with preferences, and the unreadable ratio."""
+    counts = extraction_agreement(names)
     rates = {side: (agree / n, unread / n) for side, (n, agree, unread) in counts.items()}
     for side, (n, agree, unread) in counts.items():
-        print(f"\nanswers {side} preferences: {n} rows, agreement with the paper's letters {agree / n:.4f}, unreadable {unread / n:.4f}")
+        print(
+            f"\n{label}, answers {side} preferences: {n} rows, agreement with the paper's letters {agree / n:.4f}, unreadable {unread / n:.4f}"
+        )
     ratio = rates["with"][1] / rates["without"][1]
-    print(f"unreadable with / without preferences: {ratio:.2f}x")
-    # Floors at the figures reached (issue 10 asks 95% and 1.5x; docs/eval.md says what the misses are:
-    # mostly answers that name several options or state none, where the paper's reader still gave a letter)
-    assert rates["without"][0] >= 0.945 and rates["with"][0] >= 0.885
-    assert ratio <= 1.83
+    print(f"{label}, unreadable with / without preferences: {ratio:.2f}x")
+    return rates["without"][0], rates["with"][0], ratio
+
+
+def test_the_extractor_reads_the_papers_raw_answers() -> None:
+    without, with_preferences, ratio = agreement_figures("all shared files", FILES)
+    tuned = agreement_figures(f"tuned on ({TUNED_ON})", (TUNED_ON,))
+    held = agreement_figures("held out (the other files)", tuple(name for name in FILES if name != TUNED_ON))
+    # Floors at the figures reached (issue 10 asks 95% on both sides and at most 1.5x; docs/eval.md says
+    # what the misses are: mostly answers that name several options or state none, where the paper's
+    # reader still gave a letter). Any rule change that loses agreement anywhere fails here.
+    assert without >= 0.951 and with_preferences >= 0.891 and ratio <= 1.80
+    assert tuned[0] >= 0.932 and tuned[1] >= 0.885 and tuned[2] <= 1.18
+    assert held[0] >= 0.965 and held[1] >= 0.896 and held[2] <= 2.98
