@@ -28,7 +28,8 @@ _ANSWER = re.compile(r"\b(?:answer|option|choice)" + VERB, re.IGNORECASE)
 _SAME_SENTENCE = r"(?:(?![.!?](?:\s|$))[^\n]){0,160}?"
 _BETWEEN = (  # what may stand between an option and its verdict: a quote, or words that are neither a verb nor a new clause
     r"""(?:"(?:(?![.!?]\s)[^"\n]){1,200}"|“(?:(?![.!?]\s)[^”\n]){1,200}”|(?![.!?](?:\s|$))"""
-    r"(?!(?i:\b(?:is|are|was|were|that|while|although|though|if|because|whether|but|when|which|since|not|may|might|can|could|will|would|should|must|do|does|did|has|have|had)\b))"
+    r"(?!(?i:\b(?:is|are|was|were|that|while|although|though|if|because|whether|but|when|which|since|not|"
+    r"may|might|can|could|will|would|should|must|do|does|did|has|have|had)\b))"
     r"(?!\b(?i:option|choice)\s+[(\[]?[A-Z]\b)[^\n]){0,160}?"  # nor another option
 )
 SENTENCE_END = re.compile(r"[.!?](?:\s|$)|\n\s*\n")
@@ -79,6 +80,7 @@ _CITED = re.compile(
 _CITED_TEXT = re.compile(
     r"\b(?:is|are|would be|should be|will be)\s+(?:(?:most\s+)?(?:likely|probably|clearly|definitely)\s+)?", re.IGNORECASE
 )
+_OWN_TAG = re.compile(r"[ .,]*\((?:option\s+|choice\s+)?([A-Z])\)", re.IGNORECASE)
 _ECHO_LINE = re.compile(r"^\s*[(\[]?([A-Z])\s*[)\].:\-–]\s+(?:(?![.!?]\s)[^\n]){1,200}$")
 
 
@@ -224,8 +226,7 @@ def _text_with_its_letter(text: str, position: int, letters: str, options: Seque
         letter = text_at(text, start, options, letters)
         if letter is None:
             continue
-        end = start + len(options[letters.index(letter)].rstrip("."))
-        tag = _PARENTHESISED.match(text, end + len(text[end:]) - len(text[end:].lstrip(" .,")))
+        tag = _OWN_TAG.match(text, start + len(options[letters.index(letter)].rstrip(".")))
         if tag is not None and tag.group(1).upper() == letter:
             return tag.end(), letter
     return None
