@@ -55,6 +55,8 @@ class Retries(Section):
     backoff_seconds: float = Field(0.5, ge=0)
     max_backoff_seconds: float = Field(20.0, ge=0)
     retry_on: tuple[int, ...] = (429, 500, 502, 503, 504)
+    # A POST whose connection could not even be made is safe to send again; opt in per upstream.
+    post_on_connect_error: bool = False
 
 
 class UpstreamSettings(Section):
@@ -67,13 +69,30 @@ class UpstreamSettings(Section):
     retries: Retries = Retries()
     structured_output: StructuredOutput = "json_schema"
     max_connections: int = Field(256, ge=1)
+    # HTTP(S)_PROXY / NO_PROXY (and ~/.netrc) from the environment
+    trust_env: bool = True
+    ca_bundle: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
 
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+        authority = value.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
+        if "@" in authority:
+            raise ValueError("must not hold a user or password (user:pass@host); put the key in api_key or headers")
+        if "#" in value:
+            raise ValueError("must not hold a fragment (#...)")
+        path, _, query = value.partition("?")
+        return path.rstrip("/") + ("?" + query if query else "")
+
+    @model_validator(mode="after")
+    def _client_key_needs_cert(self) -> UpstreamSettings:
+        if self.client_key is not None and self.client_cert is None:
+            raise ValueError("client_key is set without client_cert")
+        return self
 
     @field_validator("api_key")
     @classmethod

@@ -87,6 +87,10 @@ class UpstreamUnreachable(ProxyError):
     code = "upstream_unreachable"
 
 
+class UpstreamConnectFailed(UpstreamUnreachable):
+    """No connection could be made: not a byte of the request reached the upstream."""
+
+
 class UpstreamTimeout(ProxyError):
     status = 504
     type = "upstream_error"
@@ -146,6 +150,16 @@ class CallFailed(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
+
+
+def describe_error(error: BaseException) -> str:
+    """One bounded line for a failure that is recorded, not served: a reason code, then the message."""
+    if isinstance(error, CallFailed):
+        return str(error)[:300]
+    if isinstance(error, ProxyError):
+        return f"{error.code or type(error).__name__}: {error.message}"[:300]
+    text = str(error)
+    return (f"{type(error).__name__}: {text}" if text else type(error).__name__)[:300]
 
 
 INTERNAL_MESSAGE = "The proxy failed to handle the request; the request id identifies it in the logs."

@@ -88,7 +88,15 @@ def test_upstream_gets_proxy_key_and_no_hop_by_hop_or_perg_headers(proxy, fake_u
         "Cookie": "session=1",
         "OpenAI-Organization": "org-client",
         "api-key": "client-azure-key",
-        "X-Custom-Kept": "yes",
+        "OpenAI-Beta": "assistants=v2",
+        "X-Custom": "not on the allowlist",
+        "X-Goog-Api-Key": "client-google-key",
+        "Ocp-Apim-Subscription-Key": "client-apim-key",
+        "anthropic-api-key": "client-anthropic-key",
+        "X-Auth-Token": "client-token",
+        "X-Amz-Security-Token": "client-aws-token",
+        "X-Forwarded-For": "10.0.0.1",
+        "Forwarded": "for=10.0.0.1",
         "X-Request-ID": "trace-123",
     }
     response = httpx2.post(f"{proxy.base_url}/chat/completions", json=BODY, headers=headers)
@@ -96,7 +104,7 @@ def test_upstream_gets_proxy_key_and_no_hop_by_hop_or_perg_headers(proxy, fake_u
     assert response.headers["x-request-id"] == "trace-123"
     sent = {name.lower(): value for name, value in fake_upstream.received[-1].headers.items()}
     assert sent["authorization"] == f"Bearer {UPSTREAM_KEY}"
-    assert sent["x-custom-kept"] == "yes"
+    assert sent["openai-beta"] == "assistants=v2"
     assert sent["x-client-request-id"] == "trace-123"
     for dropped in (
         "x-drop-me",
@@ -108,6 +116,14 @@ def test_upstream_gets_proxy_key_and_no_hop_by_hop_or_perg_headers(proxy, fake_u
         "cookie",
         "openai-organization",
         "api-key",
+        "x-custom",
+        "x-goog-api-key",
+        "ocp-apim-subscription-key",
+        "anthropic-api-key",
+        "x-auth-token",
+        "x-amz-security-token",
+        "x-forwarded-for",
+        "forwarded",
     ):
         assert dropped not in sent, dropped
     assert CLIENT_KEY not in str(sent)
@@ -125,9 +141,12 @@ def test_invalid_request_id_is_replaced(proxy, fake_upstream):
 
 def test_header_helpers():
     sent = upstream_request_headers(
-        {"Connection": "close, X-A", "X-A": "1", "X-B": "2", "Host": "h"}, "rid", "key", {"OpenAI-Organization": "org"}
+        {"Connection": "close, Accept-Language", "Accept-Language": "de", "Accept": "x/y", "X-B": "2", "Host": "h"},
+        "rid",
+        "key",
+        {"OpenAI-Organization": "org"},
     )
-    assert dict(sent) == {"X-B": "2", "OpenAI-Organization": "org", "X-Client-Request-Id": "rid", "Authorization": "Bearer key"}
+    assert dict(sent) == {"Accept": "x/y", "OpenAI-Organization": "org", "X-Client-Request-Id": "rid", "Authorization": "Bearer key"}
     back = client_response_headers(
         {"x-request-id": "up", "Transfer-Encoding": "chunked", "Set-Cookie": "a", "retry-after": "3", "Content-Type": "x"}
     )

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from ..config import Retries, Timeouts, UpstreamSettings
+from ..config import UpstreamSettings
 from ..perg.datasets import LoadSummary
 from .answering import BASELINE, Answerer, parse_strategy
 from .baselines import Baselines, load_icl_examples
 from .cache import ResponseCache
 from .judging import Judging, LetterExtractor
-from .options import RunOptions
+from .options import RunOptions, eval_upstream
 from .progress import Progress, duration
 from .protocols import Protocol
 from .report import ReportFiles, write_report
@@ -41,17 +41,11 @@ class BenchmarkRun:
 
 
 def upstream_settings(options: RunOptions) -> UpstreamSettings:
-    """The answering server as the pipeline sees it; retries are the runner's, not the client's."""
-    t = options.timeout
-    return UpstreamSettings(
-        name="eval",
-        base_url=options.base_url,
-        api_key=options.api_key,
-        structured_output=options.structured_output,
-        timeouts=Timeouts(connect=min(t, 10.0), first_byte=t, idle=t, total=t),
-        retries=Retries(max_attempts=1),
-        max_connections=max(8, 4 * options.concurrency),
-    )
+    """The answering server as the pipeline sees it, with the benchmark's retries."""
+    return eval_upstream(
+        "eval", options.base_url, options.api_key, timeout=options.timeout, attempts=options.attempts,
+        backoff_seconds=options.backoff_seconds, connections=max(8, 4 * options.concurrency), style=options.structured_output,
+    )  # fmt: skip
 
 
 def protocol_of(options: RunOptions) -> Protocol:
@@ -85,18 +79,23 @@ async def run_benchmark(
     judging = Judging(
         options.judge_url, options.judge_key, options.judge_model_name, options.judge_style,
         max_tokens=options.judge_max_tokens, timeout=options.timeout, follow_prompt=protocol.follow_prompt,
+        attempts=options.attempts, backoff_seconds=options.backoff_seconds,
     )  # fmt: skip
     baselines = Baselines(answerer, protocol, load_icl_examples(options.icl_examples), options.structured_output)
     extractor = None
     if options.extractor != "rules":  # the judges' server and model read the letters, as in the paper
         extractor = LetterExtractor(
-            options.judge_url, options.judge_key, options.judge_model_name, options.judge_style, timeout=options.timeout
-        )
+            options.judge_url, options.judge_key, options.judge_model_name, options.judge_style, timeout=options.timeout,
+            attempts=options.attempts, backoff_seconds=options.backoff_seconds,
+        )  # fmt: skip
     bar = Progress(total_answers(units, len(options.strategies)), "answers", stream=stream, enabled=progress)
     cache = ResponseCache(options.cache_path)
     runner = Runner(options, cache, answerer, judging, baselines, extractor, bar)
     try:
         await answerer.start()
+        await judging.start()
+        if extractor is not None:
+            await extractor.start()
         results = await runner.run(units)
     finally:
         bar.close()

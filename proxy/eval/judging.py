@@ -6,6 +6,9 @@
   of the judge's model on the judge's server, like the judges; its reply is constrained to a letter
   or "none".
 - `judge_labels`: both judges over labelled samples, for `perg-proxy eval judge`.
+
+Every call goes through the proxy's own `UpstreamClient` (the transport and the retry policy of
+live traffic; `options.eval_upstream`), as the monitor's judges do (`perg.judges.ask_upstream`).
 """
 
 from __future__ import annotations
@@ -16,27 +19,55 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
+from ..errors import describe_error
+from ..metrics import private_metrics
 from ..perg.cells import LETTERS
-from ..perg.judges import ConsistencyVerdict, FollowVerdict, Judge
+from ..perg.judges import ConsistencyVerdict, FollowVerdict, Judge, ask_upstream
 from ..prompts.loader import parse_prompt
-from ..upstream.sdk import client as sdk_client
-from ..upstream.sdk import complete_json
+from ..upstream.client import UpstreamClient
 from ..upstream.structured import response_format
 from .calibration import Consistency, JudgeLabel
-from .retry import describe_error, retried
+from .options import eval_upstream
 
 EXTRACT_PROMPT = "extract_letter.txt"
 EXTRACT_MAX_TOKENS = 24
 
 
-class Judging:
+class JudgeServer:
+    """The judge model's server, on the proxy's client: `ask_json(body)` gives a reply's JSON object."""
+
+    def __init__(self, name: str, base_url: str, api_key: str, *, timeout: float, attempts: int, backoff_seconds: float) -> None:
+        settings = eval_upstream(name, base_url, api_key, timeout=timeout, attempts=attempts, backoff_seconds=backoff_seconds)
+        self.client = UpstreamClient(settings, private_metrics())
+        self.ask_json = functools.partial(
+            ask_upstream, self.client, timeout=timeout, retries=settings.retries, request_id=f"perg-eval-{name}"
+        )
+
+    async def start(self) -> None:
+        await self.client.start()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class Judging(JudgeServer):
     """The follow and consistency judges of one judge model on one OpenAI-compatible server."""
 
     def __init__(
-        self, base_url: str, api_key: str, model: str, style: str, *, max_tokens: int, timeout: float, follow_prompt: str = "judge_follow"
+        self,
+        base_url: str,
+        api_key: str,
+        model: str,
+        style: str,
+        *,
+        max_tokens: int,
+        timeout: float,
+        follow_prompt: str = "judge_follow",
+        attempts: int = 3,
+        backoff_seconds: float = 1.0,
     ) -> None:
-        self.sdk = sdk_client(base_url, api_key, timeout=timeout, max_retries=0)
-        self.judge = Judge.create(functools.partial(complete_json, self.sdk), style, max_tokens, follow_prompt)
+        super().__init__("judge", base_url, api_key, timeout=timeout, attempts=attempts, backoff_seconds=backoff_seconds)
+        self.judge = Judge.create(self.ask_json, style, max_tokens, follow_prompt)
         self.model = model
 
     def version(self, name: str) -> str:
@@ -48,15 +79,14 @@ class Judging:
     async def consistency(self, query: str, reference: str, answer: str) -> ConsistencyVerdict:
         return await self.judge.consistency(self.model, query, reference, answer)
 
-    async def close(self) -> None:
-        await self.sdk.close()
 
-
-class LetterExtractor:
+class LetterExtractor(JudgeServer):
     """Asks a model which option letter a reply chose (None: no single letter)."""
 
-    def __init__(self, base_url: str, api_key: str, model: str, style: str, *, timeout: float) -> None:
-        self.sdk = sdk_client(base_url, api_key, timeout=timeout, max_retries=0)
+    def __init__(
+        self, base_url: str, api_key: str, model: str, style: str, *, timeout: float, attempts: int = 3, backoff_seconds: float = 1.0
+    ) -> None:
+        super().__init__("extractor", base_url, api_key, timeout=timeout, attempts=attempts, backoff_seconds=backoff_seconds)
         text = (resources.files("proxy.perg") / "data" / EXTRACT_PROMPT).read_text(encoding="utf-8")
         self.prompt = parse_prompt("extract_letter", text)
         self.model = model
@@ -86,12 +116,9 @@ class LetterExtractor:
         constraint = response_format(self.style, "perg_extracted_letter", schema)
         if constraint is not None:
             body["response_format"] = constraint
-        value = (await complete_json(self.sdk, body)).get("letter")
+        value = (await self.ask_json(body)).get("letter")
         letter = value.strip().upper() if isinstance(value, str) else ""
         return letter if letter in letters else None
-
-    async def close(self) -> None:
-        await self.sdk.close()
 
 
 async def judge_labels(
@@ -99,18 +126,16 @@ async def judge_labels(
     labels: Sequence[JudgeLabel],
     *,
     concurrency: int = 2,
-    attempts: int = 3,
-    backoff_seconds: float = 1.0,
     on_done: Callable[[], None] | None = None,
 ) -> tuple[list[int | None], list[Consistency | None], list[str]]:
     """(follow scores, consistency verdicts, failure descriptions): one verdict per label, None
-    where the judge failed after its retries (a counted failure, never a score)."""
+    where the judge failed after its retries (the judging client's; a counted failure, never a score)."""
     gate = asyncio.Semaphore(concurrency)
     failures: list[str] = []
 
     async def verdict(name: str, call: Callable[[], Any]) -> Any:
         try:
-            return await retried(call, attempts=attempts, backoff_seconds=backoff_seconds)
+            return await call()
         except Exception as error:  # noqa: BLE001 - a judge failure is recorded, not raised
             failures.append(f"{name}: {describe_error(error)}")
             return None

@@ -170,13 +170,13 @@ async def _calibrate(args: argparse.Namespace, labels: list[Any]) -> tuple[Any, 
     from .progress import Progress
 
     judging = Judging(
-        args.base_url.rstrip("/"), args.api_key, args.model, args.structured_output, max_tokens=args.max_tokens, timeout=args.timeout
-    )
+        args.base_url.rstrip("/"), args.api_key, args.model, args.structured_output,
+        max_tokens=args.max_tokens, timeout=args.timeout, attempts=args.attempts,
+    )  # fmt: skip
     bar = Progress(len(labels), "labels", enabled=not args.quiet)
     try:
-        scores, verdicts, failures = await judge_labels(
-            judging, labels, concurrency=args.concurrency, attempts=args.attempts, on_done=bar.advance
-        )
+        await judging.start()
+        scores, verdicts, failures = await judge_labels(judging, labels, concurrency=args.concurrency, on_done=bar.advance)
     finally:
         bar.close()
         await judging.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..config import StructuredOutput
+from ..config import Retries, StructuredOutput, Timeouts, UpstreamSettings
 from ..local_model import MODEL_ALIAS
 from ..perg.datasets import SETTINGS, Setting
 from ..perg.extract import ExtractorMode
@@ -114,3 +114,31 @@ class RunOptions(BaseModel):
             else:
                 words += [flag, ",".join(value) if isinstance(value, tuple) else str(value)]
         return shlex.join(words)
+
+
+RETRIED_STATUS = (408, 409, 429, 500, 502, 503, 504)
+
+
+def eval_upstream(
+    name: str,
+    base_url: str,
+    api_key: str,
+    *,
+    timeout: float,
+    attempts: int,
+    backoff_seconds: float,
+    connections: int = 8,
+    style: StructuredOutput = "json_schema",
+) -> UpstreamSettings:
+    """A server the benchmark calls, as an upstream of the proxy's own client: the same
+    transport and the same retry policy as live traffic (`proxy/upstream/retries.py`), with the
+    benchmark's attempts (a connect failure retried for POST too: nothing was sent)."""
+    return UpstreamSettings(
+        name=name,
+        base_url=base_url,
+        api_key=api_key,
+        structured_output=style,
+        timeouts=Timeouts(connect=min(timeout, 10.0), first_byte=timeout, idle=timeout, total=timeout),
+        retries=Retries(max_attempts=attempts, backoff_seconds=backoff_seconds, retry_on=RETRIED_STATUS, post_on_connect_error=True),
+        max_connections=connections,
+    )

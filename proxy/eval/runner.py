@@ -9,7 +9,7 @@ question is asked, and what each strategy sends, is the `protocol`'s (`proxy` or
 
 Every outcome worth keeping goes into the response cache at once, so a re-run after an
 interruption makes no call it already made. A call that fails is retried (transient failures
-only, `attempts` in all), then recorded in the case's `errors` and the run goes on: a case without
+only, `attempts` in all, by the proxy's own client and retry policy), then recorded in the case's `errors` and the run goes on: a case without
 its answers stays out of the metrics and is counted in the report.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from ..errors import CallFailed
+from ..errors import CallFailed, describe_error
 from ..perg.datasets import Item, PreferenceItem
 from ..perg.extract import Extraction, extract_answer
 from .answering import BASELINE, BASELINE_STRATEGY, Answer, Answerer, EvalStrategy, parse_strategy
@@ -33,7 +33,6 @@ from .options import RunOptions
 from .progress import Progress
 from .protocols import Protocol
 from .results import CaseResult
-from .retry import describe_error, retried
 from .suite import Unit
 
 REPLY_FAILURES = ("unparseable", "invalid_verdict")
@@ -165,7 +164,7 @@ class Runner:
         request_id = f"perg-eval:{item.id}:{setting}:{strategy.name}"
         started = time.perf_counter()
         try:
-            answer = await self._retried(lambda: self._produce(request_id, body, item, strategy, preferences, baseline))
+            answer = await self._produce(request_id, body, item, strategy, preferences, baseline)
         except Exception as error:  # noqa: BLE001 - one failed case never aborts the run
             errors[label] = describe_error(error)
             self.stats.answers_failed += 1
@@ -208,7 +207,7 @@ class Runner:
         if cached is not None:
             return cached["letter"]
         try:
-            letter = await self._retried(lambda: self.extractor.letter(self.protocol.question(item), text, options))
+            letter = await self.extractor.letter(self.protocol.question(item), text, options)
         except CallFailed as error:
             if error.reason not in REPLY_FAILURES:
                 raise
@@ -231,7 +230,7 @@ class Runner:
         cached = self.cache.get(key)
         if cached is None:
             try:
-                verdict = await self._retried(lambda: self.judging.follow(query, preferences, without, with_))
+                verdict = await self.judging.follow(query, preferences, without, with_)
                 cached = {"score": verdict.score, "reason": verdict.reason}
             except Exception as error:  # noqa: BLE001 - a judge failure is recorded, never a score
                 errors["follow"] = describe_error(error)
@@ -243,9 +242,6 @@ class Runner:
             errors["follow"] = cached.get("failed", "judge failed")
             return None
         return cached
-
-    async def _retried(self, call: Any) -> Any:
-        return await retried(call, attempts=self.options.attempts, backoff_seconds=self.options.backoff_seconds)
 
     def _compare_draft(self, answer: Answer, baseline: Answer) -> None:
         """Pref-Aligner's stage 1 is the baseline request again: at temperature 0 with a seed the

@@ -29,8 +29,11 @@ log = structlog.get_logger("perg.monitor")
 
 
 class Monitor:
-    def __init__(self, settings: Settings, metrics: Metrics, store: StoreHandle, prompts: Prompts) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, store: StoreHandle, prompts: Prompts, upstreams: Upstreams | None = None
+    ) -> None:
         self.settings = settings.monitor
+        self._shared = upstreams  # the process's clients: the monitor's calls count in their connection limits
         self.sampler = Sampler(settings.monitor)
         self._all = settings
         self._metrics = metrics
@@ -50,8 +53,11 @@ class Monitor:
         if not self.settings.enabled:
             return
         own = private_metrics()
-        self._upstreams = Upstreams(self._all.upstreams, own)
-        await self._upstreams.start()
+        if self._shared is not None:
+            self._upstreams = self._shared.sharing(own)
+        else:
+            self._upstreams = Upstreams(self._all.upstreams, own)
+            await self._upstreams.start()
         pipeline = PipelineContext(self._all.personalization, self._upstreams, own, self._prompts)
         self.evaluator = Evaluator(self.settings, self.judge_for, pipeline, self._metrics, self._store)
         self._workers = [asyncio.create_task(self._work(), name=f"perg-monitor-worker-{i}") for i in range(self.settings.workers)]
@@ -130,7 +136,7 @@ class Monitor:
             await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
         self._metrics.monitor_queue_depth.set(0)
-        if self._upstreams is not None:
+        if self._upstreams is not None and self._shared is None:
             await self._upstreams.close()
 
     @property

@@ -4,8 +4,8 @@ following (the paper's Likert 1–5 rubric, correctness ignored).
 Each asks for JSON constrained to a schema (in the judge upstream's structured-output style) and
 validates the reply into a model; a reply that does not validate, or a call that fails after its
 retries, is a `CallFailed` (a counted judge failure), never a score. How a request reaches the
-judge model is the caller's: the monitor uses the proxy's own client (`ask_upstream`, on
-`UpstreamClient.chat`), the offline benchmark the openai SDK.
+judge model is the caller's: the monitor and the offline benchmark both use the proxy's own
+client (`ask_upstream`, on `UpstreamClient.chat`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from ..config import Retries
 from ..errors import CallFailed, ProxyError, UpstreamStatusError, UpstreamTimeout, UpstreamUnreachable
 from ..pipeline.chat import first_content
 from ..prompts.loader import Prompt, load_prompt, preference_lines
-from ..upstream.client import ChatResult, UpstreamClient
-from ..upstream.retries import with_retries
+from ..upstream.client import UpstreamClient
 from ..upstream.structured import extract_json_object, response_format
 
 AskJson = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -107,17 +106,11 @@ class Judge:
 async def ask_upstream(
     upstream: UpstreamClient, body: dict[str, Any], *, timeout: float, retries: Retries, request_id: str
 ) -> dict[str, Any]:
-    """One judge call on the proxy's own client: 429 / 5xx / timeouts retried with backoff
-    (`retry-after` honoured), then the reply's JSON object; failures are `CallFailed`."""
-
-    async def attempt_once() -> ChatResult | ProxyError:
-        try:
-            return await upstream.chat(body, request_id=request_id, timeout=timeout, stage="judge")
-        except ProxyError as error:
-            return error
-
+    """One judge call on the proxy's own client, with `retries` (the one policy of
+    `upstream/retries.py`: 429 / 5xx retried with backoff, `retry-after` honoured), then the
+    reply's JSON object; failures are `CallFailed`."""
     try:
-        result = await with_retries(attempt_once, retries)
+        result = await upstream.chat(body, request_id=request_id, timeout=timeout, stage="judge", retries=retries)
     except ProxyError as error:
         raise CallFailed(failure_reason(error), error.message) from error
     text = first_content(result.data)[0]

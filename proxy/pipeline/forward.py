@@ -42,7 +42,7 @@ async def forward(
         if content_type.startswith("text/event-stream") or _large_or_unknown(response):
             return StreamReply(
                 status=response.status,
-                headers=client_response_headers(response.headers),
+                headers=client_response_headers(response.headers, encoded=True),
                 chunks=response.chunks(),
                 close=lambda: _close(stack, turn, response),
                 sse=content_type.startswith("text/event-stream"),
@@ -53,7 +53,7 @@ async def forward(
         await stack.aclose()
         raise
     await _close(stack, turn, response)
-    return Reply(status=response.status, headers=client_response_headers(response.headers), body=body)
+    return Reply(status=response.status, headers=client_response_headers(response.headers, encoded=True), body=body)
 
 
 def _large_or_unknown(response: UpstreamResponse) -> bool:

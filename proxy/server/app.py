@@ -45,7 +45,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             heartbeat_seconds=settings.server.heartbeat_seconds,
             log_content=settings.logging.log_content,
         ),
-        monitor=Monitor(settings, metrics, store, prompts),
+        monitor=Monitor(settings, metrics, store, prompts, upstreams),
         limiter=RateLimiter(settings.auth.rate_limits, metrics),
     )
     app.cleanup_ctx.append(_upstreams)

@@ -1,16 +1,16 @@
-"""Calls to upstream OpenAI-compatible servers.
+"""Calls to upstream OpenAI-compatible servers, all on one aiohttp session per upstream
+(`transport.py`: the connector, TLS, proxies, header bounds, the failure map).
 
-* `UpstreamClient.open()`: byte pass-through on aiohttp, for `off`, `naive` and every other
-  `/v1/*` route. Bodies and streams cross untouched and chunk by chunk.
+* `UpstreamClient.open()`: byte pass-through, for `off`, `naive` and every other `/v1/*` route.
+  Bodies and streams cross untouched and chunk by chunk; a compressed answer stays compressed.
 * `UpstreamClient.chat()` / `stream_chat()`: the calls the proxy makes itself (Pref-Aligner's
-  stages, the relevance gate, the monitor's judges), on the lean client of `calls.py` (why: see
-  there), parsed with orjson and the SSE reader of `sse.py`.
-
-Neither uses the openai SDK: its CPU cost per call is several times these clients' (figures in
-docs/benchmark.md). Only the offline benchmark uses it (`sdk.py`).
+  stages, the relevance gate, the monitor's judges, canary, shadow, `eval`), gzip accepted and
+  decoded, read whole (bounded by the decoded size) or as events (`events.py`).
 
 Every failure maps onto the same exceptions: status kept (`UpstreamStatusError`), unreachable 502,
-timeouts 504, a stream that dies mid-way `UpstreamStreamBroken`.
+timeouts 504, a redirect or a status outside 100–599 a 502 naming it, a stream that dies mid-way
+`UpstreamStreamBroken`. The one retry policy is `retries.py`. The upstream's key is redacted from
+anything relayed (`redact.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -27,16 +28,17 @@ import orjson
 from multidict import CIMultiDict
 from yarl import URL
 
-from ..config import UpstreamSettings
-from ..errors import ProxyError, UpstreamProtocolError, UpstreamStatusError, UpstreamTimeout, UpstreamUnreachable
+from ..config import Retries, UpstreamSettings
+from ..errors import ProxyError, UpstreamProtocolError, UpstreamStatusError, UpstreamTimeout
 from ..metrics import Metrics
-from .calls import BadAnswer, Pool, RawAnswer
 from .events import read_events
 from .headers import CLIENT_REQUEST_ID, client_response_headers
+from .redact import Redactor
 from .retries import with_retries
+from .transport import describe, open_session, transport_error
 
 ERROR_BODY_LIMIT = 1024 * 1024
-ANSWER_LIMIT = 64 * 1024 * 1024  # a chat completion the proxy reads whole (a stage, a judge)
+ANSWER_LIMIT = 64 * 1024 * 1024  # a chat completion the proxy reads whole (a stage, a judge), decoded
 CHAT_PATH = "/chat/completions"
 T = TypeVar("T")
 
@@ -48,26 +50,33 @@ class UpstreamStreamBroken(ProxyError):
 
 
 class UpstreamResponse:
-    """An upstream response whose headers are in; the body is read by `read()` or `chunks()`."""
+    """An upstream response whose headers are in; the body is read by `read()` or `chunks()`,
+    as the upstream sent it (compressed bytes stay compressed), the upstream key redacted."""
 
-    __slots__ = ("_deadline", "_upstream", "headers", "raw", "status", "waited")
+    __slots__ = ("_deadline", "_redactor", "_upstream", "headers", "raw", "status", "waited")
 
-    def __init__(self, raw: aiohttp.ClientResponse, waited: float, deadline: float, upstream: str) -> None:
+    def __init__(self, raw: aiohttp.ClientResponse, waited: float, deadline: float, upstream: str, secret: str) -> None:
         self.raw = raw
         self.status = raw.status
-        self.headers = raw.headers
+        self._redactor = Redactor(secret)
+        self.headers = self._redactor.headers(raw.headers)
         self.waited = waited
         self._deadline = deadline
         self._upstream = upstream
 
     async def read(self) -> bytes:
-        return await self._receive(self.raw.read(), UpstreamTimeout, "while sending its body")
+        body = await self._receive(self.raw.read(), UpstreamTimeout, "while sending its body")
+        return self._redactor.whole(body)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives, chunk by chunk; an error mid-way raises `UpstreamStreamBroken`."""
         content = self.raw.content
+        redactor = self._redactor
         while chunk := await self._receive(content.readany(), UpstreamStreamBroken, "mid-stream"):
-            yield chunk
+            if chunk := redactor.feed(chunk):
+                yield chunk
+        if tail := redactor.flush():
+            yield tail
 
     async def _receive(self, pending: Awaitable[T], on_timeout: type[ProxyError], where: str) -> T:
         """Await body bytes by the exchange's deadline; the wait counts as upstream time."""
@@ -78,7 +87,7 @@ class UpstreamResponse:
         except TimeoutError as error:
             raise on_timeout(f"upstream {self._upstream} timed out {where}") from error
         except (aiohttp.ClientError, ConnectionError) as error:
-            raise UpstreamStreamBroken(f"upstream {self._upstream} broke off {where}: {_describe(error)}") from error
+            raise UpstreamStreamBroken(f"upstream {self._upstream} broke off {where}: {describe(error)}") from error
         finally:
             self.waited += time.perf_counter() - started
 
@@ -99,36 +108,43 @@ class ChatResult:
 
 
 class UpstreamClient:
-    """One upstream server: an aiohttp session for pass-through, a `calls.Pool` for its own calls."""
+    """One upstream server: one aiohttp session (one connector) for every call made to it.
 
-    def __init__(self, settings: UpstreamSettings, metrics: Metrics) -> None:
+    `sharing(metrics)` gives a client on the same session that counts into other metrics (the
+    monitor's): the connection limit still counts every call of the process."""
+
+    def __init__(self, settings: UpstreamSettings, metrics: Metrics, parent: UpstreamClient | None = None) -> None:
         self.settings = settings
         self.name = settings.name
         self._metrics = metrics
-        self._session: aiohttp.ClientSession | None = None
-        self._calls: Pool | None = None
+        self._own_session: aiohttp.ClientSession | None = None
+        self._parent = parent
+        base, _, self._base_query = settings.base_url.partition("?")
+        self._base = base
+        self._chat_url = self.url(CHAT_PATH)
+        self._secret = settings.api_key
+        fixed = {**settings.headers, "Content-Type": "application/json", "Accept-Encoding": "gzip, deflate"}
+        if settings.api_key:
+            fixed["Authorization"] = f"Bearer {settings.api_key}"
+        self._call_headers = fixed
 
     async def start(self) -> None:
-        t = self.settings.timeouts
-        connector = aiohttp.TCPConnector(limit=self.settings.max_connections, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=t.idle),
-            skip_auto_headers=("User-Agent",),
-            # One session serves every client: a cookie an upstream sets (a CDN's, say) must not
-            # ride along on other clients' requests. It also spares a jar lookup per call.
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        fixed = {**self.settings.headers, "Content-Type": "application/json"}
-        if self.settings.api_key:
-            fixed["Authorization"] = f"Bearer {self.settings.api_key}"
-        self._calls = Pool(self.settings.base_url, self.settings.max_connections, t.connect, fixed)
+        if self._parent is None:
+            self._own_session = open_session(self.settings)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-        if self._calls is not None:
-            await self._calls.close()
+        if self._own_session is not None:
+            await self._own_session.close()
+            self._own_session = None
+
+    def sharing(self, metrics: Metrics) -> UpstreamClient:
+        return UpstreamClient(self.settings, metrics, parent=self)
+
+    @property
+    def _session(self) -> aiohttp.ClientSession:
+        session = self._parent._session if self._parent is not None else self._own_session
+        assert session is not None, "UpstreamClient.start() was not awaited"
+        return session
 
     def count_usage(self, model: str | None, stage: str, usage: Any) -> None:
         """Token usage reported by the upstream, by stage and type (input, output); docs/metrics.md."""
@@ -142,8 +158,10 @@ class UpstreamClient:
                 metrics.child(metrics.tokens, label, stage, kind).inc(value)
 
     def url(self, path: str, query: str = "") -> URL:
-        """The upstream URL for a path below its base URL, the client's encoding kept as sent."""
-        return URL(self.settings.base_url + path + ("?" + query if query else ""), encoded=True)
+        """The upstream URL for a path below its base URL, the client's encoding kept as sent; the
+        base URL's own query (`?api-version=…`) comes first on every call."""
+        joined = f"{self._base_query}&{query}" if self._base_query and query else (self._base_query or query)
+        return URL(self._base + path + ("?" + joined if joined else ""), encoded=True)
 
     @asynccontextmanager
     async def open(
@@ -160,59 +178,71 @@ class UpstreamClient:
         with Timed(self, stage) as timed:
             raw: aiohttp.ClientResponse | None = None
             try:
-                raw = await self._send(method, self.url(path, query), headers, data)
+                replayable = data is None or isinstance(data, bytes | str)
+                attempt = functools.partial(self._attempt, method, self.url(path, query), headers, data, False)
+                raw = await with_retries(attempt, self.settings.retries, method=method, replayable=replayable)
                 deadline = asyncio.get_running_loop().time() + self.settings.timeouts.total - (time.perf_counter() - timed.started)
-                yield UpstreamResponse(raw, time.perf_counter() - timed.started, deadline, self.name)
+                yield UpstreamResponse(raw, time.perf_counter() - timed.started, deadline, self.name, self._secret)
             finally:
                 if raw is not None:
                     _finish(raw)
 
-    async def _send(self, method: str, url: URL, headers: Mapping[str, str], data: Any) -> aiohttp.ClientResponse:
-        replayable = data is None or isinstance(data, bytes | str)
-        return await with_retries(
-            functools.partial(self._attempt, method, url, headers, data), self.settings.retries, replayable=replayable
-        )
-
-    async def _attempt(self, method: str, url: URL, headers: Mapping[str, str], data: Any) -> aiohttp.ClientResponse | ProxyError:
-        assert self._session is not None, "UpstreamClient.start() was not awaited"
+    async def _attempt(self, method: str, url: URL, headers: Mapping[str, str], data: Any, decode: bool) -> aiohttp.ClientResponse:
+        """One request, by the first-byte timeout; the response once its headers are in. Anything
+        but a 1xx/2xx answer is raised (`_refuse`)."""
         timeouts = self.settings.timeouts
         try:
             async with asyncio.timeout(min(timeouts.first_byte, timeouts.total)):
-                raw = await self._session.request(method, url, headers=headers, data=data, allow_redirects=False)
+                raw = await self._session.request(method, url, headers=headers, data=data, allow_redirects=False, auto_decompress=decode)
         except TimeoutError:
-            return UpstreamTimeout(f"upstream {self.name} did not answer within the timeout")
-        except (aiohttp.ClientConnectionError, ConnectionError) as error:
-            return UpstreamUnreachable(f"upstream {self.name} is unreachable: {_describe(error)}")
-        except aiohttp.ClientError as error:
-            return UpstreamProtocolError(f"upstream {self.name} sent an invalid response: {_describe(error)}")
-        if raw.status < 400:
+            raise UpstreamTimeout(f"upstream {self.name} did not answer within the timeout") from None
+        except (aiohttp.ClientError, OSError) as error:
+            raise transport_error(error, self.name) from None
+        if 100 <= raw.status < 300:
             return raw
+        raise await self._refuse(raw, decode)
+
+    async def _refuse(self, raw: aiohttp.ClientResponse, decoded: bool) -> ProxyError:
+        """The error for a 3xx, a 4xx/5xx (with its body, decoded and bounded) or a status outside
+        100–599; the connection is closed. The upstream's key is redacted from what is kept."""
+        status = raw.status
+        if status < 100 or status > 599:
+            raw.close()
+            return UpstreamProtocolError(f"upstream {self.name} answered with HTTP status {status}, outside 100–599")
+        if status < 400:
+            raw.close()
+            return UpstreamProtocolError(
+                f"upstream {self.name} answered with a redirect (HTTP {status}), which the proxy does not follow; "
+                "check the upstream's base_url",
+                code="upstream_redirect",
+            )
         try:
-            async with asyncio.timeout(timeouts.idle):
+            async with asyncio.timeout(self.settings.timeouts.idle):
                 payload = await raw.content.read(ERROR_BODY_LIMIT)
-        except (TimeoutError, aiohttp.ClientError, ConnectionError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             payload = b""
         finally:
             raw.close()
-        return UpstreamStatusError(raw.status, payload, client_response_headers(raw.headers))
+        if not decoded:
+            payload = _decoded(payload, raw.headers.get("Content-Encoding", ""))
+        redactor = Redactor(self._secret)
+        return UpstreamStatusError(status, redactor.whole(payload), client_response_headers(redactor.headers(raw.headers)))
 
-    async def chat(self, body: dict[str, Any], *, request_id: str, timeout: float, stage: str) -> ChatResult:
+    def _post_attempt(self, body: bytes, request_id: str) -> Callable[[], Awaitable[aiohttp.ClientResponse]]:
+        headers = {**self._call_headers, CLIENT_REQUEST_ID: request_id}
+        return functools.partial(self._attempt, "POST", self._chat_url, headers, body, True)
+
+    async def chat(
+        self, body: dict[str, Any], *, request_id: str, timeout: float, stage: str, retries: Retries | None = None
+    ) -> ChatResult:
         """One non-streaming chat completion: the upstream's JSON object, untouched, and its
-        response headers (as a client would get them). `timeout` bounds the whole call."""
+        response headers (as a client would get them). `timeout` bounds each attempt, body
+        included; attempts follow the upstream's retry policy (or `retries`)."""
+        attempt = self._post_attempt(orjson.dumps(body), request_id)
         with Timed(self, stage):
-            try:
-                async with asyncio.timeout(timeout):
-                    answer = await self._call(orjson.dumps(body), request_id)
-                    try:
-                        payload = await answer.read(ANSWER_LIMIT)
-                    except BadAnswer as error:
-                        raise UpstreamProtocolError(f"upstream {self.name} sent an invalid {stage} answer: {error}") from None
-                    except OSError as error:
-                        raise UpstreamStreamBroken(f"upstream {self.name} broke off while sending its body: {_describe(error)}") from None
-                    finally:
-                        answer.close()
-            except TimeoutError:
-                raise UpstreamTimeout(f"upstream {self.name} did not answer the {stage} call within {timeout:g} s") from None
+            payload, headers = await with_retries(
+                functools.partial(self._chat_once, attempt, timeout, stage), retries or self.settings.retries
+            )
         try:
             data = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -220,7 +250,38 @@ class UpstreamClient:
         if not isinstance(data, dict):
             raise UpstreamProtocolError(f"upstream {self.name} answered the {stage} call with a non-object")
         self.count_usage(body.get("model"), stage, data.get("usage"))
-        return ChatResult(data, answer.headers)
+        return ChatResult(data, Redactor(self._secret).headers(headers))
+
+    async def _chat_once(
+        self, attempt: Callable[[], Awaitable[aiohttp.ClientResponse]], timeout: float, stage: str
+    ) -> tuple[bytes, Mapping[str, str]]:
+        try:
+            async with asyncio.timeout(timeout):
+                raw = await attempt()
+                try:
+                    return await self._read_whole(raw, stage), raw.headers
+                finally:
+                    _finish(raw)
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream {self.name} did not answer the {stage} call within {timeout:g} s") from None
+
+    async def _read_whole(self, raw: aiohttp.ClientResponse, stage: str) -> bytes:
+        """A body read whole, at most `ANSWER_LIMIT` decoded bytes; silence is bounded by
+        `timeouts.idle` (the session's read timeout)."""
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while chunk := await raw.content.readany():
+                size += len(chunk)
+                if size > ANSWER_LIMIT:
+                    raise UpstreamProtocolError(f"upstream {self.name}'s {stage} answer is larger than {ANSWER_LIMIT} bytes")
+                parts.append(chunk)
+        except TimeoutError:
+            idle = self.settings.timeouts.idle
+            raise UpstreamTimeout(f"upstream {self.name} sent nothing for {idle:g} s of its {stage} answer") from None
+        except (aiohttp.ClientError, OSError) as error:
+            raise UpstreamStreamBroken(f"upstream {self.name} broke off while sending its body: {describe(error)}") from None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def stream_chat(self, body: dict[str, Any], *, request_id: str, timeout: float, stage: str) -> AsyncIterator[dict[str, Any]]:
         """A streaming chat completion: chunk objects as they arrive. An in-band error event, a
@@ -229,57 +290,28 @@ class UpstreamClient:
             deadline = asyncio.get_running_loop().time() + timeout
             try:
                 async with asyncio.timeout_at(deadline):
-                    answer = await self._call(orjson.dumps({**body, "stream": True}), request_id)
+                    raw = await with_retries(self._post_attempt(orjson.dumps({**body, "stream": True}), request_id), self.settings.retries)
             except TimeoutError:
                 raise UpstreamTimeout(f"upstream {self.name} did not start the {stage} stream within {timeout:g} s") from None
             try:
-                async for event in read_events(
-                    functools.partial(self._next_chunk, answer), deadline, self.settings.timeouts.idle, self.name
-                ):
+                next_chunk = functools.partial(self._next_chunk, raw, Redactor(self._secret))
+                async for event in read_events(next_chunk, deadline, self.settings.timeouts.idle, self.name):
                     if event.get("usage"):
                         self.count_usage(body.get("model"), stage, event["usage"])
                     yield event
             finally:
-                answer.close()
+                _finish(raw)
 
-    async def _next_chunk(self, answer: RawAnswer, timeout: float) -> bytes:
-        """An answer's next body bytes for `read_events`; a break raises `UpstreamStreamBroken`."""
+    async def _next_chunk(self, raw: aiohttp.ClientResponse, redactor: Redactor, timeout: float) -> bytes:
+        """A stream's next body bytes for `read_events`; a break raises `UpstreamStreamBroken`."""
         try:
-            return await answer.next_chunk(timeout)
-        except BadAnswer as error:
-            raise UpstreamStreamBroken(f"upstream {self.name} sent an invalid stream: {error}") from None
+            async with asyncio.timeout(timeout):
+                chunk = await raw.content.readany()
         except TimeoutError:
             raise
-        except OSError as error:
-            raise UpstreamStreamBroken(f"upstream {self.name} broke off mid-stream: {_describe(error)}") from None
-
-    async def _call(self, body: bytes, request_id: str) -> RawAnswer:
-        """POST a chat completion, with the configured retries; returns once the headers are in.
-        Status >= 400 is raised (`UpstreamStatusError`, with the upstream's body and headers)."""
-        return await with_retries(functools.partial(self._call_once, body, request_id), self.settings.retries)
-
-    async def _call_once(self, body: bytes, request_id: str) -> RawAnswer | ProxyError:
-        assert self._calls is not None, "UpstreamClient.start() was not awaited"
-        timeouts = self.settings.timeouts
-        try:
-            async with asyncio.timeout(min(timeouts.first_byte, timeouts.total)):
-                answer = await self._calls.post(CHAT_PATH, body, {CLIENT_REQUEST_ID: request_id})
-        except TimeoutError:
-            return UpstreamTimeout(f"upstream {self.name} did not answer within the timeout")
-        except BadAnswer as error:
-            return UpstreamProtocolError(f"upstream {self.name} sent an invalid response: {error}")
-        except OSError as error:
-            return UpstreamUnreachable(f"upstream {self.name} is unreachable: {_describe(error)}")
-        if answer.status < 400:
-            return answer
-        try:
-            async with asyncio.timeout(timeouts.idle):
-                payload = await answer.read(ERROR_BODY_LIMIT)
-        except (TimeoutError, OSError, BadAnswer):
-            payload = b""
-        finally:
-            answer.close()
-        return UpstreamStatusError(answer.status, payload, client_response_headers(answer.headers))
+        except (aiohttp.ClientError, OSError) as error:
+            raise UpstreamStreamBroken(f"upstream {self.name} broke off mid-stream: {describe(error)}") from None
+        return redactor.feed(chunk) if chunk else redactor.flush()
 
 
 class Timed:
@@ -317,17 +349,28 @@ def _finish(raw: aiohttp.ClientResponse) -> None:
         raw.close()
 
 
-def _describe(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+def _decoded(payload: bytes, coding: str) -> bytes:
+    """An error body the upstream compressed, inflated to at most `ERROR_BODY_LIMIT` bytes (as
+    sent when it is not gzip or deflate, or is corrupt)."""
+    if coding.strip().lower() not in ("gzip", "x-gzip", "deflate"):
+        return payload
+    try:
+        return zlib.decompressobj(zlib.MAX_WBITS | 32).decompress(payload, ERROR_BODY_LIMIT)
+    except zlib.error:
+        return payload
 
 
 class Upstreams:
     """Every configured upstream, routed by model name."""
 
-    def __init__(self, settings: tuple[UpstreamSettings, ...], metrics: Metrics) -> None:
-        self.all = [UpstreamClient(item, metrics) for item in settings]
+    def __init__(self, settings: tuple[UpstreamSettings, ...], metrics: Metrics, clients: list[UpstreamClient] | None = None) -> None:
+        self.all = clients if clients is not None else [UpstreamClient(item, metrics) for item in settings]
         self._by_name = {client.name: client for client in self.all}
+
+    def sharing(self, metrics: Metrics) -> Upstreams:
+        """The same upstreams on the same sessions (one connection limit), counted into `metrics`."""
+        clients = [client.sharing(metrics) for client in self.all]
+        return Upstreams(tuple(client.settings for client in clients), metrics, clients)
 
     async def start(self) -> None:
         for client in self.all:

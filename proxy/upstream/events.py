@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -17,7 +17,6 @@ from ..errors import ProxyError, error_payload
 
 HEARTBEAT = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
-_DONE_MARKERS = (b"data: [DONE]", b"data:[DONE]")
 
 
 def data_event(payload: Any) -> bytes:
@@ -29,32 +28,101 @@ def error_event(error: BaseException) -> bytes:
     return b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
 
 
-class EventFramer:
-    """Cuts a byte stream after its last complete event; the incomplete tail waits for more."""
+class ServerEvent(NamedTuple):
+    """One event of an event stream: its type (`event:`, default "message"), its data (the
+    `data:` lines joined by newlines; None when the block had none, a comment-only block say)
+    and the bytes it came in, its closing blank line included."""
 
-    __slots__ = ("_pending", "saw_done")
+    name: bytes
+    data: bytes | None
+    raw: bytes
+
+
+class EventParser:
+    """The event-stream interpretation of the HTML standard (§9.2.6), fed bytes as they come.
+
+    Lines end at CRLF, LF or CR; a blank line ends an event; `:` starts a comment; a field's
+    value loses one leading space; `data` lines accumulate, `event` names the type, other fields
+    (`id`, `retry`) are kept in the raw bytes only. A CR at the end of a chunk waits for the next
+    one, which may start with the LF of the same CRLF."""
+
+    __slots__ = ("_block", "_data", "_name", "_tail")
 
     def __init__(self) -> None:
-        self._pending = b""
-        self.saw_done = False
+        self._tail = b""  # the unfinished line
+        self._block: list[bytes] = []  # raw bytes of the unfinished event's finished lines
+        self._data: list[bytes] = []
+        self._name = b""
 
-    def feed(self, chunk: bytes) -> bytes:
-        data = self._pending + chunk if self._pending else chunk
-        end = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4, data.rfind(b"\r\r") + 2)
-        if end < 2:
-            self._pending = data
-            return b""
-        complete, self._pending = data[:end], data[end:]
-        if not self.saw_done and (_DONE_MARKERS[0] in complete or _DONE_MARKERS[1] in complete):
-            self.saw_done = True
-        return complete
+    def feed(self, chunk: bytes) -> list[ServerEvent]:
+        buffer = self._tail + chunk if self._tail else chunk
+        events: list[ServerEvent] = []
+        start = 0
+        for match in LINE_END.finditer(buffer):
+            if match.end() == len(buffer) and match.group() == b"\r":
+                break  # maybe the first half of a CRLF
+            line, end = buffer[start : match.start()], match.end()
+            self._block.append(buffer[start:end])
+            start = end
+            if line:
+                self._field(line)
+                continue
+            raw = b"".join(self._block)
+            events.append(ServerEvent(self._name or b"message", b"\n".join(self._data) if self._data else None, raw))
+            self._block, self._data, self._name = [], [], b""
+        self._tail = buffer[start:]
+        return events
+
+    def _field(self, line: bytes) -> None:
+        if line.startswith(b":"):
+            return
+        name, colon, value = line.partition(b":")
+        if colon and value.startswith(b" "):
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+        elif name == b"event":
+            self._name = value
 
     @property
     def pending(self) -> bytes:
-        return self._pending
+        """Bytes of an event not yet complete."""
+        return b"".join(self._block) + self._tail
 
 
-EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+class EventFramer:
+    """Cuts a byte stream after its last complete event; the incomplete tail waits for more.
+
+    The stream is over at the event whose data is exactly `[DONE]` (`saw_done`): that event is
+    the last one passed on, and whatever follows it is dropped. `[DONE]` anywhere else (inside a
+    chunk's text, a comment, another field) is just text."""
+
+    __slots__ = ("_parser", "saw_done")
+
+    def __init__(self) -> None:
+        self._parser = EventParser()
+        self.saw_done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.saw_done:
+            return b""
+        events = self._parser.feed(chunk)
+        if not events:
+            return b""
+        for index, event in enumerate(events):
+            if event.data == DONE_DATA:
+                self.saw_done = True
+                events = events[: index + 1]
+                break
+        return events[0].raw if len(events) == 1 else b"".join(event.raw for event in events)
+
+    @property
+    def pending(self) -> bytes:
+        return self._parser.pending
+
+
+LINE_END = re.compile(rb"\r\n|\r|\n")
+DONE_DATA = b"[DONE]"
 
 
 class UpstreamEventError(ProxyError):
@@ -68,12 +136,13 @@ class UpstreamEventError(ProxyError):
 async def read_events(
     next_chunk: Callable[[float], Awaitable[bytes]], deadline: float, idle: float, upstream: str
 ) -> AsyncIterator[dict[str, Any]]:
-    """The JSON objects of an upstream's `data:` events, until `data: [DONE]`, by `deadline`.
+    """The JSON objects of an upstream's `data:` events, until the event whose data is exactly
+    `[DONE]`, by `deadline`.
 
     `next_chunk(timeout)` gives the next bytes (b"" at the end) or raises `TimeoutError`; one
     timer covers both limits, the silence of `idle` seconds and the deadline."""
     loop = asyncio.get_running_loop()
-    buffer = b""
+    parser = EventParser()
     while True:
         try:
             remaining = deadline - loop.time()
@@ -86,28 +155,15 @@ async def read_events(
             raise UpstreamEventError(f"upstream {upstream} sent nothing for {idle:g} s mid-stream") from None
         if not chunk:
             raise UpstreamEventError(f"upstream {upstream}'s stream ended without [DONE]")
-        buffer += chunk
-        while (match := EVENT_END.search(buffer)) is not None:
-            raw, buffer = buffer[: match.start()], buffer[match.end() :]
-            name, data = _parse_event(raw)
-            if data is None:
+        for event in parser.feed(chunk):
+            if event.data is None:
                 continue
-            if data == b"[DONE]":
+            if event.data == DONE_DATA:
                 return
-            yield _event_object(name, data, upstream)
+            yield _event_object(event.name, event.data, upstream)
 
 
-def _parse_event(raw: bytes) -> tuple[bytes | None, bytes | None]:
-    name, data = None, []
-    for line in raw.splitlines():
-        if line.startswith(b"data:"):
-            data.append(line[5:].removeprefix(b" "))
-        elif line.startswith(b"event:"):
-            name = line[6:].strip()
-    return name, (b"\n".join(data) if data else None)
-
-
-def _event_object(name: bytes | None, data: bytes, upstream: str) -> dict[str, Any]:
+def _event_object(name: bytes, data: bytes, upstream: str) -> dict[str, Any]:
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:

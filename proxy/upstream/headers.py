@@ -1,8 +1,10 @@
 """Which headers cross the proxy, in each direction.
 
-Hop-by-hop headers (RFC 9110 §7.6.1) and the headers named in `Connection` never cross. The
-client's credentials never reach the upstream (the proxy sends its own key), and nothing that
-carries preferences (`X-Perg-*`) leaves the proxy.
+Upstream, only the client headers on an allowlist (`FORWARDED`: content negotiation, the SDKs'
+own headers, tracing, conditional requests) go: credentials of any vendor (`X-Goog-Api-Key`,
+`Ocp-Apim-Subscription-Key`, `anthropic-api-key`, …), spoofable `X-Forwarded-For` / `Forwarded`,
+cookies and `X-Perg-*` never leave the proxy, which sends its own key. Back to the client,
+hop-by-hop headers (RFC 9110 §7.6.1) and the headers named in `Connection` never cross.
 """
 
 from __future__ import annotations
@@ -28,20 +30,25 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-REQUEST_DROP = HOP_BY_HOP | {
-    "host",
-    "content-length",
-    "authorization",
-    "api-key",
-    "x-api-key",
-    "cookie",
-    "accept-encoding",
-    "openai-organization",
-    "openai-project",
-    "x-request-id",
-    "x-client-request-id",
-    "expect",
-}
+FORWARDED = frozenset(
+    {
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "content-type",
+        "user-agent",
+        "openai-beta",
+        "idempotency-key",
+        "traceparent",
+        "tracestate",
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+        "range",
+    }
+)
+FORWARDED_PREFIXES = ("x-stainless-",)  # the openai SDKs' description of themselves
 RESPONSE_DROP = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server", "set-cookie", "x-request-id"}
 
 
@@ -55,15 +62,14 @@ def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
 
 
 def upstream_request_headers(incoming: Mapping[str, str], request_id: str, api_key: str, extra: Mapping[str, str]) -> CIMultiDict[str]:
-    """Headers sent upstream: the client's end-to-end headers, minus credentials and X-Perg-*;
-    the proxy's request id as `X-Client-Request-Id`."""
+    """Headers sent upstream: the client's headers on the allowlist, the upstream's configured
+    headers, the proxy's request id as `X-Client-Request-Id`, the proxy's key."""
     named = _connection_tokens(incoming)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lower = name.lower()
-        if lower in REQUEST_DROP or lower in named or lower.startswith("x-perg-"):
-            continue
-        out.add(name, value)
+        if (lower in FORWARDED or lower.startswith(FORWARDED_PREFIXES)) and lower not in named:
+            out.add(name, value)
     out.update(extra)
     out[CLIENT_REQUEST_ID] = request_id
     if api_key:
@@ -71,14 +77,15 @@ def upstream_request_headers(incoming: Mapping[str, str], request_id: str, api_k
     return out
 
 
-def client_response_headers(upstream: Mapping[str, str]) -> CIMultiDict[str]:
-    """Headers passed back to the client: end-to-end ones, the upstream's request id renamed."""
+def client_response_headers(upstream: Mapping[str, str], *, encoded: bool = False) -> CIMultiDict[str]:
+    """Headers passed back to the client: end-to-end ones, the upstream's request id renamed.
+    `encoded`: the body is relayed as the upstream sent it, so its `Content-Encoding` goes too."""
     named = _connection_tokens(upstream)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
         lower = name.lower()
         if lower == "x-request-id":
             out["x-upstream-request-id"] = value
-        elif lower not in RESPONSE_DROP and lower not in named:
+        elif (lower not in RESPONSE_DROP or (encoded and lower == "content-encoding")) and lower not in named:
             out.add(name, value)
     return out

@@ -1,0 +1,81 @@
+"""The HTTP side of one upstream on aiohttp's client: the session and its one connector, TLS,
+proxies from the environment, and the one map from a transport failure to the proxy's errors.
+
+* One `aiohttp.ClientSession` over one `TCPConnector` per upstream and process: every call to
+  it (pass-through, stages, the gate, judges, canary, shadow, `eval`) shares the connector, so
+  `max_connections` bounds everything the process opens to that upstream.
+* Happy Eyeballs (RFC 8305): the next address is tried after `HAPPY_EYEBALLS_DELAY` seconds, so
+  a black-holed IPv6 address does not burn the whole connect timeout.
+* Response header lines and fields are bounded (`MAX_HEADER_LINE`, `MAX_HEADER_FIELD`); a longer
+  one is a 502.
+* `trust_env` (default on): `HTTP(S)_PROXY` / `NO_PROXY` from the environment; `ca_bundle`, and
+  `client_cert` / `client_key`, per upstream. Certificates are always verified.
+* Redirects are never followed: a 3xx is a 502 that names it (the caller's, `client.py`).
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import aiohttp
+
+from ..config import UpstreamSettings
+from ..errors import ProxyError, UpstreamConnectFailed, UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
+
+HAPPY_EYEBALLS_DELAY = 0.25  # seconds, RFC 8305's recommended connection attempt delay
+MAX_HEADER_LINE = 8190  # bytes of the status line and of one header line
+MAX_HEADER_FIELD = 8190  # bytes of one header field
+KEEPALIVE_SECONDS = 15.0  # an idle pooled connection older than this is closed
+
+
+def ssl_context(settings: UpstreamSettings) -> ssl.SSLContext | bool:
+    """Verified TLS with the system's CAs, or the upstream's `ca_bundle`; its client certificate."""
+    if settings.ca_bundle is None and settings.client_cert is None:
+        return True  # aiohttp's default verified context
+    context = ssl.create_default_context(cafile=str(settings.ca_bundle) if settings.ca_bundle else None)
+    if settings.client_cert is not None:
+        context.load_cert_chain(str(settings.client_cert), str(settings.client_key) if settings.client_key else None)
+    return context
+
+
+def open_session(settings: UpstreamSettings) -> aiohttp.ClientSession:
+    t = settings.timeouts
+    connector = aiohttp.TCPConnector(
+        limit=settings.max_connections,
+        limit_per_host=0,
+        ttl_dns_cache=300,
+        keepalive_timeout=KEEPALIVE_SECONDS,
+        happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY,
+        ssl=ssl_context(settings),
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=t.idle),
+        # the client's Accept-Encoding is passed on as sent; aiohttp adds none of its own
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        # One session serves every client: a cookie an upstream sets (a CDN's, say) must not
+        # ride along on other clients' requests. It also spares a jar lookup per call.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=settings.trust_env,
+        max_line_size=MAX_HEADER_LINE,
+        max_field_size=MAX_HEADER_FIELD,
+    )
+
+
+def transport_error(error: BaseException, upstream: str, where: str = "") -> ProxyError:
+    """The proxy's error for a failure of aiohttp or the socket; raised by the caller."""
+    where = f" {where}" if where else ""
+    if isinstance(error, aiohttp.ConnectionTimeoutError):
+        return UpstreamConnectFailed(f"upstream {upstream} could not be connected to in time{where}")
+    if isinstance(error, TimeoutError):
+        return UpstreamTimeout(f"upstream {upstream} timed out{where}")
+    if isinstance(error, aiohttp.ClientConnectorError | aiohttp.ClientProxyConnectionError):
+        return UpstreamConnectFailed(f"upstream {upstream} is unreachable{where}: {describe(error)}")
+    if isinstance(error, aiohttp.ClientResponseError | aiohttp.ClientPayloadError | aiohttp.InvalidURL):
+        return UpstreamProtocolError(f"upstream {upstream} sent an invalid response{where}: {describe(error)}")
+    return UpstreamUnreachable(f"upstream {upstream} broke off{where}: {describe(error)}")
+
+
+def describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
