@@ -11,13 +11,17 @@ proxies from the environment, and the one map from a transport failure to the pr
 * `trust_env` (default on): `HTTP(S)_PROXY` / `NO_PROXY` from the environment; `ca_bundle`, and
   `client_cert` / `client_key`, per upstream. Certificates are always verified.
 * Redirects are never followed: a 3xx is a 502 that names it (the caller's, `client.py`).
+* A pooled connection on which the upstream wrote anything while it sat idle is closed, not
+  reused: those bytes would otherwise be read as the next call's answer (`CheckedConnector`).
 """
 
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
 import aiohttp
+import aiohttp.connector
 
 from ..config import UpstreamSettings
 from ..errors import ProxyError, UpstreamConnectFailed, UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
@@ -26,6 +30,24 @@ HAPPY_EYEBALLS_DELAY = 0.25  # seconds, RFC 8305's recommended connection attemp
 MAX_HEADER_LINE = 8190  # bytes of the status line and of one header line
 MAX_HEADER_FIELD = 8190  # bytes of one header field
 KEEPALIVE_SECONDS = 15.0  # an idle pooled connection older than this is closed
+
+
+class CheckedConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, minus reuse of a connection that received bytes while idle.
+
+    aiohttp parses bytes that arrive on an idle pooled connection and queues them as a response,
+    which the next request on that connection then reads as its own answer. aiohttp has no
+    public hook for this, so this overrides `TCPConnector._get` (the pooled-connection lookup):
+    aiohttp is pinned below the next minor version in pyproject.toml, and
+    tests/upstream/test_upstream_behaviour.py (the idle-bytes test) fails loudly if it stops working."""
+
+    async def _get(self, key: Any, traces: list[Any]) -> aiohttp.connector.Connection | None:
+        while (connection := await super()._get(key, traces)) is not None:
+            protocol = connection.protocol
+            if protocol is not None and not protocol.should_close:
+                return connection
+            connection.close()  # released with should_close: the connector closes it
+        return None
 
 
 def ssl_context(settings: UpstreamSettings) -> ssl.SSLContext | bool:
@@ -40,7 +62,7 @@ def ssl_context(settings: UpstreamSettings) -> ssl.SSLContext | bool:
 
 def open_session(settings: UpstreamSettings) -> aiohttp.ClientSession:
     t = settings.timeouts
-    connector = aiohttp.TCPConnector(
+    connector = CheckedConnector(
         limit=settings.max_connections,
         limit_per_host=0,
         ttl_dns_cache=300,

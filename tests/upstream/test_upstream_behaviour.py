@@ -1,0 +1,314 @@
+"""One behaviour suite for every upstream path (pass-through, a stage call, a judge, eval) against
+the same scripted servers on 127.0.0.1: the proxy has one HTTP client, and this holds it to one
+behaviour (issue 12)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import time
+
+import orjson
+import pytest
+
+from proxy.errors import UpstreamProtocolError, UpstreamStatusError, UpstreamTimeout, UpstreamUnreachable
+from proxy.upstream.client import UpstreamStreamBroken
+from tests.upstream.scripted import ALL_PATHS, Caller, Request, ScriptedServer, answer, chunked, completion, gzipped, settings_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(params=ALL_PATHS)
+def path(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+async def test_keep_alive_connections_are_reused(path):
+    async def script(request: Request, writer) -> bool:
+        writer.write(answer(completion()))
+        return True
+
+    server = await ScriptedServer(script).start()
+    try:
+        async with Caller(path, settings_for(server.url)) as call:
+            for _ in range(3):
+                assert b"ok" in await call()
+        assert len(server.requests) == 3
+        assert server.connections == 1
+    finally:
+        await server.stop()
+
+
+async def test_a_post_on_a_connection_that_dies_is_never_sent_twice(path):
+    """The second request reaches the server on the kept-alive connection, which closes without
+    answering (as a server closing an idle connection just then does): the POST may have started
+    a generation, so it is not sent again, even with retries on."""
+
+    async def script(request: Request, writer) -> bool:
+        if len(server.requests) == 1:
+            writer.write(answer(completion()))
+            return True
+        return False  # closed, no answer
+
+    server = await ScriptedServer(script).start()
+    try:
+        async with Caller(path, settings_for(server.url)) as call:
+            await call()
+            error = await call.error()
+        assert isinstance(error, UpstreamUnreachable), error
+        assert error.status == 502
+        assert len(server.requests) == 2  # one each, never a third
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize("framing", ["chunked", "until-close"])
+async def test_chunked_and_until_close_bodies_are_read_whole(path, framing):
+    async def script(request: Request, writer) -> bool:
+        if framing == "chunked":
+            writer.write(chunked(completion()))
+            return True
+        writer.write(answer(completion(), length=False, headers={"Connection": "close"}))
+        return False
+
+    server = await ScriptedServer(script).start()
+    try:
+        async with Caller(path, settings_for(server.url)) as call:
+            assert b"ok" in await call()
+            assert b"ok" in await call()
+    finally:
+        await server.stop()
+
+
+async def test_gzip_is_decoded_for_the_proxy_and_relayed_compressed_on_pass_through(path):
+    async def script(request: Request, writer) -> bool:
+        seen.append(request.headers.get("accept-encoding"))
+        writer.write(gzipped(completion()))
+        return True
+
+    seen: list[str | None] = []
+    server = await ScriptedServer(script).start()
+    try:
+        async with Caller(path, settings_for(server.url)) as call:
+            body = await call()
+        if path == "pass-through":
+            assert seen == [None]  # the client asked for no encoding: the proxy asks for none either
+            assert gzip.decompress(body) == completion()  # relayed as sent, never inflated
+        else:
+            assert seen == ["gzip, deflate"]
+            assert b"ok" in body
+    finally:
+        await server.stop()
+
+
+async def test_an_upstream_silent_mid_body_hits_the_idle_deadline(path):
+    async def script(request: Request, writer) -> bool:
+        writer.write(answer(completion())[:-5])
+        await asyncio.sleep(30)
+        return False
+
+    server = await ScriptedServer(script).start()
+    try:
+        settings = settings_for(server.url, timeouts={"connect": 1, "first_byte": 5, "idle": 0.3, "total": 10})
+        if path == "eval":
+            settings = settings_for(server.url, timeouts={"connect": 1, "first_byte": 0.3, "idle": 0.3, "total": 0.3})
+        async with Caller(path, settings) as call:
+            started = time.monotonic()
+            error = await call.error()
+        assert isinstance(error, UpstreamTimeout | UpstreamStreamBroken), error
+        assert time.monotonic() - started < 3
+        assert len(server.requests) == 1  # a POST that timed out is not sent again
+    finally:
+        await server.stop()
+
+
+async def test_an_upstream_that_never_answers_hits_the_first_byte_deadline(path):
+    async def script(request: Request, writer) -> bool:
+        await asyncio.sleep(30)
+        return False
+
+    server = await ScriptedServer(script).start()
+    try:
+        timeouts = {"connect": 1, "first_byte": 0.3, "idle": 0.3, "total": 0.3}
+        async with Caller(path, settings_for(server.url, timeouts=timeouts)) as call:
+            started = time.monotonic()
+            error = await call.error()
+        assert isinstance(error, UpstreamTimeout), error
+        assert error.status == 504
+        assert time.monotonic() - started < 3
+        assert len(server.requests) == 1
+    finally:
+        await server.stop()
+
+
+async def test_a_status_error_keeps_its_body_and_retry_after_is_honoured(path):
+    async def script(request: Request, writer) -> bool:
+        if len(server.requests) == 1:
+            writer.write(
+                answer(b'{"error": {"message": "slow down", "type": "rate_limit"}}', status="429 Too Many", headers={"retry-after": "0.2"})
+            )
+        elif len(server.requests) == 2:
+            writer.write(answer(completion()))
+        else:
+            writer.write(answer(b'{"error": {"message": "bad field", "type": "invalid_request_error"}}', status="400 Bad Request"))
+        return True
+
+    server = await ScriptedServer(script).start()
+    try:
+        async with Caller(path, settings_for(server.url)) as call:
+            started = time.monotonic()
+            assert b"ok" in await call()  # the 429 was retried after its retry-after
+            assert time.monotonic() - started >= 0.2
+            error = await call.error()
+        assert isinstance(error, UpstreamStatusError) and error.status == 400, error
+        assert error.message == "bad field"
+        assert len(server.requests) == 3  # the 400 was final
+    finally:
+        await server.stop()
+
+
+async def test_a_5xx_without_an_openai_body_is_described(path):
+    async def script(request: Request, writer) -> bool:
+        writer.write(answer(b"<html>bad gateway</html>", status="502 Bad Gateway"))
+        return True
+
+    server = await ScriptedServer(script).start()
+    try:
+        async with Caller(path, settings_for(server.url)) as call:
+            error = await call.error()
+        assert isinstance(error, UpstreamStatusError) and error.status == 502
+        assert "bad gateway" in error.message
+        assert len(server.requests) == 3  # 502 is in retry_on: every attempt was made
+    finally:
+        await server.stop()
+
+
+async def test_a_redirect_is_a_502_that_names_it_and_is_not_followed(path):
+    async def script(request: Request, writer) -> bool:
+        writer.write(answer(b"", status="307 Temporary Redirect", headers={"Location": "http://127.0.0.1:9/elsewhere"}))
+        return True
+
+    server = await ScriptedServer(script).start()
+    try:
+        async with Caller(path, settings_for(server.url)) as call:
+            error = await call.error()
+        assert isinstance(error, UpstreamProtocolError) and error.status == 502
+        assert "redirect" in error.message and "307" in error.message
+        assert "elsewhere" not in error.message and not any(k.lower() == "location" for k in error.headers)
+        assert len(server.requests) == 1
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize("status", ["999 Odd", "099 Low"])
+async def test_a_status_outside_100_to_599_is_a_502(path, status):
+    async def script(request: Request, writer) -> bool:
+        writer.write(answer(completion(), status=status))
+        return True
+
+    server = await ScriptedServer(script).start()
+    try:
+        async with Caller(path, settings_for(server.url)) as call:
+            error = await call.error()
+        assert isinstance(error, UpstreamProtocolError) and error.status == 502, error
+    finally:
+        await server.stop()
+
+
+async def test_response_headers_are_bounded(path):
+    async def script(request: Request, writer) -> bool:
+        writer.write(answer(completion(), headers={"X-Huge": "a" * 100_000}))
+        return True
+
+    server = await ScriptedServer(script).start()
+    try:
+        async with Caller(path, settings_for(server.url)) as call:
+            error = await call.error()
+        assert isinstance(error, UpstreamProtocolError) and error.status == 502, error
+    finally:
+        await server.stop()
+
+
+async def test_an_azure_style_base_url_query_is_kept_on_every_call(path):
+    async def script(request: Request, writer) -> bool:
+        writer.write(answer(completion()))
+        return True
+
+    server = await ScriptedServer(script).start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/openai/deployments/gpt?api-version=2024-10-21"
+        async with Caller(path, settings_for(url)) as call:
+            await call()
+            await call()
+        assert [r.target for r in server.requests] == ["/openai/deployments/gpt/chat/completions?api-version=2024-10-21"] * 2
+    finally:
+        await server.stop()
+
+
+async def test_the_upstream_key_never_comes_back_in_an_error(path):
+    async def script(request: Request, writer) -> bool:
+        echoed = request.headers["authorization"]
+        body = orjson.dumps({"error": {"message": f"bad key {echoed}", "type": "auth"}})
+        writer.write(answer(body, status="401 Unauthorized", headers={"X-Echo": echoed}))
+        return True
+
+    server = await ScriptedServer(script).start()
+    try:
+        async with Caller(path, settings_for(server.url)) as call:
+            error = await call.error()
+        secret = call.settings.api_key
+        assert server.requests[0].headers["authorization"] == f"Bearer {secret}"
+        assert secret not in error.message and secret not in orjson.dumps(error.body()).decode()
+        assert all(secret not in value for value in error.headers.values())
+        assert "[redacted]" in error.message
+    finally:
+        await server.stop()
+
+
+async def test_a_cancelled_call_frees_its_connection_slot(path):
+    arrived = asyncio.Event()
+
+    async def script(request: Request, writer) -> bool:
+        if len(server.requests) == 1:
+            arrived.set()
+            await asyncio.sleep(30)  # never answers the first
+            return False
+        writer.write(answer(completion()))
+        return True
+
+    server = await ScriptedServer(script).start()
+    try:
+        async with Caller(path, settings_for(server.url, max_connections=1)) as call:
+            hung = asyncio.create_task(call())
+            await arrived.wait()
+            hung.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await hung
+            async with asyncio.timeout(3):  # the one slot is free again
+                assert b"ok" in await call()
+    finally:
+        await server.stop()
+
+
+async def test_bytes_an_upstream_sends_on_an_idle_connection_are_never_an_answer(path):
+    """An answer written on a kept-alive connection nobody asked on must not be served to the
+    next, unrelated call (issue 11, finding 13)."""
+
+    async def script(request: Request, writer) -> bool:
+        writer.write(answer(completion(f'{{"n": {len(server.requests)}}}')))
+        if len(server.requests) == 1:
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(answer(completion('{"n": "unsolicited"}')))
+        return True
+
+    server = await ScriptedServer(script).start()
+    try:
+        async with Caller(path, settings_for(server.url)) as call:
+            await call()
+            await asyncio.sleep(0.2)
+            second = await call()
+        assert b"unsolicited" not in second
+        assert b"2" in second
+    finally:
+        await server.stop()
