@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -36,8 +36,20 @@ EXTRACT_MAX_TOKENS = 24
 class JudgeServer:
     """The judge model's server, on the proxy's client: `ask_json(body)` gives a reply's JSON object."""
 
-    def __init__(self, name: str, base_url: str, api_key: str, *, timeout: float, attempts: int, backoff_seconds: float) -> None:
-        settings = eval_upstream(name, base_url, api_key, timeout=timeout, attempts=attempts, backoff_seconds=backoff_seconds)
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float,
+        attempts: int,
+        backoff_seconds: float,
+        network: Mapping[str, Any] | None = None,
+    ) -> None:
+        settings = eval_upstream(
+            name, base_url, api_key, timeout=timeout, attempts=attempts, backoff_seconds=backoff_seconds, network=network
+        )
         self.client = UpstreamClient(settings, private_metrics())
         self.ask_json = functools.partial(
             ask_upstream, self.client, timeout=timeout, retries=settings.retries, request_id=f"perg-eval-{name}"

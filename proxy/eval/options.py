@@ -8,7 +8,9 @@ pass `--structured-output json_schema`. The judge defaults to the answering mode
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -129,10 +131,12 @@ def eval_upstream(
     backoff_seconds: float,
     connections: int = 8,
     style: StructuredOutput = "json_schema",
+    network: Mapping[str, Any] | None = None,
 ) -> UpstreamSettings:
     """A server the benchmark calls, as an upstream of the proxy's own client: the same
     transport and the same retry policy as live traffic (`proxy/upstream/retries.py`), with the
-    benchmark's attempts (a connect failure retried for POST too: nothing was sent)."""
+    benchmark's attempts (a connect failure retried for POST too: nothing was sent). `network`:
+    the upstream settings of a real network (`trust_env`, `ca_bundle`, `client_cert`, `client_key`)."""
     return UpstreamSettings(
         name=name,
         base_url=base_url,
@@ -141,4 +145,5 @@ def eval_upstream(
         timeouts=Timeouts(connect=min(timeout, 10.0), first_byte=timeout, idle=timeout, total=timeout),
         retries=Retries(max_attempts=attempts, backoff_seconds=backoff_seconds, retry_on=RETRIED_STATUS, post_on_connect_error=True),
         max_connections=connections,
+        **(network or {}),
     )

@@ -21,6 +21,7 @@ import ssl
 from typing import Any
 
 import aiohttp
+import aiohttp.abc
 import aiohttp.connector
 
 from ..config import UpstreamSettings
@@ -60,7 +61,8 @@ def ssl_context(settings: UpstreamSettings) -> ssl.SSLContext | bool:
     return context
 
 
-def open_session(settings: UpstreamSettings) -> aiohttp.ClientSession:
+def open_session(settings: UpstreamSettings, resolver: aiohttp.abc.AbstractResolver | None = None) -> aiohttp.ClientSession:
+    """The upstream's session; `resolver` replaces the system's name lookup (tests)."""
     t = settings.timeouts
     connector = CheckedConnector(
         limit=settings.max_connections,
@@ -69,6 +71,7 @@ def open_session(settings: UpstreamSettings) -> aiohttp.ClientSession:
         keepalive_timeout=KEEPALIVE_SECONDS,
         happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY,
         ssl=ssl_context(settings),
+        resolver=resolver,
     )
     return aiohttp.ClientSession(
         connector=connector,

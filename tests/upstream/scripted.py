@@ -166,8 +166,9 @@ class Caller:
         self.settings = settings
         if path == "eval":
             t, r = settings.timeouts, settings.retries
+            network = {key: getattr(settings, key) for key in ("trust_env", "ca_bundle", "client_cert", "client_key")}
             self.server = JudgeServer(
-                "up", settings.base_url, settings.api_key, timeout=t.total, attempts=r.max_attempts, backoff_seconds=0
+                "up", settings.base_url, settings.api_key, timeout=t.total, attempts=r.max_attempts, backoff_seconds=0, network=network
             )
             self.client = self.server.client
         else:
