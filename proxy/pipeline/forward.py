@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from ..errors import UpstreamProtocolError
 from ..turn import Reply, StreamReply, Turn
 from ..upstream.client import UpstreamClient, UpstreamResponse
 from ..upstream.headers import client_response_headers
@@ -67,11 +68,16 @@ async def _close(stack: AsyncExitStack, turn: Turn, response: UpstreamResponse) 
     await stack.aclose()
 
 
-def usage_of(body: bytes) -> dict[str, Any] | None:
-    """The `usage` object of a JSON chat completion, if it has one."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
+def completion_usage(reply: Reply, upstream: str) -> dict[str, Any] | None:
+    """The `usage` of a 200 chat completion relayed whole; a body that is not a JSON object is a
+    502, never bytes an SDK fails to decode. A compressed body is relayed as sent, unread."""
+    if "Content-Encoding" in reply.headers:
         return None
-    usage = data.get("usage") if isinstance(data, dict) else None
+    try:
+        data = orjson.loads(reply.body)
+    except orjson.JSONDecodeError:
+        raise UpstreamProtocolError(f"upstream {upstream} answered a chat completion with a body that is not JSON") from None
+    if not isinstance(data, dict):
+        raise UpstreamProtocolError(f"upstream {upstream} answered a chat completion with JSON that is not an object")
+    usage = data.get("usage")
     return usage if isinstance(usage, dict) else None

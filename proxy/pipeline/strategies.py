@@ -20,7 +20,7 @@ from ..upstream.headers import upstream_request_headers
 from .aligner import serve_pref_aligner
 from .aligner_stream import serve_pref_aligner_stream
 from .context import PipelineContext
-from .forward import forward, usage_of
+from .forward import completion_usage, forward
 
 
 async def serve_chat(turn: Turn, ctx: PipelineContext) -> Reply | StreamReply:
@@ -46,7 +46,7 @@ async def forward_chat(turn: Turn, ctx: PipelineContext, body: dict[str, Any] | 
     data = turn.forward_body() if body is None else orjson.dumps(body)
     reply = await forward(turn, upstream, "POST", "/chat/completions", data=data, headers=headers)
     if isinstance(reply, Reply) and reply.status == 200:
-        turn.usage = usage_of(reply.body)
+        turn.usage = completion_usage(reply, upstream.name)
         upstream.count_usage(turn.model, "forward", turn.usage)
     return reply
 

@@ -132,7 +132,22 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"Unknown route: {request.method} {request.path}")
     body = await request.read() if request.body_exists else None
     upstream = _route(request, body)
-    return await _forward_request(request, turn, upstream, request.raw_path.split("?", 1)[0][3:], body)
+    return await _forward_request(request, turn, upstream, request.raw_path.split("?", 1)[0][3:], without_extension(request, body))
+
+
+def without_extension(request: web.Request, body: bytes | None) -> bytes | None:
+    """A JSON body with the proxy's `personalization` extension taken out: its preferences are
+    the proxy's to use, never an upstream's to see. Any other body crosses as sent."""
+    if not body or b'"personalization"' not in body or request.content_type != "application/json":
+        return body
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    if not isinstance(data, dict) or "personalization" not in data:
+        return body
+    del data["personalization"]
+    return orjson.dumps(data)
 
 
 def _route(request: web.Request, body: bytes | None) -> UpstreamClient:

@@ -1,0 +1,98 @@
+"""What the proxy relays from an upstream, end to end through a running proxy (issue 11's
+upstream-side findings): streams end only at a `[DONE]` event, compressed answers stay
+compressed, a non-JSON 200 is a 502, a redirect is a 502 without its Location, the extension
+never goes upstream in a pass-through body."""
+
+from __future__ import annotations
+
+import gzip
+
+import httpx2
+import orjson
+import pytest
+from aiohttp import web
+
+from tests.conftest import CLIENT_KEY
+
+AUTH = {"Authorization": f"Bearer {CLIENT_KEY}", "X-Perg-Strategy": "off"}
+
+
+def chat(proxy, model: str, **extra) -> httpx2.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+    return httpx2.post(f"{proxy.base_url}/chat/completions", json=body, headers=AUTH, timeout=10)
+
+
+def events_of(text: str) -> list[str]:
+    return [block for block in text.split("\n\n") if block.strip()]
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        b'data: {"choices": [{"index": 0, "delta": {"content": "data: [DONE]"}}]}\n\n',  # [DONE] inside the text
+        b': data: [DONE]\n\ndata: {"choices": []}\n\n',  # in a comment
+        b"data: [DONE]\ndata: more\n\n",  # not the whole data of its event
+        b'data: {"choices": []}\n\ndata: [DONE]',  # no blank line: the event never ended
+    ],
+)
+def test_a_stream_that_closes_without_a_done_event_ends_with_an_error_event(proxy, fake_upstream, stream):
+    fake_upstream.scripts["sse"] = lambda body: web.Response(body=stream, content_type="text/event-stream")
+    response = chat(proxy, "script:sse", stream=True)
+    assert response.status_code == 200
+    blocks = events_of(response.text)
+    assert blocks[-1] == "data: [DONE]"
+    assert blocks[-2].startswith("event: error")
+    assert "upstream_stream_incomplete" in blocks[-2]
+
+
+@pytest.mark.parametrize("done", [b"data: [DONE]\n\n", b"data:[DONE]\r\n\r\n"])
+def test_a_done_event_ends_the_stream_and_nothing_after_it_is_relayed(proxy, fake_upstream, done):
+    stream = b'data: {"choices": []}\n\n' + done + b'data: {"after": "done"}\n\n'
+    fake_upstream.scripts["sse"] = lambda body: web.Response(body=stream, content_type="text/event-stream")
+    response = chat(proxy, "script:sse", stream=True)
+    assert "error" not in response.text and "after" not in response.text
+    assert response.text.startswith('data: {"choices": []}')
+
+
+def test_a_gzip_answer_is_relayed_compressed(proxy, fake_upstream):
+    payload = orjson.dumps(
+        {"id": "c", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "z" * 5000}}]}
+    )
+    fake_upstream.scripts["gz"] = lambda body: web.Response(
+        body=gzip.compress(payload), headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    )
+    with httpx2.Client(timeout=10) as client:
+        body = {"model": "script:gz", "messages": [{"role": "user", "content": "hi"}]}
+        request = client.build_request("POST", f"{proxy.base_url}/chat/completions", json=body, headers={**AUTH, "Accept-Encoding": "gzip"})
+        response = client.send(request, stream=True)
+        raw = b"".join(response.iter_raw())
+    assert response.headers["content-encoding"] == "gzip"
+    assert gzip.decompress(raw) == payload  # the proxy's bytes are the upstream's: never inflated
+    assert len(raw) < len(payload) / 10
+    assert fake_upstream.received[-1].headers.get("Accept-Encoding") == "gzip"
+
+
+def test_a_200_that_is_not_json_on_an_off_chat_request_is_a_502(proxy, fake_upstream):
+    fake_upstream.scripts["html"] = lambda body: web.Response(text="<html>maintenance</html>", content_type="text/html")
+    response = chat(proxy, "script:html")
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "bad_upstream_response"
+
+
+def test_an_upstream_redirect_is_a_502_without_its_location(proxy, fake_upstream):
+    fake_upstream.scripts["moved"] = lambda body: web.Response(status=307, headers={"Location": "http://127.0.0.1:9/steal"})
+    response = chat(proxy, "script:moved")
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["code"] == "upstream_redirect" and "redirect" in error["message"]
+    assert "location" not in response.headers and "steal" not in response.text
+    assert len(fake_upstream.received) == 1
+
+
+def test_the_extension_never_goes_upstream_in_a_pass_through_body(proxy, fake_upstream):
+    body = {"model": "m", "input": "x", "personalization": {"preferences": ["a secret preference"]}}
+    response = httpx2.post(f"{proxy.base_url}/embeddings", json=body, headers=AUTH, timeout=10)
+    assert response.status_code == 200
+    sent = fake_upstream.received[-1]
+    assert sent.path == "/v1/embeddings"
+    assert b"a secret preference" not in sent.body and orjson.loads(sent.body) == {"model": "m", "input": "x"}
