@@ -71,6 +71,7 @@ break its streaming). Both are reused while their pins are unchanged. Raw figure
 """
 
 PERG = "perg-proxy off"
+FLOOR = "bare aiohttp forwarder"
 RIVALS = ("LiteLLM", "Portkey")
 
 
@@ -171,6 +172,9 @@ def throughput_target(rows: list[dict]) -> tuple[bool, bool, list[str]]:
         parts.append(f"CPU per request vs perg-proxy's: {shares}")
         lines.append(f"stream={stream!s:5} c={concurrency:<3} {mine:.0f} req/s = " + ", ".join(parts))
     best_met = True
+    factors = {name: factor for name, factor in factors.items() if any(r["path"] == name for r in rows)}
+    if not factors:
+        return False, False, [*lines, "LiteLLM and Portkey were not measured in this run (--no-peers)"]
     for stream in (False, True):
         best = {name: max(r["rps"] for r in rows if r["path"] == name and r["stream"] == stream) for name in (PERG, *factors)}
         ratios = {name: best[PERG] / best[name] for name in factors}
@@ -180,6 +184,33 @@ def throughput_target(rows: list[dict]) -> tuple[bool, bool, list[str]]:
             + ", ".join(f"{name} {best[name]:.0f} ({ratios[name]:.2f}x, need {factor:.0f}x)" for name, factor in factors.items())
         )
     return per_row_met, best_met, lines
+
+
+def floor_target(rows: list[dict]) -> tuple[bool, bool, list[str]]:
+    """perg-proxy `off` against the bare forwarder: added p50 at concurrency 1 within 0.6 ms of
+    the floor's, requests/s at concurrency 32 at least 0.6x the floor's."""
+    latency_met, throughput_met, lines = True, True, []
+    for (stream, concurrency), paths in sorted(_rows_by(rows).items()):
+        if FLOOR not in paths or PERG not in paths:
+            continue
+        direct, mine, floor = paths["direct"], paths[PERG], paths[FLOOR]
+        added, floor_added = mine["p50_ms"] - direct["p50_ms"], floor["p50_ms"] - direct["p50_ms"]
+        ratio = mine["rps"] / floor["rps"] if floor["rps"] else float("nan")
+        line = f"stream={stream!s:5} c={concurrency:<3} added p50: perg-proxy off {added:+.2f} ms, floor {floor_added:+.2f} ms ({added - floor_added:+.2f} ms)"
+        line += f"; req/s {mine['rps']:.0f} vs floor {floor['rps']:.0f} = {ratio:.2f}x"
+        cost, floor_cost = mine.get("cpu_us_per_req"), floor.get("cpu_us_per_req")
+        if cost and floor_cost:
+            line += f"; CPU/request {cost:.0f} vs {floor_cost:.0f} µs = {cost / floor_cost:.2f}x"
+        if concurrency == 1:
+            ok = added - floor_added <= 0.6
+            latency_met &= ok
+            line += f" -> latency target {'yes' if ok else 'NO'}"
+        if concurrency == 32:
+            ok = ratio >= 0.6
+            throughput_met &= ok
+            line += f" -> throughput target {'yes' if ok else 'NO'}"
+        lines.append(line)
+    return latency_met, throughput_met, lines
 
 
 def error_target(rows: list[dict]) -> tuple[bool, list[str]]:
@@ -200,7 +231,14 @@ def targets_section(rows: list[dict], soak: dict | None) -> list[str]:
     aligner_met, aligner_lines = latency_target(rows, "perg-proxy pref_aligner")
     per_row, best, throughput_lines = throughput_target(rows)
     errors_met, error_lines = error_target(rows)
+    floor_latency, floor_throughput, floor_lines = floor_target(rows)
     out = ["### Targets", ""]
+    out += [
+        f"0. Against the bare aiohttp + uvloop forwarder (the floor): added p50 at concurrency 1 within 0.6 ms of the floor's "
+        f"{yes(floor_latency)}; requests/s at concurrency 32 at least 0.6x the floor's {yes(floor_throughput)}",
+        "",
+    ]
+    out += ["   ```", *(f"   {line}" for line in floor_lines), "   ```", ""]
     out += [f"1. perg-proxy (`off`) adds less latency (p50 and p99) than LiteLLM and Portkey on every row: {yes(latency_met)}", ""]
     out += ["   ```", *(f"   {line}" for line in latency_lines), "   ```", ""]
     out += [

@@ -1,6 +1,7 @@
-"""Side-by-side benchmark: direct, perg-proxy (off, pref_aligner), LiteLLM's proxy, Portkey's gateway.
+"""Side-by-side benchmark: direct, a bare aiohttp forwarder (the floor), perg-proxy (off,
+pref_aligner), LiteLLM's proxy, Portkey's gateway.
 
-    python bench/side_by_side.py [--quick] [--soak-minutes 30] [--docs docs/benchmark-side-by-side.md]
+    python bench/side_by_side.py [--quick] [--no-peers] [--concurrency 1,32] [--soak-minutes 30] [--docs FILE]
 
 All paths reach the same fake upstream (tests/fake_upstream.py, model `echo`) in the same run.
 Every gateway is pinned to CPU 0, the fake upstream and this load generator to CPU 1. For each
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import comparison, upstream  # noqa: E402
 from bench.common import pin_self  # noqa: E402
-from bench.gateways import Processes, Target, litellm_proxy, perg_proxy, portkey_gateway  # noqa: E402
+from bench.gateways import Processes, Target, bare_forwarder, litellm_proxy, perg_proxy, portkey_gateway  # noqa: E402
 from bench.loadgen import Result, run_load  # noqa: E402
 from bench.memory import PeakSampler, cpu_seconds, tree_rss_kib  # noqa: E402
 from bench.soak import run_soak  # noqa: E402
@@ -116,13 +117,13 @@ async def measure_round(target: Target, stream: bool, concurrency: int, budget: 
     merged.wall += result.wall
 
 
-async def compare(targets: list[Target], quick: bool) -> list[dict]:
+async def compare(targets: list[Target], quick: bool, concurrencies: tuple[int, ...] = CONCURRENCY) -> list[dict]:
     """Per row, `ROUNDS` rounds through every path in turn, so drifting load elsewhere on the
     machine lands on all paths alike; each round gets 1/ROUNDS of the row's budget."""
     budgets, rounds = (QUICK, 1) if quick else (FULL, ROUNDS)
     rows = []
     for stream in (False, True):
-        for concurrency in CONCURRENCY:
+        for concurrency in concurrencies:
             requests, seconds = budgets[concurrency]
             tallies = {target.name: Tally() for target in targets}
             for _ in range(rounds):
@@ -143,11 +144,12 @@ def progress(row: dict) -> None:
     )
 
 
-def start_targets(processes: Processes, upstream_port: int, workdir: Path) -> list[Target]:
-    targets = [Target("direct", upstream_port)]
+def start_targets(processes: Processes, upstream_port: int, workdir: Path, peers: bool) -> list[Target]:
+    targets = [Target("direct", upstream_port), bare_forwarder(processes, upstream_port, workdir)]
     targets += [perg_proxy(processes, upstream_port, workdir, strategy) for strategy in ("off", "pref_aligner")]
-    targets.append(litellm_proxy.start(processes, upstream_port, workdir))
-    targets.append(portkey_gateway.start(processes, upstream_port, workdir))
+    if peers:
+        targets.append(litellm_proxy.start(processes, upstream_port, workdir))
+        targets.append(portkey_gateway.start(processes, upstream_port, workdir))
     return targets
 
 
@@ -160,11 +162,12 @@ async def check_targets(targets: list[Target]) -> None:
                 raise RuntimeError(f"{target.name} failed a {'streaming' if stream else 'plain'} request")
 
 
-def versions() -> dict[str, str]:
+def versions(peers: bool) -> dict[str, str]:
+    mine = {"Python": platform.python_version(), "perg-proxy": metadata.version("perg-proxy"), "aiohttp": metadata.version("aiohttp")}
+    if not peers:
+        return mine
     return {
-        "Python": platform.python_version(),
-        "perg-proxy": metadata.version("perg-proxy"),
-        "aiohttp": metadata.version("aiohttp"),
+        **mine,
         "Node": portkey_gateway.node_version(),
         "LiteLLM": litellm_proxy.version(),
         "Portkey gateway": portkey_gateway.package_version("@portkey-ai/gateway"),
@@ -183,8 +186,9 @@ async def soak(processes: Processes, upstream_port: int, workdir: Path, rate: fl
 
 async def run(args: argparse.Namespace) -> dict:
     started = time.monotonic()
-    litellm_proxy.ensure_venv()
-    portkey_gateway.ensure_modules()
+    if args.peers:
+        litellm_proxy.ensure_venv()
+        portkey_gateway.ensure_modules()
     load_at_start = os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="perg-side-by-side-"))
     print(f"logs and configs in {workdir}", file=sys.stderr, flush=True)
@@ -192,9 +196,9 @@ async def run(args: argparse.Namespace) -> dict:
     try:
         fake, upstream_port = upstream.start()
         fakes.add(fake)
-        targets = start_targets(gateways, upstream_port, workdir)
+        targets = start_targets(gateways, upstream_port, workdir, args.peers)
         await check_targets(targets)
-        rows = await compare(targets, args.quick)
+        rows = await compare(targets, args.quick, args.concurrency)
         tables_minutes, load_at_end = (time.monotonic() - started) / 60, os.getloadavg()[0]
         gateways.stop_all()  # the soak runs alone on the gateway CPU
         soak_figures = await soak(gateways, upstream_port, workdir, args.soak_rate, args.soak_minutes) if args.soak_minutes else None
@@ -206,7 +210,7 @@ async def run(args: argparse.Namespace) -> dict:
         "cpu": comparison.cpu_model(),
         "cores": os.cpu_count(),
         "kernel": f"{platform.system()} {platform.release()}",
-        "versions": versions(),
+        "versions": versions(args.peers),
         "run_minutes": (time.monotonic() - started) / 60,
         "tables_minutes": tables_minutes,
         "loadavg": [load_at_start, load_at_end],
@@ -219,6 +223,13 @@ async def run(args: argparse.Namespace) -> dict:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small, short runs (a smoke test)")
+    parser.add_argument("--no-peers", dest="peers", action="store_false", help="measure without LiteLLM and Portkey (the floor stays)")
+    parser.add_argument(
+        "--concurrency",
+        type=lambda text: tuple(int(part) for part in text.split(",")),
+        default=CONCURRENCY,
+        help="comma-separated concurrencies (default: 1,32,256)",
+    )
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="minutes of soak after the tables (0: none)")
     parser.add_argument("--soak-rate", type=float, default=200.0, help="requests/s offered during the soak")
     parser.add_argument("--docs", type=Path, help=f"write the Markdown here (default for full runs: {DOCS.relative_to(ROOT)})")

@@ -12,12 +12,13 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import KEY, start_proxy, wait_port
+from bench.common import KEY, ROOT, free_port, pinned, start_proxy, wait_port
 from bench.loadgen import chat_request
 from bench.memory import tree
 
@@ -99,6 +100,17 @@ def perg_proxy(processes: Processes, upstream_port: int, workdir: Path, strategy
     processes.add(process)
     extra = {"personalization": {"preferences": [PREFERENCE]}} if strategy != "off" else None
     return Target(f"perg-proxy {strategy}", port, process, KEY, extra=extra)
+
+
+def bare_forwarder(processes: Processes, upstream_port: int, workdir: Path) -> Target:
+    """The floor: `bench/bare_forwarder.py` (aiohttp + uvloop, nothing else) on CPU 0."""
+    port = free_port()
+    log = workdir / "bare-forwarder.log"
+    with log.open("wb") as out:
+        argv = [sys.executable, "-m", "bench.bare_forwarder", "--port", str(port), "--upstream", f"http://127.0.0.1:{upstream_port}"]
+        process = processes.add(subprocess.Popen(pinned(0, argv), cwd=ROOT, stdout=out, stderr=out))
+    wait_ready(process, port, log, 30)
+    return Target("bare aiohttp forwarder", port, process)
 
 
 Starter = Callable[[Processes, int, Path], Target]
