@@ -105,6 +105,14 @@ class UpstreamProtocolError(ProxyError):
     code = "bad_upstream_response"
 
 
+class UpstreamStreamBroken(ProxyError):
+    """The connection broke, or the body turned invalid, after the answer had started."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_stream_broken"
+
+
 class UpstreamStatusError(ProxyError):
     """The upstream answered with an error status: kept, with its error body when it has one."""
 

@@ -74,7 +74,7 @@ def test_each_upstream_call_is_timed_with_its_outcome(error, outcome):
     from types import SimpleNamespace
 
     from proxy.metrics import Metrics
-    from proxy.upstream.client import Timed
+    from proxy.upstream.exchange import Timed
 
     metrics = Metrics()
     client = SimpleNamespace(_metrics=metrics, name="up")

@@ -15,7 +15,8 @@ import orjson
 
 from ..errors import UpstreamProtocolError
 from ..turn import Reply, StreamReply, Turn
-from ..upstream.client import UpstreamClient, UpstreamResponse
+from ..upstream.client import UpstreamClient
+from ..upstream.exchange import UpstreamResponse
 from ..upstream.headers import client_response_headers
 
 BUFFER_LIMIT = 1024 * 1024

@@ -25,86 +25,22 @@ from typing import Any, TypeVar
 
 import aiohttp
 import orjson
-from multidict import CIMultiDict
 from yarl import URL
 
 from ..config import Retries, UpstreamSettings
 from ..errors import ProxyError, UpstreamProtocolError, UpstreamStatusError, UpstreamTimeout
 from ..metrics import Metrics
 from .events import read_events
+from .exchange import ChatResult, Timed, UpstreamResponse, finish
 from .headers import CLIENT_REQUEST_ID, client_response_headers
 from .redact import Redactor
 from .retries import with_retries
-from .transport import describe, open_session, transport_error
+from .transport import open_session, transport_error
 
 ERROR_BODY_LIMIT = 1024 * 1024
 ANSWER_LIMIT = 64 * 1024 * 1024  # a chat completion the proxy reads whole (a stage, a judge), decoded
 CHAT_PATH = "/chat/completions"
 T = TypeVar("T")
-
-
-class UpstreamStreamBroken(ProxyError):
-    status = 502
-    type = "upstream_error"
-    code = "upstream_stream_broken"
-
-
-class UpstreamResponse:
-    """An upstream response whose headers are in; the body is read by `read()` or `chunks()`,
-    as the upstream sent it (compressed bytes stay compressed), the upstream key redacted."""
-
-    __slots__ = ("_deadline", "_redactor", "_upstream", "headers", "raw", "status", "waited")
-
-    def __init__(self, raw: aiohttp.ClientResponse, waited: float, deadline: float, upstream: str, secret: str) -> None:
-        self.raw = raw
-        self.status = raw.status
-        self._redactor = Redactor(secret)
-        self.headers = self._redactor.headers(raw.headers)
-        self.waited = waited
-        self._deadline = deadline
-        self._upstream = upstream
-
-    async def read(self) -> bytes:
-        body = await self._receive(self.raw.read(), UpstreamTimeout, "while sending its body")
-        return self._redactor.whole(body)
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives, chunk by chunk; an error mid-way raises `UpstreamStreamBroken`."""
-        content = self.raw.content
-        redactor = self._redactor
-        while chunk := await self._receive(content.readany(), UpstreamStreamBroken, "mid-stream"):
-            if chunk := redactor.feed(chunk):
-                yield chunk
-        if tail := redactor.flush():
-            yield tail
-
-    async def _receive(self, pending: Awaitable[T], on_timeout: type[ProxyError], where: str) -> T:
-        """Await body bytes by the exchange's deadline; the wait counts as upstream time."""
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout_at(self._deadline):
-                return await pending
-        except TimeoutError as error:
-            raise on_timeout(f"upstream {self._upstream} timed out {where}") from error
-        except (aiohttp.ClientError, ConnectionError) as error:
-            raise UpstreamStreamBroken(f"upstream {self._upstream} broke off {where}: {describe(error)}") from error
-        finally:
-            self.waited += time.perf_counter() - started
-
-
-class ChatResult:
-    """A chat completion the proxy asked for: the upstream's JSON object, untouched, and (read
-    only when a stage's headers are served, which stage 1's are) its headers as a client gets them."""
-
-    __slots__ = ("_raw_headers", "data")
-
-    def __init__(self, data: dict[str, Any], raw_headers: Mapping[str, str]) -> None:
-        self.data = data
-        self._raw_headers = raw_headers
-
-    @property
-    def headers(self) -> CIMultiDict[str]:
-        return client_response_headers(self._raw_headers)
 
 
 class UpstreamClient:
@@ -185,7 +121,7 @@ class UpstreamClient:
                 yield UpstreamResponse(raw, time.perf_counter() - timed.started, deadline, self.name, self._secret)
             finally:
                 if raw is not None:
-                    _finish(raw)
+                    finish(raw)
 
     async def _attempt(self, method: str, url: URL, headers: Mapping[str, str], data: Any, decode: bool) -> aiohttp.ClientResponse:
         """One request, by the first-byte timeout; the response once its headers are in. Anything
@@ -261,7 +197,7 @@ class UpstreamClient:
                 try:
                     return await self._read_whole(raw, stage), raw.headers
                 finally:
-                    _finish(raw)
+                    finish(raw)
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.name} did not answer the {stage} call within {timeout:g} s") from None
 
@@ -280,7 +216,7 @@ class UpstreamClient:
             idle = self.settings.timeouts.idle
             raise UpstreamTimeout(f"upstream {self.name} sent nothing for {idle:g} s of its {stage} answer") from None
         except (aiohttp.ClientError, OSError) as error:
-            raise UpstreamStreamBroken(f"upstream {self.name} broke off while sending its body: {describe(error)}") from None
+            raise transport_error(error, self.name, "while sending its body", mid_body=True) from None
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def stream_chat(self, body: dict[str, Any], *, request_id: str, timeout: float, stage: str) -> AsyncIterator[dict[str, Any]]:
@@ -300,7 +236,7 @@ class UpstreamClient:
                         self.count_usage(body.get("model"), stage, event["usage"])
                     yield event
             finally:
-                _finish(raw)
+                finish(raw)
 
     async def _next_chunk(self, raw: aiohttp.ClientResponse, redactor: Redactor, timeout: float) -> bytes:
         """A stream's next body bytes for `read_events`; a break raises `UpstreamStreamBroken`."""
@@ -310,43 +246,8 @@ class UpstreamClient:
         except TimeoutError:
             raise
         except (aiohttp.ClientError, OSError) as error:
-            raise UpstreamStreamBroken(f"upstream {self.name} broke off mid-stream: {describe(error)}") from None
+            raise transport_error(error, self.name, "mid-stream", mid_body=True) from None
         return redactor.feed(chunk) if chunk else redactor.flush()
-
-
-class Timed:
-    """Times one upstream call into `perg_upstream_duration_seconds{upstream,stage,outcome}`; the
-    outcome is `ok`, the error's code, or `cancelled` (the client or the proxy gave up first)."""
-
-    __slots__ = ("_client", "_stage", "started")
-
-    def __init__(self, client: UpstreamClient, stage: str) -> None:
-        self._client = client
-        self._stage = stage
-        self.started = time.perf_counter()
-
-    def __enter__(self) -> Timed:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: object) -> None:
-        if error is None:
-            outcome = "ok"
-        elif isinstance(error, ProxyError):
-            outcome = error.code or "error"
-        elif isinstance(error, asyncio.CancelledError | GeneratorExit):
-            outcome = "cancelled"
-        else:
-            outcome = "error"
-        metrics = self._client._metrics
-        metrics.child(metrics.upstream_duration, self._client.name, self._stage, outcome).observe(time.perf_counter() - self.started)
-
-
-def _finish(raw: aiohttp.ClientResponse) -> None:
-    """Return a fully read connection to the pool; close one whose body was not read to the end."""
-    if raw.content.at_eof():
-        raw.release()
-    else:
-        raw.close()
 
 
 def _decoded(payload: bytes, coding: str) -> bytes:

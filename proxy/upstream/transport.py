@@ -25,7 +25,7 @@ import aiohttp.abc
 import aiohttp.connector
 
 from ..config import UpstreamSettings
-from ..errors import ProxyError, UpstreamConnectFailed, UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
+from ..errors import ProxyError, UpstreamConnectFailed, UpstreamProtocolError, UpstreamStreamBroken, UpstreamTimeout, UpstreamUnreachable
 
 HAPPY_EYEBALLS_DELAY = 0.25  # seconds, RFC 8305's recommended connection attempt delay
 MAX_HEADER_LINE = 8190  # bytes of the status line and of one header line
@@ -87,9 +87,12 @@ def open_session(settings: UpstreamSettings, resolver: aiohttp.abc.AbstractResol
     )
 
 
-def transport_error(error: BaseException, upstream: str, where: str = "") -> ProxyError:
-    """The proxy's error for a failure of aiohttp or the socket; raised by the caller."""
+def transport_error(error: BaseException, upstream: str, where: str = "", *, mid_body: bool = False) -> ProxyError:
+    """The proxy's error for a failure of aiohttp or the socket; raised by the caller. Once the
+    answer has started (`mid_body`), anything but a timeout is a broken stream."""
     where = f" {where}" if where else ""
+    if mid_body and not isinstance(error, TimeoutError):
+        return UpstreamStreamBroken(f"upstream {upstream} broke off{where}: {describe(error)}")
     if isinstance(error, aiohttp.ConnectionTimeoutError):
         return UpstreamConnectFailed(f"upstream {upstream} could not be connected to in time{where}")
     if isinstance(error, TimeoutError):

@@ -11,8 +11,7 @@ import time
 import orjson
 import pytest
 
-from proxy.errors import UpstreamProtocolError, UpstreamStatusError, UpstreamTimeout, UpstreamUnreachable
-from proxy.upstream.client import UpstreamStreamBroken
+from proxy.errors import UpstreamProtocolError, UpstreamStatusError, UpstreamStreamBroken, UpstreamTimeout, UpstreamUnreachable
 from tests.upstream.scripted import ALL_PATHS, Caller, Request, ScriptedServer, answer, chunked, completion, gzipped, settings_for
 
 pytestmark = pytest.mark.timeout(60)
