@@ -239,6 +239,10 @@ def targets_section(rows: list[dict], soak: dict | None) -> list[str]:
         "",
     ]
     out += ["   ```", *(f"   {line}" for line in floor_lines), "   ```", ""]
+    if not any(row["path"] in RIVALS for row in rows):
+        out += ["1.-2. LiteLLM and Portkey: not measured in this run (`--no-peers`).", ""]
+        out += [f"3. No errors at 256 concurrent streams: {yes(errors_met)}" if error_lines else "3. Concurrency 256: not measured.", ""]
+        return out
     out += [f"1. perg-proxy (`off`) adds less latency (p50 and p99) than LiteLLM and Portkey on every row: {yes(latency_met)}", ""]
     out += ["   ```", *(f"   {line}" for line in latency_lines), "   ```", ""]
     out += [

@@ -6,7 +6,8 @@ Latency (concurrency 1): the fake upstream answers every call after D ms. D is m
 proxy's own client (`UpstreamClient.chat`, from the proxy's CPU), the same client the proxy's
 calls use, so "added" is each case's p50 minus its sequential upstream calls x D: `off` makes
 one call; `pref_aligner` two in sequence (stage 1, then the rewrite), with the gate beside
-stage 1 when it is on; with only unrelated preferences the rewrite is skipped (one in sequence).
+stage 1 when it is on (then the first step costs D2, two concurrent direct calls); with only
+unrelated preferences the rewrite is skipped.
 Target: added p50 <= 2 ms. The cases run interleaved, in `--rounds` blocks each.
 
 CPU (concurrency 8, the fake upstream answering at once, the proxy pinned to one core): the
@@ -17,6 +18,7 @@ proxy process's CPU time per request for `off` and for `pref_aligner` with a rel
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import tempfile
 import time
@@ -57,13 +59,15 @@ class Case:
 
 
 class DirectCase:
-    """D: one chat call on the proxy's own client, from the proxy's CPU."""
+    """D: one chat call on the proxy's own client, from the proxy's CPU (`pair`: two at once,
+    as the gate and stage 1 are made, = D2)."""
 
-    name = "direct call on the proxy's client = D"
     calls = 0
     stream = False
 
-    def __init__(self, port: int, model: str) -> None:
+    def __init__(self, port: int, model: str, pair: bool = False) -> None:
+        self.pair = pair
+        self.name = "two concurrent direct calls = D2" if pair else "direct call on the proxy's client = D"
         self.client = UpstreamClient(UpstreamSettings(name="bench", base_url=f"http://127.0.0.1:{port}/v1"), private_metrics())
         self.body = {"model": model, "messages": [{"role": "user", "content": "hello benchmark"}]}
         self.result = Result()
@@ -77,7 +81,10 @@ class DirectCase:
         try:
             for _ in range(requests):
                 started = time.perf_counter()
-                await self.client.chat(self.body, request_id="bench", timeout=30, stage="bench")
+                if self.pair:
+                    await asyncio.gather(*(self.client.chat(self.body, request_id="bench", timeout=30, stage="bench") for _ in range(2)))
+                else:
+                    await self.client.chat(self.body, request_id="bench", timeout=30, stage="bench")
                 self.result.latencies.append(time.perf_counter() - started)
         finally:
             pin_self(1)
@@ -92,9 +99,10 @@ async def latency(delay_ms: int, requests: int, rounds: int, workdir: Path, upst
     model = f"delay-{delay_ms}"
     gate_off, port_off = start_proxy(upstream_port, workdir, "personalization: {relevance_gate: {mode: 'off'}}", "gate-off")
     gate_on, port_on = start_proxy(upstream_port, workdir, "personalization: {relevance_gate: {mode: llm}}", "gate-on")
-    direct = DirectCase(upstream_port, model)
+    direct, pair = DirectCase(upstream_port, model), DirectCase(upstream_port, model, pair=True)
     cases: list[Case | DirectCase] = [
         direct,
+        pair,
         Case("off", port_on, model, extension([STYLE], "off"), 1),
         Case("pref_aligner, gate off", port_off, model, extension([STYLE], "pref_aligner"), 2),
         Case("pref_aligner, gate on, relevant", port_on, model, extension([STYLE, *UNRELATED], "pref_aligner"), 2),
@@ -110,13 +118,15 @@ async def latency(delay_ms: int, requests: int, rounds: int, workdir: Path, upst
                 await case.run(per_round)
     finally:
         await direct.client.close()
+        await pair.client.close()
         for process in (gate_on, gate_off):
             stop(process)
-    d = direct.result.summary()["p50_ms"]
+    d, d2 = direct.result.summary()["p50_ms"], pair.result.summary()["p50_ms"]
     rows = []
     for case in cases:
         figures = case.result.summary()
-        rows.append((case.name, figures["p50_ms"], figures["p99_ms"], figures["p50_ms"] - case.calls * d))
+        calls = d2 + (case.calls - 1) * d if case.name.startswith("pref_aligner, gate on") else case.calls * d
+        rows.append((case.name, figures["p50_ms"], figures["p99_ms"], figures["p50_ms"] - calls))
     return rows
 
 
@@ -157,7 +167,7 @@ def report(rows: list[tuple[str, float, float, float]], costs: dict[str, float],
     print("| case | p50 ms | p99 ms | added p50 ms over its calls | target | met |")
     print("|---|---|---|---|---|---|")
     for name, p50, p99, added in rows:
-        if name.startswith("direct"):
+        if name.startswith(("direct", "two concurrent")):
             print(f"| {name} | {p50:.2f} | {p99:.2f} | – | | |")
         else:
             print(f"| {name} | {p50:.2f} | {p99:.2f} | {added:+.2f} | <= 2.00 | {'yes' if added <= 2 else 'NO'} |")
