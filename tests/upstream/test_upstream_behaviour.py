@@ -12,7 +12,10 @@ import orjson
 import pytest
 
 from proxy.errors import UpstreamProtocolError, UpstreamStatusError, UpstreamStreamBroken, UpstreamTimeout, UpstreamUnreachable
-from tests.upstream.scripted import ALL_PATHS, Caller, Request, ScriptedServer, answer, chunked, completion, gzipped, settings_for
+from proxy.metrics import private_metrics
+from proxy.upstream.client import UpstreamClient
+from proxy.upstream.events import UpstreamEventError
+from tests.upstream.scripted import ALL_PATHS, BODY, Caller, Request, ScriptedServer, answer, chunked, completion, gzipped, settings_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -309,5 +312,55 @@ async def test_bytes_an_upstream_sends_on_an_idle_connection_are_never_an_answer
             second = await call()
         assert b"unsolicited" not in second
         assert b"2" in second
+    finally:
+        await server.stop()
+
+
+async def stream_events(url: str, **overrides) -> list[dict]:
+    client = UpstreamClient(settings_for(url, **overrides), private_metrics())
+    await client.start()
+    try:
+        return [event async for event in client.stream_chat(BODY, request_id="rid", timeout=5, stage="stage2")]
+    finally:
+        await client.close()
+
+
+def sse_answer(events: bytes, *, encode: bool = False) -> bytes:
+    headers = {"Content-Type": "text/event-stream"}
+    if encode:
+        return answer(gzip.compress(events), headers={**headers, "Content-Encoding": "gzip"})
+    return answer(events, headers=headers)
+
+
+@pytest.mark.parametrize("encode", [False, True])
+async def test_a_stage_stream_ends_only_at_its_done_event(encode):
+    events = b'data: {"choices": [{"delta": {"content": "data: [DONE]"}}]}\n\ndata: {"choices": []}\n\n'
+
+    async def script(request: Request, writer) -> bool:
+        body = events + (b"data: [DONE]\n\n" if len(server.requests) > 1 else b"")
+        writer.write(sse_answer(body, encode=encode))
+        return True
+
+    server = await ScriptedServer(script).start()
+    try:
+        with pytest.raises(UpstreamEventError, match="without"):
+            await stream_events(server.url)
+        got = await stream_events(server.url)
+        assert got[0]["choices"][0]["delta"]["content"] == "data: [DONE]" and len(got) == 2
+    finally:
+        await server.stop()
+
+
+async def test_a_stage_streams_error_event_never_carries_the_key():
+    async def script(request: Request, writer) -> bool:
+        key = request.headers["authorization"]
+        writer.write(sse_answer(b'event: error\ndata: {"error": {"message": "bad %s"}}\n\n' % key.encode()))
+        return True
+
+    server = await ScriptedServer(script).start()
+    try:
+        with pytest.raises(UpstreamEventError) as raised:
+            await stream_events(server.url)
+        assert "sk-upstream-secret-key" not in raised.value.message and "[redacted]" in raised.value.message
     finally:
         await server.stop()

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.conftest import CLIENT_KEY
+from tests.conftest import CLIENT_KEY, UPSTREAM_KEY
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}", "X-Perg-Strategy": "off"}
 
@@ -96,3 +96,15 @@ def test_the_extension_never_goes_upstream_in_a_pass_through_body(proxy, fake_up
     sent = fake_upstream.received[-1]
     assert sent.path == "/v1/embeddings"
     assert b"a secret preference" not in sent.body and orjson.loads(sent.body) == {"model": "m", "input": "x"}
+
+
+@pytest.mark.parametrize("status", ["200", "400"])
+def test_an_upstream_echoing_the_proxys_key_never_hands_it_to_the_client(proxy, fake_upstream, status):
+    """The fake upstream's catch-all route echoes the request's headers, the proxy's upstream key
+    among them: relayed whole (200) or as an error (400), the key is redacted."""
+    response = httpx2.get(f"{proxy.base_url}/echo-me?status={status}", headers=AUTH, timeout=10)
+    assert response.status_code == int(status)
+    assert fake_upstream.received[-1].headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert UPSTREAM_KEY not in response.text
+    if status == "200":
+        assert "[redacted]" in response.text
