@@ -41,14 +41,17 @@ async def forward(
     response.waited = 0.0
     try:
         content_type = response.headers.get("Content-Type", "")
-        if content_type.startswith("text/event-stream") or _large_or_unknown(response):
+        # a compressed event stream is relayed as bytes: its events cannot be read unless inflated
+        sse = content_type.startswith("text/event-stream") and "Content-Encoding" not in response.headers
+        if sse or content_type.startswith("text/event-stream") or _large_or_unknown(response):
             return StreamReply(
                 status=response.status,
                 headers=client_response_headers(response.headers, encoded=True),
                 chunks=response.chunks(),
                 close=lambda: _close(stack, turn, response),
-                sse=content_type.startswith("text/event-stream"),
-                expect_done=path in SSE_DONE_PATHS,
+                content_type=content_type.split(";", 1)[0].strip() or "application/octet-stream",
+                sse=sse,
+                expect_done=sse and path in SSE_DONE_PATHS,
             )
         body = await response.read()
     except BaseException:

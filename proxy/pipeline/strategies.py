@@ -43,6 +43,8 @@ async def forward_chat(turn: Turn, ctx: PipelineContext, body: dict[str, Any] | 
     settings = upstream.settings
     headers = upstream_request_headers(turn.headers, turn.request_id, settings.api_key, settings.headers)
     headers["Content-Type"] = "application/json"
+    if turn.stream:  # the proxy reads the events (their [DONE]): they must come uncompressed
+        headers.popall("Accept-Encoding", None)
     data = turn.forward_body() if body is None else orjson.dumps(body)
     reply = await forward(turn, upstream, "POST", "/chat/completions", data=data, headers=headers)
     if isinstance(reply, Reply) and reply.status == 200:

@@ -108,3 +108,26 @@ def test_an_upstream_echoing_the_proxys_key_never_hands_it_to_the_client(proxy, 
     assert UPSTREAM_KEY not in response.text
     if status == "200":
         assert "[redacted]" in response.text
+
+
+def test_a_streamed_download_keeps_its_content_type(proxy, fake_upstream):
+    with httpx2.stream("GET", f"{proxy.base_url}/files/f1/content?size=3000000", headers=AUTH, timeout=30) as response:
+        body = b"".join(response.iter_bytes())
+    assert len(body) == 3_000_000
+    assert not response.headers["content-type"].startswith("text/event-stream"), response.headers["content-type"]
+
+
+def test_a_streamed_chat_request_asks_for_uncompressed_events(proxy, fake_upstream):
+    response = chat(proxy, "echo", stream=True)
+    assert response.text.rstrip().endswith("data: [DONE]")
+    assert "accept-encoding" not in {name.lower() for name in fake_upstream.received[-1].headers}
+
+
+def test_a_compressed_event_stream_is_relayed_as_bytes_untouched(proxy, fake_upstream):
+    events = b'data: {"choices": []}\n\ndata: [DONE]\n\n'
+    fake_upstream.scripts["gzsse"] = lambda body: web.Response(
+        body=gzip.compress(events), headers={"Content-Encoding": "gzip", "Content-Type": "text/event-stream"}
+    )
+    response = chat(proxy, "script:gzsse", stream=True)  # an upstream that compresses unasked
+    assert response.headers["content-encoding"] == "gzip"
+    assert response.content == events  # inflated by the client, not by the proxy; nothing appended
