@@ -7,18 +7,27 @@ from typing import Any
 
 import orjson
 
-from ..errors import CallFailed
+from ..errors import CallFailed, UpstreamProtocolError
 from ..turn import Reply, StreamReply, Turn
 from .context import PipelineContext
 from .strategies import serve_chat
 
+READ_LIMIT = 64 * 1024 * 1024  # as for the proxy's own calls (`upstream.client.ANSWER_LIMIT`)
+
 
 async def read_whole(reply: Reply | StreamReply) -> bytes:
-    """The whole body of a reply; a `StreamReply` (an upstream that sent no length) is read and closed."""
+    """The whole body of a reply, at most `READ_LIMIT` bytes; a `StreamReply` (an upstream that
+    sent no length) is read and closed."""
     if isinstance(reply, Reply):
         return reply.body
+    parts, size = [], 0
     try:
-        return b"".join([chunk async for chunk in reply.chunks])
+        async for chunk in reply.chunks:
+            size += len(chunk)
+            if size > READ_LIMIT:
+                raise UpstreamProtocolError(f"the answer is larger than {READ_LIMIT} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
     finally:
         await reply.close()
 

@@ -131,3 +131,26 @@ def test_a_compressed_event_stream_is_relayed_as_bytes_untouched(proxy, fake_ups
     response = chat(proxy, "script:gzsse", stream=True)  # an upstream that compresses unasked
     assert response.headers["content-encoding"] == "gzip"
     assert response.content == events  # inflated by the client, not by the proxy; nothing appended
+
+
+async def test_an_in_process_answer_is_read_whole_only_up_to_a_bound(monkeypatch):
+    """The monitor's and eval's in-process answers read a body without a length whole: bounded."""
+    from multidict import CIMultiDict
+
+    from proxy.errors import UpstreamProtocolError
+    from proxy.pipeline import inprocess
+    from proxy.turn import StreamReply
+
+    async def endless():
+        while True:
+            yield b"x" * 1024
+
+    closed = []
+
+    async def close() -> None:
+        closed.append(True)
+
+    monkeypatch.setattr(inprocess, "READ_LIMIT", 64 * 1024)
+    with pytest.raises(UpstreamProtocolError, match="larger than"):
+        await inprocess.read_whole(StreamReply(200, CIMultiDict(), endless(), close))
+    assert closed == [True]
