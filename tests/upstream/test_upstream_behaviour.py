@@ -364,3 +364,11 @@ async def test_a_stage_streams_error_event_never_carries_the_key():
         assert "sk-upstream-secret-key" not in raised.value.message and "[redacted]" in raised.value.message
     finally:
         await server.stop()
+
+
+def test_the_base_urls_query_comes_before_the_clients():
+    client = UpstreamClient(settings_for("https://x.example/openai/deployments/d/?api-version=1"), private_metrics())
+    assert str(client.url("/files", "limit=3")) == "https://x.example/openai/deployments/d/files?api-version=1&limit=3"
+    assert str(client.url("/files")) == "https://x.example/openai/deployments/d/files?api-version=1"
+    plain = UpstreamClient(settings_for("http://127.0.0.1:1/v1"), private_metrics())
+    assert str(plain.url("/models", "a=%2F")) == "http://127.0.0.1:1/v1/models?a=%2F"
