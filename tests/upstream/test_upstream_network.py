@@ -230,3 +230,18 @@ async def test_one_connection_limit_counts_every_call_of_the_process():
     finally:
         await app.close()
         await server.stop()
+
+
+@pytest.mark.parametrize(
+    ("upstream", "message"),
+    [
+        ("  - name: u\n    base_url: http://127.0.0.1:1/v1\n    client_key: key.pem\n", "client_key is set without client_cert"),
+        ("  - name: u\n    base_url: http://127.0.0.1:1/v1#frag\n", "fragment"),
+        ("  - name: u\n    base_url: http://127.0.0.1:1/v1\n    trust_env: maybe\n", "trust_env"),
+    ],
+)
+def test_network_settings_are_checked_at_start(tmp_path, upstream, message):
+    config = tmp_path / "config.yaml"
+    config.write_text("upstreams:\n" + upstream)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(config)
