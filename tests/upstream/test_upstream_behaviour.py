@@ -124,6 +124,32 @@ async def test_an_upstream_silent_mid_body_hits_the_idle_deadline(path):
         await server.stop()
 
 
+async def test_an_upstream_that_trickles_hits_the_total_deadline(path):
+    """Never silent for `idle`, but never done: the total deadline ends it."""
+
+    async def script(request: Request, writer) -> bool:
+        whole = answer(completion())
+        head = whole.index(b"\r\n\r\n") + 4
+        writer.write(whole[:head])  # the headers at once, then the body a byte at a time
+        for byte in range(head, len(whole) - 1):
+            writer.write(whole[byte : byte + 1])
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        return False
+
+    server = await ScriptedServer(script).start()
+    try:
+        timeouts = {"connect": 1, "first_byte": 5 if path != "eval" else 0.6, "idle": 0.6, "total": 0.6}
+        async with Caller(path, settings_for(server.url, timeouts=timeouts)) as call:
+            started = time.monotonic()
+            error = await call.error()
+        assert isinstance(error, UpstreamTimeout), error
+        assert 0.5 < time.monotonic() - started < 3
+        assert len(server.requests) == 1
+    finally:
+        await server.stop()
+
+
 async def test_an_upstream_that_never_answers_hits_the_first_byte_deadline(path):
     async def script(request: Request, writer) -> bool:
         await asyncio.sleep(30)
