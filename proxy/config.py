@@ -67,7 +67,7 @@ class UpstreamSettings(Section):
     headers: dict[str, str] = Field(default_factory=dict)
     timeouts: Timeouts = Timeouts()
     retries: Retries = Retries()
-    structured_output: StructuredOutput = "json_schema"
+    structured_output: StructuredOutput = "json_object_schema"
     max_connections: int = Field(256, ge=1)
     # HTTP(S)_PROXY / NO_PROXY (and ~/.netrc) from the environment
     trust_env: bool = True
@@ -122,9 +122,34 @@ class StageSettings(Section):
     max_tokens: int | None = Field(None, gt=0)
 
 
+def _yaml_off(value: Any) -> Any:
+    """YAML 1.1 reads a bare `off` as false: take it for the mode it names."""
+    return "off" if value is False else value
+
+
+class AlignerSettings(StageSettings):
+    """Stage 2, its deterministic guards and the optional verifier (docs/configuration.md)."""
+
+    guards: bool = True
+    min_length_ratio: float = Field(0.3, ge=0, le=1)
+    verify: Literal["off", "llm"] = "off"
+    verify_streams: Literal["off", "buffer"] = "off"
+    verify_max_tokens: int = Field(96, gt=0)
+
+    @field_validator("verify", "verify_streams", mode="before")
+    @classmethod
+    def _off(cls, value: Any) -> Any:
+        return _yaml_off(value)
+
+
 class GateSettings(StageSettings):
     mode: Literal["llm", "aligner", "off"] = "llm"
     timeout_seconds: PositiveFloat = 20.0
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _off(cls, value: Any) -> Any:
+        return _yaml_off(value)
 
 
 class PromptFiles(Section):
@@ -135,7 +160,7 @@ class PromptFiles(Section):
 
 class PersonalizationSettings(Section):
     default_strategy: Strategy = "pref_aligner"
-    aligner: StageSettings = StageSettings()
+    aligner: AlignerSettings = AlignerSettings()
     relevance_gate: GateSettings = GateSettings()
     max_preferences: int = Field(32, ge=1)
     max_preference_chars: int = Field(1000, ge=1)

@@ -115,7 +115,7 @@ class Metrics:
         )
         self.gate_outcomes = self._counter(
             "perg_gate_outcomes",
-            "Relevance gate decisions: relevant, irrelevant, unparseable or error (both fail open).",
+            "Relevance gate decisions: relevant, irrelevant, or failed_open (an error or an unreadable reply: every preference counts).",
             ("outcome",),
         )
         self.profile_errors = self._counter(

@@ -41,11 +41,14 @@ class Turn:
     shadow: bool = False
     draft: str | None = None
     answer: str | None = None
+    fallback_reason: str | None = None
     captured: bytearray | None = None
     # accounting
     upstream_wait: float = 0.0
     client_wait: float = 0.0
     first_token_at: float | None = None
+    _waits: int = 0
+    _wait_since: float = 0.0
     status: int | None = None
     error_code: str | None = None
 
@@ -53,17 +56,25 @@ class Turn:
         return time.perf_counter() - self.started
 
     def overhead(self) -> float:
-        """Seconds spent in the proxy itself: elapsed minus upstream and client waits."""
-        return max(0.0, self.elapsed() - self.upstream_wait - self.client_wait)
+        """Seconds spent in the proxy itself: elapsed minus upstream and client waits, a wait
+        still under way included (a stream's headers go out while stage 1 is running)."""
+        ongoing = time.perf_counter() - self._wait_since if self._waits else 0.0
+        return max(0.0, self.elapsed() - self.upstream_wait - ongoing - self.client_wait)
 
     @contextmanager
     def waiting(self) -> Iterator[None]:
-        """Count the time spent in this block as upstream wait (excluded from the overhead)."""
-        started = time.perf_counter()
+        """Count the time spent in this block as upstream wait (excluded from the overhead).
+        Blocks that overlap (stage 1 and the gate, the choices of `n > 1`) count once: the wait
+        is the time at least one of them was open."""
+        if not self._waits:
+            self._wait_since = time.perf_counter()
+        self._waits += 1
         try:
             yield
         finally:
-            self.upstream_wait += time.perf_counter() - started
+            self._waits -= 1
+            if not self._waits:
+                self.upstream_wait += time.perf_counter() - self._wait_since
 
     def forward_body(self) -> bytes:
         """The request body to send upstream: the client's bytes when nothing was taken out."""

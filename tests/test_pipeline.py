@@ -59,7 +59,7 @@ def test_pref_aligner_stages_receive_exactly_what_they_should(aligner, fake_upst
 
     (gate,) = fake_upstream.chat_bodies("gate")
     assert f"p1: {STYLE}" in gate["messages"][1]["content"] and f"p2: {UNRELATED}" in gate["messages"][1]["content"]
-    assert gate["response_format"]["type"] == "json_schema"
+    assert gate["response_format"]["type"] == "json_object" and "schema" in gate["response_format"]
 
     (stage2,) = fake_upstream.chat_bodies("aligner")
     prompt = stage2["messages"][1]["content"]
@@ -111,13 +111,13 @@ def test_unparseable_gate_fails_open_and_is_counted(start_proxy, fake_upstream):
     response = chat(proxy, prefs=[UNRELATED])
     assert response.headers["x-perg-aligned"] == "true"
     assert f"- {UNRELATED}" in fake_upstream.chat_bodies("aligner")[0]["messages"][1]["content"]
-    assert proxy.metric("perg_gate_outcomes_total", {"outcome": "unparseable"}) == 1
+    assert proxy.metric("perg_gate_outcomes_total", {"outcome": "failed_open"}) == 1
 
 
 def test_failed_gate_fails_open(start_proxy, fake_upstream):
     proxy = start_proxy(personalization={"default_strategy": "pref_aligner", "relevance_gate": {"model": "error-500"}})
     assert chat(proxy, prefs=[UNRELATED]).headers["x-perg-aligned"] == "true"
-    assert proxy.metric("perg_gate_outcomes_total", {"outcome": "error"}) == 1
+    assert proxy.metric("perg_gate_outcomes_total", {"outcome": "failed_open"}) == 1
 
 
 def test_gate_off_and_aligner_modes(start_proxy, fake_upstream):
@@ -412,10 +412,26 @@ def test_streaming_skipped_and_fallback_serve_the_draft(start_proxy, fake_upstre
         assert stream_text(list(skipped.parse())) == QUESTION
 
 
-def test_streaming_stage2_breaking_midway_is_an_in_band_error(start_proxy, fake_upstream):
+LONG_QUESTION = "Explain in detail why the sky looks blue on a clear day and red at sunset, please."
+
+
+def test_streaming_stage2_breaking_midway_serves_the_draft_when_guarded(start_proxy, fake_upstream):
+    """The guards hold the rewrite until it is whole, so a stage 2 that breaks has sent nothing yet."""
     proxy = start_proxy(personalization={"default_strategy": "pref_aligner", "aligner": {"model": "stream-break"}})
+    with sdk(proxy) as c:
+        stream = c.chat.completions.create(
+            model="echo", messages=[{"role": "user", "content": LONG_QUESTION}], stream=True,
+            extra_body={"personalization": {"preferences": [STYLE]}},
+        )  # fmt: skip
+        text = "".join(part.choices[0].delta.content or "" for part in stream if part.choices)
+    assert text == LONG_QUESTION
+    assert proxy.metric("perg_aligner_fallbacks_total", {"reason": "upstream_stream_broken"}) == 1
+
+
+def test_streaming_stage2_breaking_midway_is_an_in_band_error(start_proxy, fake_upstream):
+    proxy = start_proxy(personalization={"default_strategy": "pref_aligner", "aligner": {"model": "stream-break", "guards": False}})
     with sdk(proxy) as c, pytest.raises(openai.APIError) as caught:
-        long_question = "Explain in detail why the sky looks blue on a clear day and red at sunset, please."
+        long_question = LONG_QUESTION
         list(
             c.chat.completions.create(
                 model="echo",

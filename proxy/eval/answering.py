@@ -5,9 +5,11 @@ metrics registry: the same prompts, the same relevance gate, the same rewrite pa
 fallbacks as live traffic, with nothing re-implemented. The no-preference baseline is the `off`
 strategy with no preferences (the request goes upstream untouched).
 
-Strategies by name: `naive`, `pref_aligner` (relevance gate `llm`, the proxy's default) and
+Strategies by name: `naive`, `pref_aligner` (relevance gate `llm`, the proxy's default, without the
+guards: the rewrite as stage 2 gives it), `pref_aligner_guarded` (the deterministic guards, the
+proxy's default), `pref_aligner_verified` (the guards and the LLM verifier, `aligner.verify: llm`),
 `pref_aligner_gate_<mode>` for the other gate modes (`off`, `aligner`: every preference goes to
-the rewrite, which may answer UNCHANGED); and the paper's other baselines, `cot`, `icl` and
+the rewrite, which may answer UNCHANGED; no guards); and the paper's other baselines, `cot`, `icl` and
 `self_critic`, built from plain calls (`baselines`). Under the paper's protocol `naive` and
 `pref_aligner` are the paper's forms (`baselines` too) and the gate variants do not exist.
 """
@@ -17,18 +19,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from ..config import GateSettings, PersonalizationSettings, PromptFiles, StageSettings, UpstreamSettings
+from ..config import AlignerSettings, GateSettings, PersonalizationSettings, PromptFiles, UpstreamSettings
 from ..metrics import private_metrics
 from ..perg.cases import PROMPT_VERSION
 from ..pipeline.chat import first_content
 from ..pipeline.context import PipelineContext
+from ..pipeline.guards import GUARDS_VERSION
 from ..pipeline.inprocess import complete
-from ..prompts.loader import Prompts
+from ..prompts.loader import Prompts, load_prompt
 from ..upstream.client import Upstreams
 
 GATE_MODES = ("llm", "aligner", "off")
 BASELINE = "baseline"
 PROMPTED = ("cot", "icl", "self_critic")
+CHECKED = {"pref_aligner_guarded": "off", "pref_aligner_verified": "llm"}  # name -> aligner.verify, guards on
 
 
 class EvalStrategy(NamedTuple):
@@ -37,6 +41,8 @@ class EvalStrategy(NamedTuple):
     name: str
     pipeline: str  # off | naive | pref_aligner (the proxy's) | prompted | paper_aligner (`baselines`)
     gate: str | None = None
+    guards: bool = False
+    verify: str = "off"
 
 
 BASELINE_STRATEGY = EvalStrategy(BASELINE, "off")
@@ -52,11 +58,13 @@ def parse_strategy(name: str, protocol: str = "proxy") -> EvalStrategy:
         return EvalStrategy(name, "paper_aligner") if paper else EvalStrategy(name, "pref_aligner", "llm")
     if name in PROMPTED:
         return EvalStrategy(name, "prompted")
+    if not paper and name in CHECKED:
+        return EvalStrategy(name, "pref_aligner", "llm", guards=True, verify=CHECKED[name])
     prefix = "pref_aligner_gate_"
     if not paper and name.startswith(prefix) and name[len(prefix) :] in GATE_MODES:
         return EvalStrategy(name, "pref_aligner", name[len(prefix) :])
     gates = [] if paper else [prefix + mode for mode in GATE_MODES]
-    choices = ", ".join(["naive", "pref_aligner", *gates, *PROMPTED])
+    choices = ", ".join(["naive", "pref_aligner", *([] if paper else CHECKED), *gates, *PROMPTED])
     raise ValueError(f"unknown strategy {name!r} under the {protocol} protocol; choose from {choices}")
 
 
@@ -68,13 +76,14 @@ class Answer:
     text: str
     aligned: str | None = None
     draft: str | None = None
+    reason: str | None = None  # why a fallback served the draft
 
     def to_json(self) -> dict[str, Any]:
-        return {"text": self.text, "aligned": self.aligned, "draft": self.draft}
+        return {"text": self.text, "aligned": self.aligned, "draft": self.draft, "reason": self.reason}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Answer:
-        return cls(text=data["text"], aligned=data.get("aligned"), draft=data.get("draft"))
+        return cls(text=data["text"], aligned=data.get("aligned"), draft=data.get("draft"), reason=data.get("reason"))
 
 
 class Answerer:
@@ -85,7 +94,7 @@ class Answerer:
         self.upstreams = Upstreams((upstream,), self.metrics)
         self.prompts = Prompts.load(prompts or PromptFiles())
         self._timeout = timeout
-        self._contexts: dict[str | None, PipelineContext] = {}
+        self._contexts: dict[tuple[str | None, bool, str], PipelineContext] = {}
 
     async def start(self) -> None:
         await self.upstreams.start()
@@ -93,16 +102,17 @@ class Answerer:
     async def close(self) -> None:
         await self.upstreams.close()
 
-    def context(self, gate: str | None) -> PipelineContext:
-        """The pipeline for a gate mode; stage timeouts are the benchmark's call timeout, so a slow
-        model is measured, not timed out into fallbacks."""
-        if gate not in self._contexts:
+    def context(self, strategy: EvalStrategy) -> PipelineContext:
+        """The pipeline for a strategy's gate mode, guards and verifier; stage timeouts are the
+        benchmark's call timeout, so a slow model is measured, not timed out into fallbacks."""
+        key = (strategy.gate, strategy.guards, strategy.verify)
+        if key not in self._contexts:
             settings = PersonalizationSettings(
-                aligner=StageSettings(timeout_seconds=self._timeout),
-                relevance_gate=GateSettings(mode=gate or "llm", timeout_seconds=self._timeout),
+                aligner=AlignerSettings(timeout_seconds=self._timeout, guards=strategy.guards, verify=strategy.verify),
+                relevance_gate=GateSettings(mode=strategy.gate or "llm", timeout_seconds=self._timeout),
             )
-            self._contexts[gate] = PipelineContext(settings, self.upstreams, self.metrics, self.prompts)
-        return self._contexts[gate]
+            self._contexts[key] = PipelineContext(settings, self.upstreams, self.metrics, self.prompts)
+        return self._contexts[key]
 
     def prompt_version(self, strategy: EvalStrategy) -> str:
         """The MCQ prompt's version and the versions of the pipeline prompts the strategy uses."""
@@ -113,10 +123,14 @@ class Answerer:
             parts.append(f"aligner:{self.prompts.aligner.version}")
             if strategy.gate == "llm":
                 parts.append(f"gate:{self.prompts.gate.version}")
+            if strategy.guards:
+                parts.append(f"guards:{GUARDS_VERSION}")
+            if strategy.verify != "off":
+                parts.append(f"verify:{load_prompt('judge_consistency').version}")
         return "+".join(parts)
 
     async def answer(self, request_id: str, body: dict[str, Any], strategy: EvalStrategy, preferences: tuple[str, ...]) -> Answer:
         """The answer `strategy` gives to a (non-streamed) request; failures raise."""
-        data, turn = await complete(self.context(strategy.gate), request_id, body, strategy.pipeline, preferences)
+        data, turn = await complete(self.context(strategy), request_id, body, strategy.pipeline, preferences)
         aligned = turn.aligned if strategy.pipeline == "pref_aligner" else None
-        return Answer(first_content(data)[0], aligned, turn.draft if aligned is not None else None)
+        return Answer(first_content(data)[0], aligned, turn.draft if aligned is not None else None, turn.fallback_reason)

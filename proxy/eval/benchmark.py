@@ -147,6 +147,7 @@ def describe_run(
     outcomes = _aligner_outcomes(results)
     if outcomes:
         meta["Pref-Aligner outcomes"] = outcomes
+        meta["Pref-Aligner fallbacks by reason"] = _fallback_reasons(results)
     if stats.drafts_compared:
         equal = stats.drafts_compared - stats.drafts_differ
         meta["stage-1 drafts equal to the baseline answer"] = f"{equal} of {stats.drafts_compared}"
@@ -184,6 +185,24 @@ def _aligner_outcomes(results: Sequence[CaseResult]) -> str:
         f"{strategy}: " + ", ".join(f"{value} {count}" for value, count in sorted(counts.items()))
         for strategy, counts in by_strategy.items()
     )
+
+
+def _fallback_reasons(results: Sequence[CaseResult]) -> str:
+    """Per Pref-Aligner strategy: the share of answered cases that served the draft, and why."""
+    answered: Counter[str] = Counter()
+    reasons: dict[str, Counter[str]] = {}
+    for result in results:
+        if result.aligned is not None:
+            answered[result.strategy] += 1
+            counts = reasons.setdefault(result.strategy, Counter())
+            if result.aligned == "fallback":
+                counts[result.fallback_reason or "unknown"] += 1
+    parts = []
+    for strategy, total in answered.items():
+        counts = reasons[strategy]
+        detail = ", ".join(f"{reason} {count} ({100 * count / total:.1f}%)" for reason, count in counts.most_common())
+        parts.append(f"{strategy}: {100 * sum(counts.values()) / total:.1f}% of {total}" + (f" ({detail})" if detail else ""))
+    return "; ".join(parts)
 
 
 def _timings(stats: RunStats, names: Sequence[str]) -> str:

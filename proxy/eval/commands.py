@@ -92,7 +92,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "--strategies",
         type=_csv_list,
         default=_default("strategies"),
-        help="comma-separated: naive, pref_aligner, pref_aligner_gate_off, pref_aligner_gate_aligner (proxy protocol), "
+        help="comma-separated: naive, pref_aligner, pref_aligner_guarded, pref_aligner_verified, pref_aligner_gate_off, "
+        "pref_aligner_gate_aligner (proxy protocol), "
         "cot, icl, self_critic (default: naive,pref_aligner)",
     )
     p.add_argument("--limit", type=int, help="at most N items (a seeded choice; default: all)")

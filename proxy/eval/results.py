@@ -63,6 +63,7 @@ class CaseResult(BaseModel):
     pref_letter: str | None = None
     pref_extraction: str = "none"
     aligned: str | None = None
+    fallback_reason: str | None = None
     follow_score: int | None = Field(None, ge=1, le=5)
     follow_reason: str | None = None
     errors: dict[str, str] = Field(default_factory=dict)

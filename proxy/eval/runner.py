@@ -124,7 +124,13 @@ class Runner:
             return CaseResult(**fields, errors=errors)
         self._compare_draft(answer, baseline)
         pref = await self.letter(item, case.setting, strategy.name, answer.text, errors, "extract")
-        fields.update(pref_answer=answer.text, pref_letter=pref.letter, pref_extraction=pref.method, aligned=answer.aligned)
+        fields.update(
+            pref_answer=answer.text,
+            pref_letter=pref.letter,
+            pref_extraction=pref.method,
+            aligned=answer.aligned,
+            fallback_reason=answer.reason,
+        )
         if case.relevant:
             verdict = await self.follow(unit, case, strategy, baseline.text, answer.text, errors)
             if verdict is not None:

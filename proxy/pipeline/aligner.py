@@ -20,10 +20,12 @@ from multidict import CIMultiDict
 from ..errors import ProxyError
 from ..prompts.loader import preference_lines
 from ..turn import Reply, Turn
-from .chat import add_usage, first_content, keep_as_is, last_user_query
+from .chat import add_usage, first_content, keep_as_is, last_user_query, served_unchanged
 from .context import PipelineContext
 from .gate import relevant_preferences
+from .guards import check_rewrite, structured_draft
 from .rewrite import parse_rewrite
+from .verify import verify_rewrite
 
 log = structlog.get_logger("perg.aligner")
 HEADER_PRIORITY = ("fallback", "true", "skipped", "false")
@@ -38,6 +40,8 @@ class RewritePlan:
     query: str
     relevant: tuple[str, ...]
     usage: dict[str, int] | None
+    stage1_usage: dict[str, int] | None = None
+    gate_usage: dict[str, int] | None = None
 
 
 @dataclass(slots=True)
@@ -51,6 +55,7 @@ class Outcome:
     usage: Any = None
     reason: str | None = None
     draft: str = field(default="")
+    verify_usage: Any = None
 
 
 def stage1_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +67,7 @@ async def plan(turn: Turn, ctx: PipelineContext) -> RewritePlan:
     assert turn.body is not None
     query = last_user_query(turn.body["messages"])
     gate = None
-    if ctx.settings.relevance_gate.mode == "llm":
+    if ctx.settings.relevance_gate.mode == "llm" and not served_unchanged(turn.body):
         gate = asyncio.create_task(relevant_preferences(turn, ctx, query))
     upstream = ctx.upstreams.for_model(turn.model or "")
     try:
@@ -76,8 +81,9 @@ async def plan(turn: Turn, ctx: PipelineContext) -> RewritePlan:
             gate.cancel()
             with suppress(asyncio.CancelledError, Exception):
                 await gate  # stage 1 failed: the gate's answer is not needed
-    usage = add_usage(add_usage(None, stage1.data.get("usage")), gate_usage)
-    return RewritePlan(stage1.data, stage1.headers, query, relevant, usage)
+    stage1_usage, gate_usage = add_usage(None, stage1.data.get("usage")), add_usage(None, gate_usage)
+    usage = add_usage(stage1_usage, gate_usage)
+    return RewritePlan(stage1.data, stage1.headers, query, relevant, usage, stage1_usage, gate_usage)
 
 
 def aligner_body(turn: Turn, ctx: PipelineContext, model: str, query: str, draft: str, relevant: tuple[str, ...]) -> dict[str, Any]:
@@ -98,12 +104,13 @@ def aligner_body(turn: Turn, ctx: PipelineContext, model: str, query: str, draft
     return body
 
 
-def preset(choice: dict[str, Any], turn: Turn, relevant: tuple[str, ...]) -> Outcome | None:
-    """The outcome of a choice that needs no stage 2, or None when it must be rewritten."""
+def preset(choice: dict[str, Any], turn: Turn, relevant: tuple[str, ...], guards: bool = True) -> Outcome | None:
+    """The outcome of a choice that needs no stage 2, or None when it must be rewritten. With the
+    guards on, a structured draft (JSON, one fenced block) is never rewritten."""
     message = choice.get("message") or {}
     content = message.get("content")
     draft = content if isinstance(content, str) else ""
-    if keep_as_is(choice, turn.body or {}):
+    if keep_as_is(choice, turn.body or {}) or (guards and structured_draft(draft)):
         return Outcome(draft, "unchanged", "false", choice.get("finish_reason"), draft=draft)
     if not relevant:
         return Outcome(draft, "skipped", "skipped", choice.get("finish_reason"), draft=draft)
@@ -112,7 +119,7 @@ def preset(choice: dict[str, Any], turn: Turn, relevant: tuple[str, ...]) -> Out
 
 async def rewrite_choice(turn: Turn, ctx: PipelineContext, p: RewritePlan, choice: dict[str, Any]) -> Outcome:
     """Stage 2 for one choice (non-streaming)."""
-    done = preset(choice, turn, p.relevant)
+    done = preset(choice, turn, p.relevant, ctx.settings.aligner.guards)
     if done is not None:
         return done
     draft = choice["message"]["content"]
@@ -123,18 +130,27 @@ async def rewrite_choice(turn: Turn, ctx: PipelineContext, p: RewritePlan, choic
     except ProxyError as error:
         return Outcome(draft, "fallback", "fallback", choice.get("finish_reason"), reason=error.code, draft=draft)
     content, finish = first_content(result.data)
-    return judge_rewrite(ctx, content, finish, draft, choice.get("finish_reason"), result.data.get("usage"))
-
-
-def judge_rewrite(ctx: PipelineContext, content: str, finish: str | None, draft: str, draft_finish: str | None, usage: Any) -> Outcome:
     parsed = parse_rewrite(content, ctx.prompts.aligner.headings)
-    if parsed.unchanged:
+    outcome = judge_rewrite(ctx, p, parsed.text, parsed.unchanged, finish, draft, choice.get("finish_reason"), result.data.get("usage"))
+    return await verify_rewrite(turn, ctx, p.query, outcome)
+
+
+def judge_rewrite(
+    ctx: PipelineContext, p: RewritePlan, text: str, unchanged: bool, finish: str | None, draft: str, draft_finish: str | None, usage: Any
+) -> Outcome:
+    """What a finished rewrite serves: itself when it passes the checks, else the draft."""
+    if unchanged:
         return Outcome(draft, "unchanged", "skipped", draft_finish, usage, draft=draft)
-    if not usable(parsed.text):
-        return Outcome(draft, "fallback", "fallback", draft_finish, usage, reason="unusable_reply", draft=draft)
-    if finish == "length":
-        return Outcome(draft, "fallback", "fallback", draft_finish, usage, reason="truncated_reply", draft=draft)
-    return Outcome(parsed.text, "aligned", "true", draft_finish, usage, draft=draft)
+    settings = ctx.settings.aligner
+    if not usable(text):
+        reason: str | None = "unusable_reply"
+    elif settings.guards:
+        reason = check_rewrite(draft, text, finish, p.query, p.relevant, ctx.prompts.aligner.headings, settings.min_length_ratio)
+    else:
+        reason = "truncated_reply" if finish == "length" else None
+    if reason is not None:
+        return Outcome(draft, "fallback", "fallback", draft_finish, usage, reason=reason, draft=draft)
+    return Outcome(text, "aligned", "true", draft_finish, usage, draft=draft)
 
 
 def usable(text: str) -> bool:
@@ -151,6 +167,7 @@ def aligned_header(outcomes: list[Outcome]) -> str:
 def record(turn: Turn, ctx: PipelineContext, outcomes: list[Outcome]) -> None:
     if outcomes:
         turn.draft, turn.answer = outcomes[0].draft, outcomes[0].text
+        turn.fallback_reason = outcomes[0].reason if outcomes[0].outcome == "fallback" else None
     for outcome in outcomes:
         ctx.metrics.aligner_outcomes.labels("pref_aligner", outcome.outcome).inc()
         if outcome.outcome == "fallback":
@@ -159,13 +176,24 @@ def record(turn: Turn, ctx: PipelineContext, outcomes: list[Outcome]) -> None:
     turn.aligned = aligned_header(outcomes)
 
 
-def personalization_field(turn: Turn, outcomes: list[Outcome]) -> dict[str, Any]:
-    return {
-        "strategy": turn.strategy,
-        "aligned": turn.aligned,
-        "draft": outcomes[0].draft if outcomes else "",
-        "choices": [{"index": i, "draft": o.draft, "outcome": o.outcome} for i, o in enumerate(outcomes)],
-    }
+def personalization_field(turn: Turn, p: RewritePlan | None, outcomes: list[Outcome]) -> dict[str, Any]:
+    """The response's `personalization` object: the drafts only with `return_draft: true`."""
+    field: dict[str, Any] = {"strategy": turn.strategy, "aligned": turn.aligned, "usage": usage_parts(p, outcomes)}
+    if turn.return_draft:
+        field["draft"] = outcomes[0].draft if outcomes else ""
+        field["choices"] = [
+            {"index": i, "draft": o.draft, "outcome": o.outcome, **({"reason": o.reason} if o.reason else {})}
+            for i, o in enumerate(outcomes)
+        ]
+    return field
+
+
+def usage_parts(p: RewritePlan | None, outcomes: list[Outcome]) -> dict[str, Any]:
+    """Each call's share of `usage`: stage1, gate, stage2 (all choices), verify; null when not made."""
+    stage2 = verify = None
+    for outcome in outcomes:
+        stage2, verify = add_usage(stage2, outcome.usage), add_usage(verify, outcome.verify_usage)
+    return {"stage1": p.stage1_usage if p else None, "gate": p.gate_usage if p else None, "stage2": stage2, "verify": verify}
 
 
 async def serve_pref_aligner(turn: Turn, ctx: PipelineContext) -> Reply:
@@ -182,11 +210,10 @@ async def serve_pref_aligner(turn: Turn, ctx: PipelineContext) -> Reply:
     data["choices"] = [served_choice(choice, outcome) for choice, outcome in zip(choices, outcomes, strict=True)]
     usage = p.usage
     for outcome in outcomes:
-        usage = add_usage(usage, outcome.usage)
+        usage = add_usage(add_usage(usage, outcome.usage), outcome.verify_usage)
     if usage is not None:
         data["usage"] = {**(p.draft.get("usage") or {}), **usage}
-    if turn.return_draft:
-        data["personalization"] = personalization_field(turn, outcomes)
+    data["personalization"] = personalization_field(turn, p, outcomes)
     turn.usage = data.get("usage")
     return Reply(200, response_headers(p.headers), orjson.dumps(data))
 

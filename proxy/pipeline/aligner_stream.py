@@ -19,10 +19,11 @@ from multidict import CIMultiDict
 from ..errors import ProxyError
 from ..turn import StreamReply, Turn
 from ..upstream.events import DONE, HEARTBEAT, data_event
-from .aligner import Outcome, RewritePlan, aligned_header, aligner_body, personalization_field, plan, preset, record, usable
+from .aligner import Outcome, RewritePlan, aligned_header, aligner_body, judge_rewrite, personalization_field, plan, preset, record, usable
 from .chat import add_usage, chunk, delta_choice, stream_template
 from .context import PipelineContext
 from .rewrite import RewriteFilter
+from .verify import verify_rewrite, wants_verify
 
 
 class StageTwoBroke(ProxyError):
@@ -83,7 +84,7 @@ async def stream_events(turn: Turn, ctx: PipelineContext) -> AsyncGenerator[byte
                     p, template, usage = item, stream_template(item.draft), item.usage
                 elif isinstance(item, Outcome):
                     outcomes[index] = item
-                    usage = add_usage(usage, item.usage)
+                    usage = add_usage(add_usage(usage, item.usage), item.verify_usage)
                 else:
                     header = item.pop("_header", None)
                     if not announced:
@@ -102,7 +103,7 @@ async def stream_events(turn: Turn, ctx: PipelineContext) -> AsyncGenerator[byte
                 await stages
     ordered = [outcomes[i] for i in sorted(outcomes)]
     record_stream(turn, ctx, ordered)
-    yield final_event(turn, template, ordered, usage) + DONE
+    yield final_event(turn, template, ordered, usage, p) + DONE
 
 
 async def run_stages(turn: Turn, ctx: PipelineContext, queue: asyncio.Queue) -> None:
@@ -129,13 +130,17 @@ def record_stream(turn: Turn, ctx: PipelineContext, outcomes: list[Outcome]) -> 
         turn.aligned = "pending"
 
 
-def final_event(turn: Turn, template: dict[str, Any], outcomes: list[Outcome], usage: dict[str, int] | None) -> bytes:
+def final_event(
+    turn: Turn, template: dict[str, Any], outcomes: list[Outcome], usage: dict[str, int] | None, p: RewritePlan | None
+) -> bytes:
+    """The last chunk (no choices): `usage` when asked for; `personalization` when a draft was
+    asked for, the outcome is still `pending` in the headers, or usage was asked for."""
     extra: dict[str, Any] = {}
-    if turn.return_draft or turn.aligned == "pending":
-        field = personalization_field(turn, outcomes)
+    wants_usage = ((turn.body or {}).get("stream_options") or {}).get("include_usage")
+    if turn.return_draft or turn.aligned == "pending" or wants_usage:
+        field = personalization_field(turn, p, outcomes)
         field["aligned"] = aligned_header(outcomes)
         extra["personalization"] = field
-    wants_usage = ((turn.body or {}).get("stream_options") or {}).get("include_usage")
     if wants_usage and usage is not None:
         extra["usage"] = usage
     turn.usage = usage
@@ -145,7 +150,7 @@ def final_event(turn: Turn, template: dict[str, Any], outcomes: list[Outcome], u
 async def produce(turn: Turn, ctx: PipelineContext, p: RewritePlan, index: int, choice: dict[str, Any], queue: asyncio.Queue) -> None:
     """Put this choice's chunks on the queue, then its Outcome (or an exception to raise)."""
     try:
-        done = preset(choice, turn, p.relevant)
+        done = preset(choice, turn, p.relevant, ctx.settings.aligner.guards)
         outcome = done if done is not None else await stream_rewrite(turn, ctx, p, index, choice, queue)
         if outcome.outcome != "aligned":
             await put_whole(queue, index, outcome, choice)
@@ -173,7 +178,9 @@ def _indexed(tool_calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def stream_rewrite(
     turn: Turn, ctx: PipelineContext, p: RewritePlan, index: int, choice: dict[str, Any], queue: asyncio.Queue
 ) -> Outcome:
-    """Stream stage 2 for one choice; the Outcome says what happened (aligned text already queued)."""
+    """Stream stage 2 for one choice; the Outcome says what happened (aligned text already queued).
+    With the guards or a buffering verifier, the rewrite is held until it is whole and checked."""
+    hold = ctx.settings.aligner.guards or wants_verify(ctx, stream=True)
     draft = choice["message"]["content"]
     upstream, model = ctx.stage_target(ctx.settings.aligner, turn.model or "")
     body = aligner_body(turn, ctx, model, p.query, draft, p.relevant)
@@ -185,18 +192,43 @@ async def stream_rewrite(
         async for piece in upstream.stream_chat(
             body, request_id=turn.request_id, timeout=ctx.settings.aligner.timeout_seconds, stage="stage2"
         ):
-            await forward_piece(piece, parser, state, index, queue)
+            await forward_piece(piece, parser, state, index, None if hold else queue)
         tail = parser.finish()
-        if tail:
+        if tail and not hold:
             await emit(tail, state, index, queue)
     except ProxyError as error:
         if state["started"]:
             raise StageTwoBroke(f"the aligner's stream broke: {error.message}") from error
         return Outcome(draft, "fallback", "fallback", choice.get("finish_reason"), state["usage"], reason=error.code, draft=draft)
+    if hold:
+        return await release_checked(turn, ctx, p, parser, state, draft, choice, index, queue)
     return stream_outcome(parser, state, draft, choice)
 
 
-async def forward_piece(piece: dict[str, Any], parser: RewriteFilter, state: dict[str, Any], index: int, queue: asyncio.Queue) -> None:
+async def release_checked(
+    turn: Turn,
+    ctx: PipelineContext,
+    p: RewritePlan,
+    parser: RewriteFilter,
+    state: dict[str, Any],
+    draft: str,
+    choice: dict[str, Any],
+    index: int,
+    queue: asyncio.Queue,
+) -> Outcome:
+    """A held rewrite, whole: checked as a non-streamed one is, then queued if it passed."""
+    finish, draft_finish = state["finish"], choice.get("finish_reason")
+    outcome = judge_rewrite(ctx, p, parser.text, parser.unchanged, finish, draft, draft_finish, state["usage"])
+    outcome = await verify_rewrite(turn, ctx, p.query, outcome, stream=True)
+    if outcome.outcome == "aligned":
+        await emit(outcome.text, state, index, queue)
+    return outcome
+
+
+async def forward_piece(
+    piece: dict[str, Any], parser: RewriteFilter, state: dict[str, Any], index: int, queue: asyncio.Queue | None
+) -> None:
+    """Feed one upstream chunk to the parser; what is certain goes on `queue` (None: held)."""
     if piece.get("usage"):
         state["usage"] = piece["usage"]
     for part in piece.get("choices") or []:
@@ -204,7 +236,7 @@ async def forward_piece(piece: dict[str, Any], parser: RewriteFilter, state: dic
         text = (part.get("delta") or {}).get("content")
         if isinstance(text, str) and text:
             out = parser.feed(text)
-            if out:
+            if out and queue is not None:
                 await emit(out, state, index, queue)
 
 

@@ -29,6 +29,18 @@ def wants_json(body: dict[str, Any]) -> bool:
     return isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema")
 
 
+def forces_tool(body: dict[str, Any]) -> bool:
+    """`tool_choice` makes the model call a tool: `required`, or one named function."""
+    choice = body.get("tool_choice")
+    return bool(body.get("tools")) and (choice == "required" or (isinstance(choice, dict) and choice.get("type") == "function"))
+
+
+def served_unchanged(body: dict[str, Any] | None) -> bool:
+    """The request's answer is certain to be served unchanged (JSON asked for, a tool forced): no
+    relevance gate is needed for it."""
+    return body is not None and (wants_json(body) or forces_tool(body))
+
+
 def keep_as_is(choice: dict[str, Any], body: dict[str, Any]) -> bool:
     """Choices served unchanged whatever the preferences: tool calls, refusals, JSON, empty."""
     message = choice.get("message") or {}

@@ -4,7 +4,9 @@ One short classification call, constrained to a JSON object of booleans `{"p1": 
 key per preference: even the 135M local model fills that reliably under a schema). No relevant
 preference means the stage-1 answer is served as is and the rewrite call is saved. A gate that
 fails or answers something unreadable fails open: every preference counts as relevant (the
-aligner itself leaves an answer unchanged when nothing applies), and the failure is counted.
+aligner itself leaves an answer unchanged when nothing applies), and the failure is counted
+(`perg_gate_outcomes_total{outcome="failed_open"}`; the log line says why). A request whose answer
+is certain to be served unchanged (JSON asked for, a tool forced) gets no gate call at all.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ from .context import PipelineContext
 
 TOKENS_PER_PREFERENCE = 8
 log = structlog.get_logger("perg.gate")
+
+
+def style_key(upstream: str) -> str:
+    """The setting that says how an upstream is asked for JSON, for warnings."""
+    return f"upstreams[name={upstream}].structured_output"
 
 
 def gate_schema(count: int) -> dict[str, Any]:
@@ -66,13 +73,13 @@ async def relevant_preferences(turn: Turn, ctx: PipelineContext, query: str) -> 
     try:
         result = await upstream.chat(body, request_id=turn.request_id, timeout=ctx.settings.relevance_gate.timeout_seconds, stage="gate")
     except ProxyError as error:
-        ctx.metrics.gate_outcomes.labels("error").inc()
-        log.warning("gate_failed_open", request_id=turn.request_id, error=error.code)
+        ctx.metrics.gate_outcomes.labels("failed_open").inc()
+        log.warning("gate_failed_open", request_id=turn.request_id, error=error.code, key=style_key(upstream.settings.name))
         return preferences, None
     verdicts = read_verdicts(first_content(result.data)[0], len(preferences))
     if verdicts is None:
-        ctx.metrics.gate_outcomes.labels("unparseable").inc()
-        log.warning("gate_unparseable_failed_open", request_id=turn.request_id)
+        ctx.metrics.gate_outcomes.labels("failed_open").inc()
+        log.warning("gate_failed_open", request_id=turn.request_id, error="unparseable")
         return preferences, result.data.get("usage")
     relevant = tuple(text for text, applies in zip(preferences, verdicts, strict=True) if applies)
     ctx.metrics.gate_outcomes.labels("relevant" if relevant else "irrelevant").inc()
