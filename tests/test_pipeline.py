@@ -188,7 +188,7 @@ def test_n_choices_are_aligned_concurrently(start_proxy, fake_upstream):
         ("error-500", 60, "upstream_http_500"),
         ("slow-3000", 0.3, "upstream_timeout"),
         ("script:empty", 60, "unusable_reply"),
-        ("script:leadin", 60, "unusable_reply"),
+        ("script:leadin", 60, "lead_in_only"),
     ],
 )
 def test_stage2_failure_serves_the_draft(start_proxy, fake_upstream, aligner_model, timeout, reason):

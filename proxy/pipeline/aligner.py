@@ -142,10 +142,10 @@ def judge_rewrite(
     if unchanged:
         return Outcome(draft, "unchanged", "skipped", draft_finish, usage, draft=draft)
     settings = ctx.settings.aligner
-    if not usable(text):
-        reason: str | None = "unusable_reply"
-    elif settings.guards:
+    if settings.guards:
         reason = check_rewrite(draft, text, finish, p.query, p.relevant, ctx.prompts.aligner.headings, settings.min_length_ratio)
+    elif not usable(text):
+        reason = "unusable_reply"
     else:
         reason = "truncated_reply" if finish == "length" else None
     if reason is not None:

@@ -95,10 +95,12 @@ def check_rewrite(
     """The reason the rewrite must not be served, or None when it passes every check."""
     if finish == "length":
         return "truncated_reply"
+    if not rewrite.strip():
+        return "unusable_reply"
     lines = substantive_lines(rewrite)
     if not lines:
         return "lead_in_only"
-    if is_echo(lines, query, preferences, headings):
+    if is_echo(lines, draft, query, preferences, headings):
         return "echo"
     if not wants_brevity(preferences) and too_short(lines, draft, min_length_ratio):
         return "too_short"
@@ -128,12 +130,17 @@ def substantive_lines(text: str) -> list[str]:
     return out
 
 
-def is_echo(lines: list[str], query: str, preferences: tuple[str, ...], headings: tuple[str, ...]) -> bool:
-    """Every content line repeats the question, a preference or a prompt heading."""
+def is_echo(lines: list[str], draft: str, query: str, preferences: tuple[str, ...], headings: tuple[str, ...]) -> bool:
+    """Every content line repeats the question, a preference or a prompt heading. A line the draft
+    has too, or an option line (`B. Jupiter`: the answer to a multiple-choice question), is content."""
     known = {_norm(text) for text in (*query.splitlines(), *preferences, *(h.lstrip("# ") for h in headings))}
-    known.discard("")
+    known -= {_norm(line) for line in (*draft.splitlines(), *substantive_lines(draft))} | {""}
     whole = _norm(query)
-    return all(_norm(line) in known or (_norm(line) and _norm(line) in whole) for line in lines)
+    for line in lines:
+        norm = _norm(line)
+        if OPTION_LINE.match(line) or not (norm in known or (norm and norm in whole and norm not in _norm(draft))):
+            return False
+    return True
 
 
 def final_answer(draft: str, query: str) -> FinalAnswer | None:
