@@ -14,7 +14,8 @@ Behaviour is chosen by the request's `model` (chat) or path:
   drip-<ms>                 streams with <ms> between chunks
   hang                      never answers; records when the proxy gives up (cancellation)
   flaky-<n>                 the first <n> requests get 503 (retry-after: 0), later ones echo
-  script:<name>             answers from `FakeUpstream.scripts[name]` (tests register callables)
+  script:<name>             answers from `FakeUpstream.scripts[name]` (tests register callables; a
+                            message dict with `_finish` sets the finish_reason, e.g. "length")
 
 Other routes: GET /v1/models, POST /v1/embeddings, GET /v1/files/{id}/content (a large streamed
 body), and any other /v1/* path echoes method, path, query, headers and body as JSON.
@@ -60,6 +61,7 @@ class FakeUpstream:
     counters: dict[str, int] = field(default_factory=dict)
     scripts: dict[str, Callable[[dict[str, Any]], Any]] = field(default_factory=dict)
     record: bool = True
+    probes: list[Received] = field(default_factory=list)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[upstream_request_id])
@@ -72,6 +74,7 @@ class FakeUpstream:
 
     def clear(self) -> None:
         self.received.clear()
+        self.probes.clear()
         self.cancelled.clear()
         self.counters.clear()
 
@@ -81,7 +84,9 @@ class FakeUpstream:
 
     async def _record(self, request: web.Request) -> bytes:
         body = await request.read()
-        if self.record:
+        if request.headers.get("X-Client-Request-Id") == "perg-probe":  # the proxy's start-up probe
+            self.probes.append(Received(request.method, request.path, "", dict(request.headers), body))
+        elif self.record:
             self.received.append(
                 Received(
                     request.method, request.path, request.rel_url.raw_query_string, {str(k): v for k, v in request.headers.items()}, body
@@ -321,7 +326,8 @@ def usage(body: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
 
 def completion(body: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
     n = body.get("n") or 1
-    finish = "tool_calls" if message.get("tool_calls") else "stop"
+    message = dict(message)
+    finish = message.pop("_finish", None) or ("tool_calls" if message.get("tool_calls") else "stop")
     choices = [{"index": i, "message": message, "logprobs": None, "finish_reason": finish} for i in range(n)]
     if body.get("logprobs"):
         for choice in choices:
@@ -341,6 +347,8 @@ def completion(body: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
 
 def stream_chunks(body: dict[str, Any], message: dict[str, Any]) -> list[dict[str, Any]]:
     base = {"id": CHUNK_ID, "object": "chat.completion.chunk", "created": 0, "model": body.get("model"), "system_fingerprint": "fp_fake"}
+    message = dict(message)
+    scripted_finish = message.pop("_finish", None)
     deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
     if message.get("tool_calls"):
         for index, call in enumerate(message["tool_calls"]):
@@ -355,7 +363,7 @@ def stream_chunks(body: dict[str, Any], message: dict[str, Any]) -> list[dict[st
         third = max(1, len(text) // 3)
         for start in range(0, len(text), third):
             deltas.append({"content": text[start : start + third]})
-    finish = "tool_calls" if message.get("tool_calls") else "stop"
+    finish = scripted_finish or ("tool_calls" if message.get("tool_calls") else "stop")
     chunks = [{**base, "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}]} for d in deltas]
     chunks.append({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]})
     if (body.get("stream_options") or {}).get("include_usage"):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from contextlib import suppress
 
 import structlog
 from aiohttp import web
@@ -70,7 +72,11 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     if services.auth.open:
         log.warning("auth_open", detail="auth.client_keys is empty: any client may use the proxy")
     await services.upstreams.start()
+    probe = asyncio.create_task(services.probes.run(services.upstreams), name="perg-style-probe")
     yield
+    probe.cancel()
+    with suppress(asyncio.CancelledError):
+        await probe
     await services.upstreams.close()
     await services.limiter.close()
 

@@ -181,7 +181,8 @@ async def readyz(request: web.Request) -> web.Response:
     upstreams = {upstream.name: result for upstream, result in zip(services.upstreams.all, checks, strict=True)}
     ready = all(result == "ok" for result in (store, *checks)) and not services.draining
     status = "draining" if services.draining else ("ready" if ready else "not_ready")
-    return json_response({"status": status, "store": store, "upstreams": upstreams}, 200 if ready else 503)
+    body = {"status": status, "store": store, "upstreams": upstreams, "structured_output": services.probes.report()}
+    return json_response(body, 200 if ready else 503)
 
 
 async def _probe(upstream: UpstreamClient) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -10,6 +10,7 @@ from ..config import Settings
 from ..metrics import Metrics
 from ..monitor.service import Monitor
 from ..pipeline.context import PipelineContext
+from ..pipeline.probe import StyleProbes
 from ..preferences.handle import StoreHandle
 from ..upstream.client import Upstreams
 from .auth import Authenticator
@@ -27,6 +28,7 @@ class Services:
     monitor: Monitor
     limiter: RateLimiter
     draining: bool = False
+    probes: StyleProbes = field(default_factory=StyleProbes)
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
