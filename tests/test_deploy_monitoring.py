@@ -411,6 +411,7 @@ def test_recording_rule_names_follow_the_convention():
         "PergFollowVerdictsMissing",
         "PergMonitorDroppingSamples",
         "PergMonitorNoSamplesJudged",
+        "PergGateFailingOpen",
     }
     for rule in alerts:
         assert rule["for"] and rule["labels"]["severity"] and rule["annotations"]["summary"], rule["alert"]
