@@ -62,6 +62,7 @@ class FakeUpstream:
     scripts: dict[str, Callable[[dict[str, Any]], Any]] = field(default_factory=dict)
     record: bool = True
     probes: list[Received] = field(default_factory=list)
+    rejected_styles: set[str] = field(default_factory=set)  # structured-output styles answered with a 500
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[upstream_request_id])
@@ -75,6 +76,7 @@ class FakeUpstream:
     def clear(self) -> None:
         self.received.clear()
         self.probes.clear()
+        self.rejected_styles.clear()
         self.cancelled.clear()
         self.counters.clear()
 
@@ -96,6 +98,8 @@ class FakeUpstream:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await self._record(request))
+        if structured_style(body) in self.rejected_styles:  # as llama_cpp.server answers json_schema
+            return json_body({"error": {"message": "response_format: unsupported", "type": "internal_server_error"}}, status=500)
         model = str(body.get("model", "echo"))
         kind, _, arg = model.partition("-")
         if model.startswith("script:"):
@@ -295,6 +299,15 @@ def scripted_reply(body: dict[str, Any]) -> str:
                 verdicts[key] = not preference.lower().startswith(("i ", "my "))
         return orjson.dumps(verdicts).decode()
     return text
+
+
+def structured_style(body: dict[str, Any]) -> str:
+    """The request's structured-output style, as `UpstreamSettings.structured_output` names them."""
+    constraint = body.get("response_format")
+    if not isinstance(constraint, dict):
+        return "none"
+    kind = constraint.get("type")
+    return "json_object_schema" if kind == "json_object" and "schema" in constraint else str(kind)
 
 
 def last_user_text(body: dict[str, Any]) -> str:
