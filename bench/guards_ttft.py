@@ -18,9 +18,13 @@ local-model --port 8081`), where stage 2 and the verifier take the model's real 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -53,6 +57,10 @@ async def run(drip_ms: int, requests: int, rounds: int, upstream: int | None, mo
         for _ in range(rounds):
             for case in cases:
                 await case.run(per_round)
+        if upstream is not None:
+            _, verify_port = proxies["guards on + verify_streams: buffer"]
+            _, guarded_port = proxies["guards on (default)"]
+            print(await verifier_cost(guarded_port, verify_port, model, max(2, requests // 2)))
     finally:
         pin_self(1)
         for process, _ in proxies.values():
@@ -60,6 +68,37 @@ async def run(drip_ms: int, requests: int, rounds: int, upstream: int | None, mo
         if fake is not None:
             stop(fake)
     return {case.name: case.result.summary() for case in cases}
+
+
+QUESTIONS = ("Name three primary colors.", "Why is the sky blue?", "What is the capital of France?", "How do plants make food?")
+
+
+async def verifier_cost(guarded: int, verified: int, model: str, count: int) -> str:
+    """Non-streamed requests to the guarded and the verifying proxy, interleaved: the verifier's
+    tokens (`personalization.usage.verify`) and the added seconds per answer."""
+    seconds: dict[int, list[float]] = {guarded: [], verified: []}
+    tokens: list[int] = []
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+        for index in range(count):
+            question = QUESTIONS[index % len(QUESTIONS)]
+            body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": 80, "temperature": 0, "seed": index}
+            body["personalization"] = {"preferences": ["Use bullet points."]}
+            for port in (guarded, verified):
+                started = time.perf_counter()
+                async with session.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, headers=headers) as response:
+                    data = await response.json()
+                seconds[port].append(time.perf_counter() - started)
+                verify = (data.get("personalization") or {}).get("usage", {}).get("verify")
+                if port == verified and verify:
+                    tokens.append(verify["total_tokens"])
+    added = statistics.median(seconds[verified]) - statistics.median(seconds[guarded])
+    spent = (
+        f"median {statistics.median(tokens):.0f} tokens per verified rewrite ({len(tokens)} of {count} verified)"
+        if tokens
+        else "no rewrite verified"
+    )
+    return f"verifier, non-streamed, {count} requests each: {spent}; median answer +{added:.2f} s over the guards alone\n"
 
 
 def report(figures: dict[str, dict[str, float]], drip_ms: int, real: bool) -> None:
