@@ -294,6 +294,33 @@ async def test_gate_variants(tmp_path, fake_upstream):
         parse_strategy("pref_aligner_gate_sometimes")
 
 
+async def test_guarded_and_verified_strategies_serve_the_draft_when_a_rewrite_changes_the_answer(tmp_path, fake_upstream):
+    base = mcq_script()
+
+    def script(body: dict[str, Any]) -> Any:
+        if pipeline_role(body) == "aligner" and "When did WWII end?" in last_user_text(body):
+            return "The answer is C."  # q2's rewrite changes the draft's letter (A)
+        return base(body)
+
+    fake_upstream.scripts["mcq"] = script
+    strategies = ("pref_aligner", "pref_aligner_guarded", "pref_aligner_verified")
+    run = await run_benchmark(options(tmp_path, fake_upstream, settings=("relevant",), strategies=strategies), progress=False)
+    served = {(r.strategy, r.item_id): (r.aligned, r.fallback_reason, r.pref_letter) for r in run.results}
+    assert served[("pref_aligner", "q2")] == ("true", None, "C")  # no guards: the changed answer is served
+    assert served[("pref_aligner_guarded", "q2")] == ("fallback", "answer_changed", "A")
+    assert served[("pref_aligner_verified", "q2")] == ("fallback", "answer_changed", "A")  # the guards run first
+    assert served[("pref_aligner_guarded", "q1")][0] == served[("pref_aligner_verified", "q1")][0] == "true"
+    cells = overall(run)
+    assert cells[("pref_aligner", "relevant")].breakage_rate.value == 0.5  # q2 of Q* = {q1, q2} broken
+    assert cells[("pref_aligner_guarded", "relevant")].breakage_rate.value == 0.0
+    assert len(fake_upstream.chat_bodies("judge_consistency")) == 2  # verified: q1 and q3 passed the guards
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "pref_aligner_guarded: 33.3% of 3 (answer_changed 1 (33.3%))" in report
+    assert parse_strategy("pref_aligner_verified").verify == "llm" and parse_strategy("pref_aligner_guarded").guards
+    with pytest.raises(ValueError, match="unknown strategy"):
+        parse_strategy("pref_aligner_guarded", "paper")
+
+
 async def test_each_cell_csv_rescores_to_the_report(tmp_path, fake_upstream):
     """results/<strategy>-<setting>.csv is the paper's layout: `eval metrics` gives the report's figures."""
     fake_upstream.scripts["mcq"] = mcq_script()
