@@ -108,7 +108,7 @@ def test_the_judges_see_the_draft_as_reference_and_the_served_answer(start_proxy
     assert "### Personalized answer\nPersonalized: What is the capital of France?" in prompt
     (follow,) = fake_upstream.chat_bodies("judge_follow")
     assert f"### Preference\n- {STYLE}" in follow["messages"][1]["content"]
-    assert consistency["response_format"]["type"] == "json_schema"  # the upstream's style
+    assert consistency["response_format"]["type"] == "json_object" and "schema" in consistency["response_format"]  # the default style
     assert consistency["temperature"] == 0
 
 
