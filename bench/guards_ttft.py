@@ -51,7 +51,7 @@ async def run(drip_ms: int, requests: int, rounds: int, upstream: int | None, mo
         cases = [Case("direct stream", upstream_port, model, "", True, cpu=0)]
         cases += [Case(name, port, model, KEY, True, extension([STYLE], "pref_aligner")) for name, (_, port) in proxies.items()]
         for case in cases:  # warm-up, not counted
-            await case.run(4)
+            await case.run(4 if upstream is None else 1)
             case.result = type(case.result)()
         per_round = max(1, requests // rounds)
         for _ in range(rounds):
