@@ -48,8 +48,11 @@ async def run(drip_ms: int, requests: int, rounds: int, upstream: int | None, mo
     try:
         for index, (name, extra) in enumerate(SETUPS.items()):
             proxies[name] = start_proxy(upstream_port, workdir, extra, f"proxy-{index}")
-        cases = [Case("direct stream", upstream_port, model, "", True, cpu=0)]
-        cases += [Case(name, port, model, KEY, True, extension([STYLE], "pref_aligner")) for name, (_, port) in proxies.items()]
+        limits = {"max_tokens": 60, "temperature": 0}
+        cases = [Case("direct stream", upstream_port, model, "", True, limits, cpu=0)]
+        cases += [
+            Case(name, port, model, KEY, True, {**extension([STYLE], "pref_aligner"), **limits}) for name, (_, port) in proxies.items()
+        ]
         for case in cases:  # warm-up, not counted
             await case.run(4 if upstream is None else 1)
             case.result = type(case.result)()
