@@ -2,9 +2,12 @@
 stage 2 streams as ordinary `chat.completion.chunk` events with the stage-1 id and model.
 
 The response starts when its first event is ready, or after `server.heartbeat_seconds` with a
-heartbeat: a stage-1 error before then keeps its HTTP status; later ones go in band. Stage 2
-failing before it produced any text streams the draft instead (`fallback`); failing mid-way is
-an in-band error. With `n > 1` every choice is rewritten concurrently and the chunks interleave.
+heartbeat: a stage-1 error before then keeps its HTTP status; later ones go in band. With the
+guards on (the default) or a buffering verifier, stage 2 is held until it is whole, checked like a
+non-streamed rewrite, and sent at once if it passes, else the draft is (`fallback`): the checks
+need the rewrite's end. With the guards off it streams as it comes; failing before it produced any
+text streams the draft instead, failing mid-way is an in-band error. With `n > 1` every choice is
+rewritten concurrently and the chunks interleave.
 """
 
 from __future__ import annotations
