@@ -69,6 +69,24 @@ class PayloadTooLarge(ProxyError):
     code = "request_too_large"
 
 
+class UnsupportedMediaType(ProxyError):
+    """A request body the proxy will not read: compressed (it never inflates a request)."""
+
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_content_encoding"
+    close_connection = True  # the unread body stays unread: the connection closes after the answer
+
+
+class RequestTimeout(ProxyError):
+    """The client did not send its request (headers or body) within the server's read timeout."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+    close_connection = True
+
+
 class RateLimited(ProxyError):
     status = 429
     type = "rate_limit_error"

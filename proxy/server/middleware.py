@@ -14,7 +14,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from ..errors import MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError, error_payload
+from ..errors import MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError, UnsupportedMediaType, error_payload
 from ..metrics import Metrics
 from ..turn import Turn
 from .operator_page import UI_PATHS
@@ -62,7 +62,19 @@ def error_response(error: BaseException, turn: Turn) -> web.Response:
     response = web.Response(status=status, body=orjson.dumps(body), headers=headers)
     response.headers["Content-Type"] = "application/json"
     apply_turn_headers(response, turn)
+    if getattr(error, "close_connection", False):
+        response.force_close()
     return response
+
+
+def refuse_encoded_body(request: web.Request) -> None:
+    """No request body is ever decompressed (a small gzip body can inflate to gigabytes): a
+    `Content-Encoding` other than identity is a 415, answered before any of the body is read."""
+    encoding = request.headers.get("Content-Encoding")
+    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding[:40]!r} is not accepted: send the request body uncompressed.", param="Content-Encoding"
+        )
 
 
 def _from_http_exception(error: web.HTTPException, request: web.Request) -> ProxyError:
@@ -89,6 +101,7 @@ async def request_middleware(request: web.Request, handler) -> web.StreamRespons
     metrics.in_flight.inc()
     tokens = structlog.contextvars.bind_contextvars(request_id=turn.request_id)
     try:
+        refuse_encoded_body(request)
         if path.startswith(("/v1/", "/perg/")) and path not in UI_PATHS:
             turn.client = services.auth.check(request.headers.get("Authorization"), admin=path.startswith("/perg/"))
             await services.limiter.admit(turn.client)

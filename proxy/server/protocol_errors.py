@@ -24,6 +24,7 @@ def make_runner(app: web.Application, shutdown_timeout: float = 30.0) -> web.App
     return ProxyRunner(
         app,
         handler_cancellation=True,
+        auto_decompress=False,  # a compressed request body is refused (415), never inflated
         access_log=None,
         shutdown_timeout=shutdown_timeout,
         max_field_size=HEADER_LIMIT,
