@@ -187,6 +187,7 @@ class ClientKey(Section):
     key: str = Field(min_length=1)
     name: str | None = None
     user_id: str | None = None
+    may_name_users: bool = True  # an unbound key may name users (a bound key never names others)
     strategy: Strategy | None = None
     requests_per_minute: int | None = Field(None, ge=0)
     tokens_per_minute: int | None = Field(None, ge=0)
@@ -251,11 +252,13 @@ class MonitorSettings(Section):
     enabled: bool = False
     sample_rate: float = Field(0.05, ge=0, le=1)
     shadow_rate: float = Field(0.0, ge=0, le=1)
+    sampling_secret: str = ""  # HMAC key of the sampling decision; share it across replicas (empty: random per process)
     shadow_strategy: Strategy | None = None
     filters: MonitorFilters = MonitorFilters()
     judge: JudgeSettings = JudgeSettings()
     follow_threshold: int = Field(3, ge=1, le=5)
     queue_size: int = Field(1000, ge=1)
+    queue_bytes: int = Field(64 * 1024 * 1024, ge=1)  # what the queued jobs hold, in bytes
     workers: int = Field(2, ge=1, le=64)
     drain_seconds: float = Field(10.0, ge=0)
     store_samples: bool = False

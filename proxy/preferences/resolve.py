@@ -5,6 +5,10 @@
 2. the headers `X-Perg-User`, `X-Perg-Preferences` (a JSON array of strings), `X-Perg-Strategy`;
 3. the standard `user` field, or the user bound to the client key, looked up in the profile store.
 
+Who may name a user: a key bound to a user (`auth.client_keys[].user_id`) acts as that user only,
+so naming any other user in any of the three places is a 403; an unbound key may name users (the
+application asserts who its users are) unless the key sets `may_name_users: false`.
+
 The first source that has preferences wins. The strategy is the request's, else the header's,
 else the client key's, else the configured default. A store that fails does not fail the
 request: it is answered without stored preferences, and the failure is counted.
@@ -20,7 +24,7 @@ import orjson
 import structlog
 
 from ..config import ClientKey, PersonalizationSettings, Strategy
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, PermissionDenied
 from ..metrics import Metrics
 from .handle import StoreHandle
 from .store_errors import StoreError, StoreUnavailable
@@ -112,13 +116,34 @@ def choose_strategy(extension: dict[str, Any], headers: Mapping[str, str], clien
 
 
 def choose_user(extension: dict[str, Any], headers: Mapping[str, str], body: dict[str, Any], client: ClientKey | None) -> str | None:
-    if "user_id" in extension:
-        return check_user(extension["user_id"], "personalization.user_id")
-    if "X-Perg-User" in headers:
-        return check_user(headers["X-Perg-User"], "X-Perg-User")
-    if isinstance(body.get("user"), str) and body["user"].strip():
-        return body["user"]
+    named = named_users(extension, headers, body)
+    for param, user in named:
+        allowed_to_name(client, user, param)
+    if named:
+        return named[0][1]
     return client.user_id if client is not None else None
+
+
+def named_users(extension: dict[str, Any], headers: Mapping[str, str], body: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every user the request names, highest priority first, as (where, user id)."""
+    named = []
+    if "user_id" in extension:
+        named.append(("personalization.user_id", check_user(extension["user_id"], "personalization.user_id")))
+    if "X-Perg-User" in headers:
+        named.append(("X-Perg-User", check_user(headers["X-Perg-User"], "X-Perg-User")))
+    if isinstance(body.get("user"), str) and body["user"].strip():
+        named.append(("user", body["user"]))
+    return named
+
+
+def allowed_to_name(client: ClientKey | None, user: str, param: str) -> None:
+    """A bound key acts as its own user only; an unbound key names users unless told not to."""
+    if client is None:
+        return
+    if client.user_id is not None and user != client.user_id:
+        raise PermissionDenied(f"This API key is bound to one user; '{param}' names another.", param=param, code="user_not_allowed")
+    if client.user_id is None and not client.may_name_users:
+        raise PermissionDenied(f"This API key may not name users ('{param}').", param=param, code="user_not_allowed")
 
 
 async def resolve(
@@ -133,8 +158,6 @@ async def resolve(
     given is checked, also one that a higher-priority source overrides."""
     extension = take_extension(body)
     from_header = header_preferences(headers, settings)
-    if "X-Perg-User" in headers:
-        check_user(headers["X-Perg-User"], "X-Perg-User")
     if "X-Perg-Strategy" in headers:
         check_strategy(headers["X-Perg-Strategy"], "X-Perg-Strategy")
     strategy = choose_strategy(extension, headers, client, settings.default_strategy)
