@@ -132,7 +132,9 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"Unknown route: {request.method} {request.path}")
     body = await request.read() if request.body_exists else None
     upstream = _route(request, body)
-    return await _forward_request(request, turn, upstream, request.raw_path.split("?", 1)[0][3:], without_extension(request, body))
+    # rel_url, not raw_path: an absolute-form request line (`GET http://x/v1/p`) has the scheme
+    # and host in raw_path, and slicing that would send the path outside /v1 upstream.
+    return await _forward_request(request, turn, upstream, request.rel_url.raw_path[3:], without_extension(request, body))
 
 
 def without_extension(request: web.Request, body: bytes | None) -> bytes | None:
