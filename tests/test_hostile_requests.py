@@ -1,0 +1,120 @@
+"""Hostile requests (issue 11), each the attack itself on loopback, bounded: compressed bodies,
+keys naming other users, absolute-form request lines, huge valid bodies, odd content parts."""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import time
+
+import httpx2
+import orjson
+import pytest
+
+from tests.conftest import CLIENT_KEY
+
+BODY = {"model": "echo", "messages": [{"role": "user", "content": "x"}]}
+BOUND_KEY, OPEN_KEY, SHUT_KEY = "sk-bound-alice", "sk-unbound", "sk-no-naming"
+KEYS = [
+    CLIENT_KEY,
+    {"key": BOUND_KEY, "user_id": "alice"},
+    {"key": OPEN_KEY},
+    {"key": SHUT_KEY, "may_name_users": False},
+]
+
+
+def post(proxy, body: bytes | dict, key: str = CLIENT_KEY, headers: dict[str, str] | None = None, path="/chat/completions"):
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    all_headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", **(headers or {})}
+    return httpx2.post(proxy.base_url + path, content=content, headers=all_headers, timeout=15)
+
+
+def test_compressed_request_is_415_and_never_inflated(proxy, fake_upstream):
+    bomb = gzip.compress(b"{" + b" " * (64 * 1024 * 1024), compresslevel=9)  # 64 MiB inflated, ~64 KiB sent
+    started = time.perf_counter()
+    for key in (CLIENT_KEY, "sk-wrong"):
+        response = post(proxy, bomb, key=key, headers={"Content-Encoding": "gzip"})
+        assert response.status_code == 415, response.text
+        assert response.json()["error"]["code"] == "unsupported_content_encoding"
+    assert time.perf_counter() - started < 2.0
+    honest = post(proxy, gzip.compress(orjson.dumps(BODY)), headers={"Content-Encoding": "gzip"})
+    assert honest.status_code == 415  # not 500: the proxy decompresses no request body
+    liar = post(proxy, b"not gzip at all", headers={"Content-Encoding": "gzip"})
+    assert liar.status_code == 415
+    passthrough = post(proxy, gzip.compress(b'{"input": "x"}'), headers={"Content-Encoding": "br"}, path="/embeddings")
+    assert passthrough.status_code == 415
+    assert fake_upstream.received == []
+    assert post(proxy, BODY, headers={"Content-Encoding": "identity"}).status_code == 200
+
+
+@pytest.fixture
+def keyed(start_proxy, fake_upstream):
+    proxy = start_proxy(auth={"client_keys": KEYS, "admin_key": "admin-secret"})
+    for user, text in (("alice", "alice likes haiku"), ("bob", "bob's secret preference")):
+        put = httpx2.put(
+            f"{proxy.url}/perg/profiles/{user}", json={"preferences": [text]}, headers={"Authorization": "Bearer admin-secret"}
+        )
+        assert put.status_code == 200
+    return proxy
+
+
+NAMINGS = [
+    ({"personalization": {"user_id": "bob"}}, {}),
+    ({}, {"X-Perg-User": "bob"}),
+    ({"user": "bob"}, {}),
+]
+
+
+@pytest.mark.parametrize(("extra", "headers"), NAMINGS)
+def test_a_bound_key_cannot_name_another_user(keyed, fake_upstream, extra, headers):
+    response = post(keyed, {**BODY, **extra}, key=BOUND_KEY, headers=headers)
+    assert response.status_code == 403, response.text
+    assert response.json()["error"]["code"] == "user_not_allowed"
+    assert not any(b"bob" in item.body for item in fake_upstream.received)
+
+
+def test_a_bound_key_may_name_itself_and_gets_its_own_preferences(keyed, fake_upstream):
+    body = {**BODY, "user": "alice", "personalization": {"user_id": "alice", "strategy": "naive"}}
+    response = post(keyed, body, key=BOUND_KEY, headers={"X-Perg-User": "alice"})
+    assert response.status_code == 200, response.text
+    sent = b"".join(item.body for item in fake_upstream.received)
+    assert b"alice likes haiku" in sent and b"bob" not in sent
+
+
+@pytest.mark.parametrize(("extra", "headers"), NAMINGS)
+def test_unbound_keys_name_users_unless_turned_off(keyed, fake_upstream, extra, headers):
+    naive = {"personalization": {**extra.get("personalization", {}), "strategy": "naive"}}
+    body = {**BODY, **extra, **naive}
+    assert post(keyed, body, key=OPEN_KEY, headers=headers).status_code == 200
+    assert any(b"bob's secret preference" in item.body for item in fake_upstream.received)
+    fake_upstream.clear()
+    refused = post(keyed, body, key=SHUT_KEY, headers=headers)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "user_not_allowed"
+    assert fake_upstream.received == []
+
+
+def test_profile_routes_stay_admin_only_for_bound_keys(keyed):
+    for key in (BOUND_KEY, OPEN_KEY):
+        response = httpx2.get(f"{keyed.url}/perg/profiles/bob", headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == 403
+
+
+def raw_exchange(port: int, request: bytes, timeout: float = 10) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        chunks = []
+        while data := sock.recv(65536):
+            chunks.append(data)
+        return b"".join(chunks)
+
+
+@pytest.mark.parametrize("target", [b"http://x/v1/p22", b"http://127.0.0.1/v1/models/../../admin", b"https://evil:443/v1/files/a"])
+def test_absolute_form_request_line_stays_inside_v1(proxy, fake_upstream, target):
+    request = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    request += f"Authorization: Bearer {CLIENT_KEY}\r\n\r\n".encode()
+    answer = raw_exchange(proxy.server.port, request)
+    assert answer.startswith(b"HTTP/1.1 "), answer[:200]
+    for item in fake_upstream.received:
+        assert item.path.startswith("/v1/") and "://" not in item.path and ".." not in item.path, item.path
+    if fake_upstream.received:
+        assert fake_upstream.received[0].path == "/v1" + target.split(b"/v1", 1)[1].decode()
