@@ -54,11 +54,29 @@ def judge_script(consistency="consistent", score=4, relevant=True):
 
 def test_sampling_is_deterministic_and_nested():
     ids = [uuid.uuid4().hex for _ in range(4000)]
-    small = {i for i in ids if fraction(i) < 0.05}
-    large = {i for i in ids if fraction(i) < 0.20}
+    small = {i for i in ids if fraction(i, b"secret") < 0.05}
+    large = {i for i in ids if fraction(i, b"secret") < 0.20}
     assert small <= large
     assert 0.03 < len(small) / len(ids) < 0.07 and 0.17 < len(large) / len(ids) < 0.23
-    assert fraction("abc") == fraction("abc") and 0 <= fraction("abc") < 1
+    assert fraction("abc", b"secret") == fraction("abc", b"secret") and 0 <= fraction("abc", b"secret") < 1
+
+
+def test_the_client_cannot_choose_to_be_sampled():
+    """An id that sha256 puts under 1% (what a client could search for offline) is sampled at the
+    rate like any other once the decision is keyed by the server's secret; replicas sharing the
+    secret agree, and a process without one draws its own."""
+    import hashlib
+
+    chosen = [i for i in (f"id-{n}" for n in range(20000)) if int(hashlib.sha256(i.encode()).hexdigest()[:16], 16) / 2**64 < 0.01]
+    assert len(chosen) > 100
+    settings = MonitorSettings(enabled=True, sample_rate=0.01, sampling_secret="shared-secret")
+    one, two = Sampler(settings), Sampler(settings)
+    sampled = [i for i in chosen if one.decide(i, "m", "naive", True)[0]]
+    assert len(sampled) < 0.1 * len(chosen)  # about 1%, not 100%
+    assert all(one.decide(i, "m", "naive", True) == two.decide(i, "m", "naive", True) for i in chosen)
+    unkeyed = Sampler(MonitorSettings(enabled=True, sample_rate=0.5))
+    other = Sampler(MonitorSettings(enabled=True, sample_rate=0.5))
+    assert [unkeyed.decide(i, "m", "naive", True) for i in chosen] != [other.decide(i, "m", "naive", True) for i in chosen]
 
 
 def test_sampler_filters():

@@ -1,9 +1,14 @@
-"""Deterministic sampling: a request is sampled when sha256(request id), read as a number in
-[0, 1), is below the rate. So a 5% sample lies inside a 20% one, and replicas agree."""
+"""Deterministic sampling keyed by a server-side secret: a request is sampled when
+HMAC-SHA256(secret, request id), read as a number in [0, 1), is below the rate. So a 5% sample lies
+inside a 20% one, replicas that share `monitor.sampling_secret` agree, and a client that picks its
+own `X-Request-ID` cannot choose whether it is judged or shadowed (it does not know the secret).
+Without a configured secret each process draws a random one at start."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import os
 from fnmatch import fnmatchcase
 
 from ..config import MonitorSettings
@@ -11,14 +16,17 @@ from ..config import MonitorSettings
 SCALE = float(2**64)
 
 
-def fraction(request_id: str) -> float:
-    """sha256(request_id)'s first 8 bytes as a number in [0, 1)."""
-    return int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:8], "big") / SCALE
+def fraction(request_id: str, secret: bytes) -> float:
+    """HMAC-SHA256(secret, request_id)'s first 8 bytes as a number in [0, 1)."""
+    digest = hmac.new(secret, request_id.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") / SCALE
 
 
 class Sampler:
     def __init__(self, settings: MonitorSettings) -> None:
         self.settings = settings
+        configured = settings.sampling_secret
+        self._secret = configured.encode("utf-8") if configured else os.urandom(32)
 
     def eligible(self, model: str, strategy: str, has_preferences: bool) -> bool:
         """The filters: model patterns, strategies, and whether the request had preferences."""
@@ -33,5 +41,5 @@ class Sampler:
         """(judge the served answer, also run and judge the shadow strategy)."""
         if not self.settings.enabled or not self.eligible(model, strategy, has_preferences):
             return False, False
-        point = fraction(request_id)
+        point = fraction(request_id, self._secret)
         return point < self.settings.sample_rate, point < self.settings.shadow_rate
