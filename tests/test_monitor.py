@@ -12,6 +12,7 @@ import pytest
 
 from proxy.config import MonitorSettings
 from proxy.monitor.sampler import Sampler, fraction
+from proxy.server.services import SERVICES
 from tests.conftest import ADMIN_KEY, CLIENT_KEY, wait_for
 from tests.fake_upstream import pipeline_role
 
@@ -211,6 +212,39 @@ def test_full_queue_drops_and_counts(start_proxy, fake_upstream):
     assert wait_for(lambda: proxy.metric("perg_monitor_dropped_total", {"reason": "queue_full"}) == 2)
     assert proxy.metric("perg_monitor_enqueued_total", {"role": "served"}) == 2
     assert proxy.metric("perg_monitor_queue_depth") == 1
+
+
+def test_queue_is_bounded_in_bytes_and_keeps_only_what_the_judges_read(start_proxy, fake_upstream):
+    """Big bodies (600 KiB here; the issue queued 8 MiB ones): the queue holds them up to
+    `queue_bytes`, not `queue_size` of them."""
+    proxy = monitored(
+        start_proxy, "naive", judge={"model": "hang", "timeout_seconds": 30}, queue_size=100, queue_bytes=1536 * 1024, workers=1
+    )
+    big = "x" * (600 * 1024)
+    for _ in range(5):
+        body = {"model": "echo", "messages": [{"role": "system", "content": big}, {"role": "user", "content": "q"}]}
+        body["personalization"] = {"preferences": [STYLE]}
+        response = httpx2.post(f"{proxy.base_url}/chat/completions", json=body, headers={"Authorization": f"Bearer {CLIENT_KEY}"}, timeout=60)
+        assert response.status_code == 200
+    # one job in the worker (hung on its judge), two queued (1.2 MiB of 1.5), the last two dropped
+    assert wait_for(lambda: proxy.metric("perg_monitor_dropped_total", {"reason": "queue_full"}) == 2)
+    services = proxy.server.app[SERVICES]
+    assert services.monitor.depth == 2 and 1200 * 1024 < services.monitor.queued_bytes <= 1536 * 1024
+
+
+def test_a_job_with_a_reference_keeps_no_request_body():
+    from proxy.monitor.job import job_of
+    from proxy.turn import Reply, Turn
+
+    turn = Turn(request_id="r", route="chat_completions", method="POST", headers={})
+    turn.body = {"model": "m", "messages": [{"role": "system", "content": "s" * 100_000}, {"role": "user", "content": "q"}]}
+    turn.model, turn.strategy, turn.preferences, turn.judge = "m", "pref_aligner", (STYLE,), True
+    turn.draft, turn.answer = "draft", "answer"
+    job = job_of(turn, Reply(200, {}, b"{}"))
+    assert job.body == {"model": "m"} and job.query == "q" and job.size < 1000
+    turn.shadow = True  # a shadow answer is made from the request: the body is kept, and counted
+    job = job_of(turn, Reply(200, {}, b"{}"))
+    assert job.body is turn.body and job.size > 100_000
 
 
 def test_shutdown_drains_then_counts_what_it_abandons(start_proxy, fake_upstream):

@@ -1,4 +1,8 @@
-"""`Job`: what the monitor keeps of a sampled request once its answer has been served."""
+"""`Job`: what the monitor keeps of a sampled request once its answer has been served.
+
+Only what the judges read: the query, preferences, answer and reference always; the request body
+only when the monitor must call the model with it (a reference answer when there is no stage-1
+draft, or a shadow answer). `size` is what the job holds, in bytes, for the queue's byte bound."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ class Job:
     reference: str | None
     judge_served: bool
     shadow: bool
+    size: int = 0
 
 
 def job_of(turn: Turn, reply: Reply | StreamReply) -> Job:
@@ -34,18 +39,26 @@ def job_of(turn: Turn, reply: Reply | StreamReply) -> Job:
         answer = _completion_text(reply.body)
     elif answer is None and turn.captured is not None:
         answer = streamed_text(bytes(turn.captured))
+    query = last_user_query(turn.body.get("messages") or [])
+    reference = turn.draft or None
+    needs_body = reference is None or turn.shadow
+    body = turn.body if needs_body else {"model": turn.model}
+    size = sum(len(text.encode("utf-8", "surrogatepass")) for text in (query, answer or "", reference or "", *turn.preferences))
+    if needs_body:
+        size += len(turn.raw_body) if turn.raw_body is not None else len(orjson.dumps(turn.body))
     return Job(
         request_id=turn.request_id,
         user_id=turn.user_id,
         model=turn.model or "",
         strategy=turn.strategy or "off",
-        body=turn.body,
-        query=last_user_query(turn.body.get("messages") or []),
+        body=body,
+        query=query,
         preferences=turn.preferences,
         answer=answer or None,
-        reference=turn.draft or None,
+        reference=reference,
         judge_served=turn.judge,
         shadow=turn.shadow,
+        size=size,
     )
 
 

@@ -1,7 +1,7 @@
 """`Monitor`: the bounded queue, its fixed workers, and the canary schedule, for one process.
 
 Nothing here is on a request's path but `submit()`, which never waits and never raises: a full
-queue drops the sample and counts it. On shutdown the queue drains for `drain_seconds`; what is
+queue (`queue_size` jobs, or `queue_bytes` of what the jobs hold) drops the sample and counts it. On shutdown the queue drains for `drain_seconds`; what is
 left (queued or in progress) is abandoned and counted.
 """
 
@@ -44,6 +44,7 @@ class Monitor:
         self._canary_task: asyncio.Task[None] | None = None
         self._accepting = False
         self._busy = 0
+        self._queued_bytes = 0
         self._judges: dict[str, Judge] = {}
         self._upstreams: Upstreams | None = None
         self.evaluator: Evaluator | None = None
@@ -93,11 +94,15 @@ class Monitor:
         if not self._accepting:
             self._metrics.monitor_dropped.labels("not_running").inc()
             return False
+        if self._queued_bytes + job.size > self.settings.queue_bytes:
+            self._metrics.monitor_dropped.labels("queue_full").inc()
+            return False
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             self._metrics.monitor_dropped.labels("queue_full").inc()
             return False
+        self._queued_bytes += job.size
         self._metrics.monitor_enqueued.labels(role).inc()
         self._metrics.monitor_queue_depth.set(self._queue.qsize())
         return True
@@ -106,6 +111,7 @@ class Monitor:
         assert self.evaluator is not None
         while True:
             job = await self._queue.get()
+            self._queued_bytes -= job.size
             self._metrics.monitor_queue_depth.set(self._queue.qsize())
             self._busy += 1
             try:
@@ -142,6 +148,10 @@ class Monitor:
     @property
     def depth(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
 
     def idle(self) -> bool:
         return self._queue.qsize() == 0 and self._busy == 0
