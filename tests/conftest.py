@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.config import Settings, parse_settings
 from proxy.server.app import create_app
-from proxy.server.protocol_errors import make_runner
+from proxy.server.connections import make_runner
 from tests.fake_upstream import FakeUpstream
 
 # The profile-store fixtures (every backend; PostgreSQL with PERG_TEST_POSTGRES_DSN).

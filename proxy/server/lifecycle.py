@@ -20,7 +20,7 @@ from aiohttp import web
 from ..config import ConfigError, Settings
 from ..local_model import MODEL_ALIAS, LocalModelError, LocalModelProcess
 from .app import create_app
-from .protocol_errors import make_runner
+from .connections import make_runner
 from .services import SERVICES
 
 log = structlog.get_logger("perg.server")
