@@ -41,6 +41,17 @@ class ServerSettings(Section):
     workers: int = Field(1, ge=1, le=64)
     pre_stop_seconds: float = Field(0.0, ge=0)
     grace_seconds: float = Field(30.0, ge=0)
+    # what a client without a key can hold (docs/configuration.md, "server")
+    header_timeout_seconds: PositiveFloat = 10.0
+    body_timeout_seconds: PositiveFloat = 60.0
+    keepalive_timeout_seconds: PositiveFloat = 60.0
+    write_timeout_seconds: PositiveFloat = 15.0
+    max_connections: int | None = Field(None, ge=1)  # None: below the file-descriptor limit
+    # request bodies (400 naming the field past them)
+    max_messages: int = Field(4096, ge=1)
+    max_tools: int = Field(128, ge=1)
+    max_logit_bias: int = Field(1024, ge=1)
+    max_json_depth: int = Field(64, ge=2, le=200)  # orjson cannot write JSON nested deeper than 254
 
 
 class Timeouts(Section):
@@ -206,6 +217,7 @@ class RateLimitSettings(Section):
 class AuthSettings(Section):
     client_keys: tuple[ClientKey, ...] = ()
     admin_key: str = ""
+    metrics_key: str = ""  # when set, /metrics needs it as a bearer token
     rate_limits: RateLimitSettings = RateLimitSettings()
 
     @field_validator("client_keys", mode="before")

@@ -106,6 +106,11 @@ class Metrics:
             semconv="gen_ai.client.inference.usage.input_tokens, gen_ai.client.inference.usage.output_tokens",
         )
         self.in_flight = self._gauge("perg_requests_in_flight", "Client requests being handled now.", unit="{request}")
+        self.connections_refused = self._counter(
+            "perg_connections_refused",
+            "Client connections closed by the proxy: over server.max_connections (limit) or headers too slow (header_timeout).",
+            ("reason",),
+        )
         self.stream_errors = self._counter("perg_stream_errors", "Streams that ended with an in-band error event, by cause.", ("cause",))
         self.aligner_outcomes = self._counter("perg_aligner_outcomes", "Chat requests by personalization outcome.", ("strategy", "outcome"))
         self.aligner_fallbacks = self._counter(

@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry
 
 from proxy.config import Settings, parse_settings
 from proxy.server.app import create_app
-from proxy.server.connections import make_runner
+from proxy.server.connections import listen, make_runner
+from proxy.server.services import SERVICES
 from tests.fake_upstream import FakeUpstream
 
 # The profile-store fixtures (every backend; PostgreSQL with PERG_TEST_POSTGRES_DSN).
@@ -73,11 +74,15 @@ class ServerThread:
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
         runner = self._runner_factory(self.app)
+        listener = None
         try:
             await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", self._wanted_port)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]
+            if SERVICES in self.app:  # the proxy: its own listener, with its connection limits
+                listener = await listen(runner, host="127.0.0.1", port=self._wanted_port)
+                self.port = listener.sockets[0].getsockname()[1]
+            else:
+                await web.TCPSite(runner, "127.0.0.1", self._wanted_port).start()
+                self.port = runner.addresses[0][1]
         except BaseException as error:  # noqa: BLE001 - surfaced to the starting thread
             self._error = error
             self._ready.set()
@@ -85,6 +90,8 @@ class ServerThread:
             return
         self._ready.set()
         await self._stop.wait()
+        if listener is not None:
+            listener.close()
         await runner.cleanup()
 
     def call(self, coroutine: Any, timeout: float = 30) -> Any:

@@ -224,7 +224,9 @@ def test_queue_is_bounded_in_bytes_and_keeps_only_what_the_judges_read(start_pro
     for _ in range(5):
         body = {"model": "echo", "messages": [{"role": "system", "content": big}, {"role": "user", "content": "q"}]}
         body["personalization"] = {"preferences": [STYLE]}
-        response = httpx2.post(f"{proxy.base_url}/chat/completions", json=body, headers={"Authorization": f"Bearer {CLIENT_KEY}"}, timeout=60)
+        response = httpx2.post(
+            f"{proxy.base_url}/chat/completions", json=body, headers={"Authorization": f"Bearer {CLIENT_KEY}"}, timeout=60
+        )
         assert response.status_code == 200
     # one job in the worker (hung on its judge), two queued (1.2 MiB of 1.5), the last two dropped
     assert wait_for(lambda: proxy.metric("perg_monitor_dropped_total", {"reason": "queue_full"}) == 2)

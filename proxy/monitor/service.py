@@ -45,6 +45,7 @@ class Monitor:
         self._accepting = False
         self._busy = 0
         self._queued_bytes = 0
+        self.stop_by: float | None = None  # loop time the drain must end by (set by the server's shutdown)
         self._judges: dict[str, Judge] = {}
         self._upstreams: Upstreams | None = None
         self.evaluator: Evaluator | None = None
@@ -131,8 +132,11 @@ class Monitor:
             with suppress(asyncio.CancelledError):
                 await self._canary_task
         if self._workers:
+            drain = self.settings.drain_seconds
+            if self.stop_by is not None:
+                drain = max(0.0, min(drain, self.stop_by - asyncio.get_running_loop().time()))
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), self.settings.drain_seconds)
+                await asyncio.wait_for(self._queue.join(), drain)
             abandoned = self._queue.qsize() + self._busy
             if abandoned:
                 self._metrics.monitor_dropped.labels("shutdown").inc(abandoned)

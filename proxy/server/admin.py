@@ -17,6 +17,7 @@ from ..errors import InvalidRequest, NotFound
 from ..monitor.figures import rate_intervals
 from ..preferences.models import Profile
 from ..preferences.resolve import check_preferences
+from .middleware import read_body
 from .protocol import parse_json_object
 from .services import SERVICES, Services
 
@@ -77,7 +78,7 @@ async def get_profile(request: web.Request) -> web.Response:
 
 async def put_profile(request: web.Request) -> web.Response:
     user_id = user_of(request)
-    body = parse_json_object(await request.read())
+    body = parse_json_object(await read_body(request))
     _only(body, {"preferences"})
     if "preferences" not in body:
         raise InvalidRequest("Missing required parameter: 'preferences'.", param="preferences", code="missing_required_parameter")
@@ -88,7 +89,7 @@ async def put_profile(request: web.Request) -> web.Response:
 
 async def patch_profile(request: web.Request) -> web.Response:
     user_id = user_of(request)
-    body = parse_json_object(await request.read())
+    body = parse_json_object(await read_body(request))
     _only(body, {"add", "remove"})
     settings = request.app[SERVICES].settings.personalization
     add = check_preferences(body.get("add", []), "add", settings)

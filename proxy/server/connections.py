@@ -1,52 +1,165 @@
-"""The aiohttp runner of the proxy: handlers cancelled when their client goes away (so upstream
-work stops), a grace period for in-flight requests when it stops, header limits that fit the
-X-Perg-* headers, and protocol-level errors in OpenAI's shape."""
+"""The proxy's client connections: how aiohttp serves them, and the limits that keep a client
+without a key from using them all up.
+
+- handlers are cancelled when their client disconnects (so upstream work stops);
+- no request body is decompressed (the middleware answers `Content-Encoding` with 415);
+- header limits fit the X-Perg-* headers; protocol-level errors are OpenAI errors;
+- a request's headers must arrive within `server.header_timeout_seconds` of its first byte (or of
+  the connection opening), else the connection is closed (slowloris);
+- an idle kept-alive connection is closed after `server.keepalive_timeout_seconds`;
+- at most `server.max_connections` connections are open; one more is closed at once. The default
+  stays below the file-descriptor limit and keeps room for the upstream sockets and files.
+
+Only aiohttp's public API: `runner.server` (the web server) is wrapped by this module's protocol
+factory, and the listener is opened here with `loop.create_server`, not by a `TCPSite`.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import resource
 
 import orjson
 import structlog
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from ..config import Settings
 from ..errors import INTERNAL_MESSAGE, InvalidRequest, ProxyError
+from ..metrics import Metrics
+from .services import SERVICES
 
 log = structlog.get_logger("perg.runner")
 
 HEADER_LIMIT = 64 * 1024  # an X-Perg-Preferences header may carry up to 32 preferences of 1,000 chars
+FILE_RESERVE = 64  # descriptors kept for the store, logs, the local model's pipes, the listener
 
 
-def make_runner(app: web.Application, shutdown_timeout: float = 30.0) -> web.AppRunner:
-    """A runner whose handlers are cancelled when their client disconnects (so upstream work
-    stops), which gives in-flight requests `shutdown_timeout` seconds when it stops, and whose
-    protocol-level errors (a header too long, a malformed request line) are OpenAI errors too."""
-    return ProxyRunner(
-        app,
-        handler_cancellation=True,
-        auto_decompress=False,  # a compressed request body is refused (415), never inflated
-        access_log=None,
-        shutdown_timeout=shutdown_timeout,
-        max_field_size=HEADER_LIMIT,
-        max_line_size=HEADER_LIMIT,
+def make_runner(app: web.Application, shutdown_timeout: float = 0.25) -> web.AppRunner:
+    """The runner of the proxy's application. Its `shutdown_timeout` only bounds the handlers left
+    after `lifecycle.drain` has waited for them; `listen()` opens its listener."""
+    return web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout)
+
+
+async def listen(runner: web.AppRunner, *, host: str | None = None, port: int | None = None, reuse_port: bool = False) -> asyncio.Server:
+    """Accept connections for `runner` (set up) on the configured address, with this module's limits."""
+    server = runner.server
+    assert server is not None, "runner.setup() first"
+    services = runner.app[SERVICES]
+    settings = services.settings.server
+    factory = ConnectionFactory(server, services.settings, services.metrics)
+    return await asyncio.get_running_loop().create_server(
+        factory,
+        settings.host if host is None else host,
+        settings.port if port is None else port,
+        backlog=settings.backlog,
+        reuse_port=reuse_port or None,
     )
 
 
-class ProxyRunner(web.AppRunner):
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        server.__class__ = ProtocolErrorServer  # only adds the override below
-        return server
+def connection_cap(settings: Settings) -> int:
+    """`server.max_connections`, else what the file-descriptor limit leaves once every upstream
+    pool (the request path's and the monitor's) and a reserve for files are counted."""
+    if settings.server.max_connections is not None:
+        return settings.server.max_connections
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    pools = 4 if settings.monitor.enabled else 2  # pass-through and stage calls; the monitor's own clients
+    upstream = pools * sum(upstream.max_connections for upstream in settings.upstreams)
+    return max(16, soft - upstream - FILE_RESERVE)
 
 
-class ProtocolErrorServer(web.Server):
-    def __call__(self) -> RequestHandler:
-        return OpenAIErrorHandler(self, loop=self._loop, **self._kwargs)
+def raise_file_limit() -> int:
+    """Lift the soft file-descriptor limit to the hard one (as Go and nginx do); the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
-class OpenAIErrorHandler(RequestHandler):
-    """aiohttp answers requests it cannot parse itself, before any handler runs; answer them in
-    OpenAI's error shape, without a traceback, and log them as warnings."""
+class ConnectionFactory:
+    """The listener's protocol factory: one `ProxyRequestHandler` per connection, counted."""
+
+    def __init__(self, server: web.Server, settings: Settings, metrics: Metrics) -> None:
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.cap = connection_cap(settings)
+        self.open = 0
+        self.header_timeout = settings.server.header_timeout_seconds
+        self.refused = metrics.connections_refused
+        self.kwargs = {
+            "keepalive_timeout": settings.server.keepalive_timeout_seconds,
+            "auto_decompress": False,  # a compressed request body is refused (415), never inflated
+            "access_log": None,
+            "max_field_size": HEADER_LIMIT,
+            "max_line_size": HEADER_LIMIT,
+        }
+
+    def __call__(self) -> ProxyRequestHandler:
+        return ProxyRequestHandler(self, self.server, loop=self.loop, **self.kwargs)
+
+
+class ProxyRequestHandler(web.RequestHandler):
+    """aiohttp's connection handler with the header deadline, the connection cap, and protocol
+    errors (a header too long, a malformed request line) answered in OpenAI's error shape."""
+
+    def __init__(self, factory: ConnectionFactory, server: web.Server, **kwargs) -> None:
+        super().__init__(server, **kwargs)
+        self.factory = factory
+        self.admitted = False
+        self.idle = True  # no request being handled: the next bytes start a header deadline
+        self.started_requests = 0
+        self.header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        factory = self.factory
+        if factory.open >= factory.cap:
+            factory.refused.labels("limit").inc()
+            transport.close()  # the descriptor is freed now; the client may retry
+            return
+        factory.open += 1
+        self.admitted = True
+        super().connection_made(transport)
+        self.arm_header_deadline()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.admitted:
+            return
+        self.admitted = False
+        self.factory.open -= 1
+        self.cancel_header_deadline()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.idle and self.header_deadline is None:
+            self.arm_header_deadline()
+        super().data_received(data)
+
+    def arm_header_deadline(self) -> None:
+        self.header_deadline = self.factory.loop.call_later(self.factory.header_timeout, self.headers_late, self.started_requests)
+
+    def cancel_header_deadline(self) -> None:
+        if self.header_deadline is not None:
+            self.header_deadline.cancel()
+            self.header_deadline = None
+
+    def headers_late(self, started_before: int) -> None:
+        self.header_deadline = None
+        if self.idle and self.started_requests == started_before:
+            self.factory.refused.labels("header_timeout").inc()
+            self.force_close()
+
+    def request_started(self) -> None:
+        """Called by the middleware: the request's headers are in."""
+        self.idle = False
+        self.started_requests += 1
+        self.cancel_header_deadline()
+
+    def request_finished(self) -> None:
+        self.idle = True
 
     def handle_error(
         self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None

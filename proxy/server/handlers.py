@@ -25,9 +25,9 @@ from ..preferences.resolve import resolve
 from ..turn import Reply, StreamReply, Turn
 from ..upstream.client import UpstreamClient
 from ..upstream.headers import upstream_request_headers
-from .middleware import TURN
+from .middleware import TURN, read_body
 from .protocol import check_chat_request, parse_json_object
-from .responses import send_stream
+from .responses import send_reply, send_stream
 from .services import SERVICES, Services
 
 READY_TIMEOUT = 2.0
@@ -35,12 +35,10 @@ log = structlog.get_logger("perg.content")
 
 
 async def respond(request: web.Request, turn: Turn, reply: Reply | StreamReply) -> web.StreamResponse:
+    timeout = request.app[SERVICES].settings.server.write_timeout_seconds
     if isinstance(reply, StreamReply):
-        return await send_stream(request, turn, reply)
-    headers = reply.headers
-    if "Content-Type" not in headers:
-        headers["Content-Type"] = "application/json"
-    return web.Response(status=reply.status, body=reply.body, headers=headers)
+        return await send_stream(request, turn, reply, timeout)
+    return await send_reply(request, turn, reply, timeout)
 
 
 def json_response(payload: Any, status: int = 200) -> web.Response:
@@ -50,7 +48,7 @@ def json_response(payload: Any, status: int = 200) -> web.Response:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     turn = request[TURN]
     services = request.app[SERVICES]
-    payload = await request.read()
+    payload = await read_body(request)
     data = parse_json_object(payload)
     check_chat_request(data)
     had_extension = "personalization" in data
@@ -130,7 +128,7 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     segments = request.path.split("/")
     if "." in segments or ".." in segments:
         raise NotFound(f"Unknown route: {request.method} {request.path}")
-    body = await request.read() if request.body_exists else None
+    body = await read_body(request) if request.body_exists else None
     upstream = _route(request, body)
     # rel_url, not raw_path: an absolute-form request line (`GET http://x/v1/p`) has the scheme
     # and host in raw_path, and slicing that would send the path outside /v1 upstream.

@@ -2,8 +2,9 @@
 
 On SIGTERM (or SIGINT): `/readyz` turns unhealthy at once; the listener keeps serving for
 `server.pre_stop_seconds` (so a load balancer can take the replica out); then it stops accepting,
-lets in-flight requests and open streams finish for up to `server.grace_seconds` (cancelling what
-is left), drains the monitor, and the process exits 0.
+closes idle connections, lets in-flight requests and open streams finish, cancels what is left,
+drains the monitor and closes the upstreams and the store, all within `server.grace_seconds`
+(one deadline for the whole shutdown), and the process exits 0.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import gc
 import signal
 import sys
+from contextlib import suppress
 from urllib.parse import urlsplit
 
 import structlog
@@ -20,49 +22,70 @@ from aiohttp import web
 from ..config import ConfigError, Settings
 from ..local_model import MODEL_ALIAS, LocalModelError, LocalModelProcess
 from .app import create_app
-from .connections import make_runner
+from .connections import connection_cap, listen, make_runner, raise_file_limit
 from .services import SERVICES
 
 log = structlog.get_logger("perg.server")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+CANCEL_SECONDS = 0.25  # for aiohttp to cancel a handler left at the deadline (it waits twice)
+CLOSE_SECONDS = 0.5  # for closing the upstream pools and the store
 
 
 async def serve(settings: Settings, with_local_model: bool = False, reuse_port: bool = False) -> int:
     local = await start_local_model(settings) if with_local_model else None
     try:
         app = create_app(settings)
-        runner = make_runner(app, shutdown_timeout=settings.server.grace_seconds)
+        raise_file_limit()
+        runner = make_runner(app, shutdown_timeout=min(CANCEL_SECONDS, settings.server.grace_seconds / 4))
         await runner.setup()
-        server = settings.server
-        site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None, backlog=server.backlog)
         try:
-            await site.start()
+            listener = await listen(runner, reuse_port=reuse_port)
         except OSError as error:
             print(f"perg-proxy: cannot listen on {settings.server.host}:{settings.server.port}: {error.strerror}", file=sys.stderr)
             await runner.cleanup()
             return 1
-        port = _bound_port(site, settings.server.port)
+        port = listener.sockets[0].getsockname()[1] if listener.sockets else settings.server.port
         gc.freeze()  # start-up objects never need collecting: keeps full collections short
-        log.info("listening", host=settings.server.host, port=port, upstreams=[u.name for u in settings.upstreams])
+        log.info(
+            "listening",
+            host=settings.server.host,
+            port=port,
+            upstreams=[u.name for u in settings.upstreams],
+            max_connections=connection_cap(settings),
+        )
         if local is not None:
             print_examples(settings, port)
         await wait_for_signal()
-        await drain(app, runner, settings)
+        await drain(app, runner, listener, settings)
         return 0
     finally:
         if local is not None:
             await asyncio.to_thread(local.stop)
 
 
-async def drain(app: web.Application, runner: web.AppRunner, settings: Settings) -> None:
+async def drain(app: web.Application, runner: web.AppRunner, listener: asyncio.Server, settings: Settings) -> None:
     """Fail readiness, keep serving for the pre-stop delay, then stop within the grace period."""
-    app[SERVICES].draining = True
+    services = app[SERVICES]
+    services.draining = True
     log.info("draining", pre_stop_seconds=settings.server.pre_stop_seconds, grace_seconds=settings.server.grace_seconds)
     if settings.server.pre_stop_seconds:
         await asyncio.sleep(settings.server.pre_stop_seconds)
     log.info("shutting_down")
-    await runner.cleanup()  # stop accepting; in-flight work gets grace_seconds; then cleanup_ctx
-    log.info("stopped")
+    loop = asyncio.get_running_loop()
+    grace = settings.server.grace_seconds
+    deadline = loop.time() + grace
+    listener.close()  # stop accepting
+    assert runner.server is not None
+    runner.server.pre_shutdown()  # idle connections close now, busy ones after their response
+    # In-flight work gets what is left of the grace period once cancelling and closing are paid for.
+    finish_by = deadline - min(CANCEL_SECONDS * 2 + CLOSE_SECONDS, grace / 2)
+    if services.in_flight:
+        services.all_done = asyncio.Event()
+        with suppress(TimeoutError):
+            await asyncio.wait_for(services.all_done.wait(), max(0.0, finish_by - loop.time()))
+    services.monitor.stop_by = deadline - min(CLOSE_SECONDS, grace / 4)
+    await runner.cleanup()  # cancels what is left (shutdown_timeout), then the cleanup contexts
+    log.info("stopped", in_flight_cancelled=services.in_flight)
 
 
 async def start_local_model(settings: Settings) -> LocalModelProcess:
@@ -76,12 +99,6 @@ async def start_local_model(settings: Settings) -> LocalModelProcess:
         return await asyncio.to_thread(LocalModelProcess(url.hostname, url.port).start)
     except LocalModelError as error:
         raise ConfigError(str(error)) from None
-
-
-def _bound_port(site: web.TCPSite, configured: int) -> int:
-    server = site._server  # aiohttp keeps the asyncio server here; only used to report port 0
-    sockets = getattr(server, "sockets", None) or []
-    return sockets[0].getsockname()[1] if sockets else configured
 
 
 async def wait_for_signal() -> None:

@@ -14,9 +14,10 @@ import orjson
 import structlog
 from aiohttp import web
 
-from ..errors import MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError, UnsupportedMediaType, error_payload
+from ..errors import MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError, RequestTimeout, UnsupportedMediaType, error_payload
 from ..metrics import Metrics
 from ..turn import Turn
+from .connections import ProxyRequestHandler
 from .operator_page import UI_PATHS
 from .responses import apply_turn_headers
 from .services import SERVICES
@@ -46,6 +47,17 @@ def route_of(path: str) -> str:
     if path in OPEN_PATHS:
         return path[1:]
     return "unknown"
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body, read within `server.body_timeout_seconds` (408 past it: a client that
+    sends its body a byte at a time does not hold a connection for long)."""
+    timeout = request.app[SERVICES].settings.server.body_timeout_seconds
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"The request body was not received within {timeout:g} seconds.") from None
 
 
 def request_id_of(request: web.Request) -> str:
@@ -99,6 +111,10 @@ async def request_middleware(request: web.Request, handler) -> web.StreamRespons
     services = request.app[SERVICES]
     metrics = services.metrics
     metrics.in_flight.inc()
+    services.in_flight += 1
+    connection = request.protocol
+    if isinstance(connection, ProxyRequestHandler):
+        connection.request_started()
     tokens = structlog.contextvars.bind_contextvars(request_id=turn.request_id)
     try:
         refuse_encoded_body(request)
@@ -119,6 +135,11 @@ async def request_middleware(request: web.Request, handler) -> web.StreamRespons
         return error_response(error, turn)
     finally:
         metrics.in_flight.dec()
+        services.in_flight -= 1
+        if not services.in_flight and services.all_done is not None:
+            services.all_done.set()
+        if isinstance(connection, ProxyRequestHandler):
+            connection.request_finished()
         # After the response is handed to the transport, not before: logging and metrics are
         # off the response's critical path (the callback keeps this request's log context).
         asyncio.get_running_loop().call_soon(_record, request.path, turn, metrics)

@@ -21,6 +21,7 @@ from ..monitor.figures import canary_figures, canary_groups, process_figures, ra
 from ..preferences.models import JudgedSample, SampleCounts, SampleSeries, Verdict
 from ..preferences.store_errors import SampleNotFound
 from .admin import json_response, only_query, ratios, store_of
+from .middleware import read_body
 from .protocol import parse_json_object
 from .services import SERVICES, Services
 
@@ -150,7 +151,7 @@ async def get_sample(request: web.Request) -> web.Response:
 async def label_sample(request: web.Request) -> web.Response:
     only_query(request, set())
     sample_id = sample_id_of(request)
-    body = parse_json_object(await request.read())
+    body = parse_json_object(await read_body(request))
     for key in body:
         if key not in ("follow_score", "consistency"):
             raise InvalidRequest(f"Unknown parameter: '{key}'.", param=key, code="unknown_parameter")

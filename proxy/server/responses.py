@@ -3,17 +3,22 @@
 Chunks are written as they arrive, never buffered past an event boundary. Once a stream has
 started, an error can only be reported in band (`upstream/events.py`). A stream that ends without
 the upstream's `[DONE]` is an error too, so a dead upstream never looks like a finished answer.
+
+Every write to the client has a deadline (`server.write_timeout_seconds`): a client that stops
+reading has its connection closed and its upstream call cancelled, so it cannot hold an upstream
+connection (or the pool) past that.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import structlog
 from aiohttp import web
 
 from ..errors import ProxyError
-from ..turn import StreamReply, Turn
+from ..turn import Reply, StreamReply, Turn
 from ..upstream.events import DONE, HEARTBEAT, EventFramer, error_event
 
 CAPTURE_LIMIT = 1024 * 1024
@@ -27,6 +32,41 @@ class StreamEndedEarly(ProxyError):
     code = "upstream_stream_incomplete"
 
 
+class ClientTooSlow(ConnectionError):
+    """The client did not take a write within the write deadline; its connection is closed."""
+
+
+async def write_within(request: web.Request, response: web.StreamResponse, data: bytes, timeout: float) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            await response.write(data)
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()
+        raise ClientTooSlow(f"the client read nothing for {timeout:g} s") from None
+
+
+async def send_reply(request: web.Request, turn: Turn, reply: Reply, timeout: float) -> web.StreamResponse:
+    """A complete reply, written here (not after the handler) so its write has the deadline too."""
+    headers = reply.headers
+    if "Content-Type" not in headers:
+        headers["Content-Type"] = "application/json"
+    response = web.Response(status=reply.status, body=reply.body, headers=headers)
+    turn.status = reply.status
+    apply_turn_headers(response, turn)
+    try:
+        async with asyncio.timeout(timeout):
+            await response.prepare(request)
+            await response.write_eof()
+    except TimeoutError:
+        turn.error_code = "client_write_timeout"
+        if request.transport is not None:
+            request.transport.abort()
+    except (ConnectionResetError, ConnectionError):
+        turn.error_code = "client_disconnected"
+    return response
+
+
 def apply_turn_headers(response: web.StreamResponse, turn: Turn) -> None:
     """The proxy's own response headers; set before the response starts."""
     headers = response.headers
@@ -38,7 +78,7 @@ def apply_turn_headers(response: web.StreamResponse, turn: Turn) -> None:
     headers["x-perg-overhead-ms"] = f"{turn.overhead() * 1000:.3f}"
 
 
-async def send_stream(request: web.Request, turn: Turn, reply: StreamReply) -> web.StreamResponse:
+async def send_stream(request: web.Request, turn: Turn, reply: StreamReply, timeout: float) -> web.StreamResponse:
     """Write `reply` to the client chunk by chunk; errors after the start go in band."""
     response = web.StreamResponse(status=reply.status, headers=reply.headers)
     response.content_type = reply.content_type
@@ -49,21 +89,24 @@ async def send_stream(request: web.Request, turn: Turn, reply: StreamReply) -> w
     try:
         apply_turn_headers(response, turn)
         await response.prepare(request)
-        await _pump(response, turn, reply)
+        await _pump(request, response, turn, reply, timeout)
     except ProxyError as error:
-        await _fail(request, response, turn, reply, error)
+        await _fail(request, response, turn, reply, error, timeout)
+    except ClientTooSlow:
+        turn.error_code = "client_write_timeout"
+        return response
     except (ConnectionResetError, ConnectionError):
         turn.error_code = "client_disconnected"
         return response
     except Exception as error:  # reported in band, never as a traceback
         log.exception("stream_failed", request_id=turn.request_id)
-        await _fail(request, response, turn, reply, error)
+        await _fail(request, response, turn, reply, error, timeout)
     finally:
         await reply.close()
     return response
 
 
-async def _pump(response: web.StreamResponse, turn: Turn, reply: StreamReply) -> None:
+async def _pump(request: web.Request, response: web.StreamResponse, turn: Turn, reply: StreamReply, timeout: float) -> None:
     framer = EventFramer() if reply.sse else None
     async for chunk in reply.chunks:
         if framer is not None:
@@ -75,14 +118,16 @@ async def _pump(response: web.StreamResponse, turn: Turn, reply: StreamReply) ->
         if turn.captured is not None and len(turn.captured) < CAPTURE_LIMIT:
             turn.captured += chunk
         started = time.perf_counter()
-        await response.write(chunk)
+        await write_within(request, response, chunk, timeout)
         turn.client_wait += time.perf_counter() - started
     if framer is not None and reply.expect_done and not framer.saw_done:
         raise StreamEndedEarly("the upstream stream ended without its end-of-stream marker ([DONE])")
     await response.write_eof()
 
 
-async def _fail(request: web.Request, response: web.StreamResponse, turn: Turn, reply: StreamReply, error: BaseException) -> None:
+async def _fail(
+    request: web.Request, response: web.StreamResponse, turn: Turn, reply: StreamReply, error: BaseException, timeout: float
+) -> None:
     turn.error_code = getattr(error, "code", None) or "internal_error"
     if not response.prepared:
         raise error
@@ -92,7 +137,9 @@ async def _fail(request: web.Request, response: web.StreamResponse, turn: Turn, 
             request.transport.abort()
         return
     try:
-        await response.write(error_event(error) + DONE)
+        await write_within(request, response, error_event(error) + DONE, timeout)
         await response.write_eof()
+    except ClientTooSlow:
+        turn.error_code = "client_write_timeout"
     except (ConnectionResetError, ConnectionError):
         turn.error_code = "client_disconnected"

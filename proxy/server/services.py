@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -29,6 +30,8 @@ class Services:
     limiter: RateLimiter
     draining: bool = False
     probes: StyleProbes = field(default_factory=StyleProbes)
+    in_flight: int = 0  # requests being handled, for the drain
+    all_done: asyncio.Event | None = None  # set by the drain; the last request to finish sets it
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
