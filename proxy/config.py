@@ -48,6 +48,7 @@ class ServerSettings(Section):
     write_timeout_seconds: PositiveFloat = 15.0
     max_connections: int | None = Field(None, ge=1)  # None: below the file-descriptor limit
     # request bodies (400 naming the field past them)
+    max_json_values: int = Field(200_000, ge=1)  # in a chat body: objects, arrays, strings, numbers...
     max_messages: int = Field(4096, ge=1)
     max_tools: int = Field(128, ge=1)
     max_logit_bias: int = Field(1024, ge=1)

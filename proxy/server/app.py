@@ -19,7 +19,9 @@ from ..prompts.loader import Prompts
 from ..upstream.client import Upstreams
 from . import admin, handlers, monitor_admin, operator_page
 from .auth import Authenticator
+from .heavy_bodies import BodyChecker
 from .middleware import request_middleware
+from .protocol import BodyLimits
 from .ratelimit import RateLimiter
 from .services import SERVICES, Services
 
@@ -49,6 +51,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         ),
         monitor=Monitor(settings, metrics, store, prompts, upstreams),
         limiter=RateLimiter(settings.auth.rate_limits, metrics),
+        bodies=BodyChecker(body_limits(settings)),
     )
     app.cleanup_ctx.append(_upstreams)
     app.cleanup_ctx.append(_store)
@@ -79,6 +82,7 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
         await probe
     await services.upstreams.close()
     await services.limiter.close()
+    services.bodies.close()
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
@@ -93,6 +97,11 @@ async def _monitor(app: web.Application) -> AsyncIterator[None]:
     await monitor.start()
     yield
     await monitor.stop()
+
+
+def body_limits(settings: Settings) -> BodyLimits:
+    server = settings.server
+    return BodyLimits(server.max_json_values, server.max_messages, server.max_tools, server.max_logit_bias, server.max_json_depth)
 
 
 def load_prompts(settings: Settings) -> Prompts:

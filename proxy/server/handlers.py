@@ -26,7 +26,7 @@ from ..turn import Reply, StreamReply, Turn
 from ..upstream.client import UpstreamClient
 from ..upstream.headers import upstream_request_headers
 from .middleware import TURN, read_body
-from .protocol import check_chat_request, parse_json_object
+from .protocol import check_chat_request
 from .responses import send_reply, send_stream
 from .services import SERVICES, Services
 
@@ -49,7 +49,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     turn = request[TURN]
     services = request.app[SERVICES]
     payload = await read_body(request)
-    data = parse_json_object(payload)
+    data = await services.bodies.parse(payload)
     check_chat_request(data)
     had_extension = "personalization" in data
     wanted = await resolve(data, request.headers, turn.client, services.settings.personalization, services.store, services.metrics)

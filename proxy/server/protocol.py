@@ -2,10 +2,15 @@
 
 These models only *check* a request. What travels upstream is the client's own JSON object (or its
 very bytes), so a field the proxy does not know, or a number format, is never altered.
+
+A chat body is bounded before it costs much (`server.max_*`, 400 naming the field): the entries
+of `messages`, `tools` and `logit_bias`, the nesting depth of every value, and (for a body that
+looks heavy) the count of JSON values; only then the pydantic models.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -104,8 +109,80 @@ def validation_error(error: ValidationError) -> InvalidRequest:
     return InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param, code="invalid_value")
 
 
+@dataclass(frozen=True, slots=True)
+class BodyLimits:
+    values: int
+    messages: int
+    tools: int
+    logit_bias: int
+    depth: int
+
+
+def parse_chat_body(payload: bytes, limits: BodyLimits) -> dict[str, Any]:
+    """The chat request body as a JSON object within the entry and depth limits, or a 400 naming
+    the field past them."""
+    data = parse_json_object(payload)
+    for name, most in (("messages", limits.messages), ("tools", limits.tools), ("logit_bias", limits.logit_bias)):
+        value = data.get(name)
+        if isinstance(value, list | dict) and len(value) > most:
+            raise InvalidRequest(f"'{name}' has {len(value)} entries; at most {most} are allowed.", param=name, code="too_many_entries")
+    if payload.count(b"{") + payload.count(b"[") > limits.depth:  # fewer containers than that cannot nest deeper
+        check_depth(data, limits.depth)
+    return data
+
+
+def check_depth(data: dict[str, Any], limit: int) -> None:
+    """Every value nested at most `limit` deep (the body itself is depth 1)."""
+    for name, value in data.items():
+        stack = [(value, 2)]
+        while stack:
+            item, depth = stack.pop()
+            if depth > limit:
+                raise InvalidRequest(f"'{name}' is nested more than {limit} levels deep.", param=name, code="too_deep")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+
+
+def count_values(data: dict[str, Any], limit: int) -> None:
+    """At most `limit` JSON values in the body (objects, arrays, strings, numbers...)."""
+    seen = 0
+    stack: list[Any] = [data]
+    while stack:
+        item = stack.pop()
+        children = list(item.values()) if isinstance(item, dict) else item
+        seen += len(children)
+        if seen > limit:
+            raise InvalidRequest(f"The request body has more than {limit} JSON values.", code="request_too_complex")
+        stack.extend(child for child in children if isinstance(child, dict | list))
+
+
+def inspect_chat_body(payload: bytes, limits: BodyLimits) -> tuple[str, str | None, str | None] | None:
+    """Every check of a chat body, in a worker process (`server/heavy_bodies.py`): None when it
+    passes, else the 400's (message, param, code)."""
+    try:
+        data = parse_chat_body(payload, limits)
+        count_values(data, limits.values)
+        check_chat_request(data)
+    except InvalidRequest as error:
+        return error.message, error.param, error.code
+    return None
+
+
 def check_chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
     try:
-        return ChatCompletionRequest.model_validate(data)
+        request = ChatCompletionRequest.model_validate(data)
     except ValidationError as error:
         raise validation_error(error) from None
+    for index, message in enumerate(request.messages):
+        if isinstance(message.content, list):
+            check_parts(message.content, f"messages[{index}].content")
+    return request
+
+
+def check_parts(parts: list[dict[str, Any]], param: str) -> None:
+    """A text part's `text` is a string (the pipeline joins them)."""
+    for index, part in enumerate(parts):
+        if part.get("type") == "text" and not isinstance(part.get("text"), str):
+            raise InvalidRequest(
+                f"Invalid type for '{param}[{index}].text': a string is expected.", param=f"{param}[{index}].text", code="invalid_type"
+            )

@@ -15,6 +15,7 @@ from ..pipeline.probe import StyleProbes
 from ..preferences.handle import StoreHandle
 from ..upstream.client import Upstreams
 from .auth import Authenticator
+from .heavy_bodies import BodyChecker
 from .ratelimit import RateLimiter
 
 
@@ -28,6 +29,7 @@ class Services:
     pipeline: PipelineContext
     monitor: Monitor
     limiter: RateLimiter
+    bodies: BodyChecker
     draining: bool = False
     probes: StyleProbes = field(default_factory=StyleProbes)
     in_flight: int = 0  # requests being handled, for the drain
