@@ -11,7 +11,7 @@ import httpx2
 import orjson
 import pytest
 
-from tests.conftest import CLIENT_KEY
+from tests.conftest import CLIENT_KEY, wait_for
 
 BODY = {"model": "echo", "messages": [{"role": "user", "content": "x"}]}
 BOUND_KEY, OPEN_KEY, SHUT_KEY = "sk-bound-alice", "sk-unbound", "sk-no-naming"
@@ -118,3 +118,75 @@ def test_absolute_form_request_line_stays_inside_v1(proxy, fake_upstream, target
         assert item.path.startswith("/v1/") and "://" not in item.path and ".." not in item.path, item.path
     if fake_upstream.received:
         assert fake_upstream.received[0].path == "/v1" + target.split(b"/v1", 1)[1].decode()
+
+
+ONE = [{"role": "user", "content": "x"}]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "echo", "messages": ONE * 300_000}, "messages"),
+        ({"model": "echo", "messages": ONE, "logit_bias": {str(i): 1 for i in range(900_000)}}, "logit_bias"),
+        ({"model": "echo", "messages": ONE * 5000}, "messages"),
+        ({"model": "echo", "messages": ONE, "tools": [{"type": "function", "function": {"name": "f"}}] * 129}, "tools"),
+        ({"model": "echo", "messages": ONE, "logit_bias": {str(i): 1 for i in range(1025)}}, "logit_bias"),
+        ({"model": "echo", "messages": ONE, "extra": [[0] * 10] * 300_000}, None),
+    ],
+)
+def test_big_valid_bodies_are_capped_without_holding_the_loop(proxy, fake_upstream, body, param):
+    """The attack: a 10 MB body of tiny values. Refused with a 400 naming the field, while a small
+    request sent meanwhile is answered at once (the loop is not held for seconds)."""
+    import threading
+
+    small: list[float] = []
+
+    def small_requests(stop: threading.Event) -> None:
+        with httpx2.Client(timeout=15) as client:
+            while not stop.is_set():
+                started = time.perf_counter()
+                client.post(proxy.base_url + "/chat/completions", json=BODY, headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+                small.append(time.perf_counter() - started)
+
+    stop = threading.Event()
+    thread = threading.Thread(target=small_requests, args=(stop,))
+    thread.start()
+    try:
+        wait_for(lambda: len(small) >= 3)
+        small.clear()
+        response = post(proxy, body)
+        wait_for(lambda: len(small) >= 2)
+    finally:
+        stop.set()
+        thread.join(15)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert not any(len(item.body) > 1_000_000 for item in fake_upstream.received)
+    assert max(small) < 0.3, f"a small request waited {max(small):.3f} s"
+
+
+@pytest.mark.parametrize("depth", [100, 254, 600, 1020])
+def test_deep_extra_fields_are_400_even_when_the_body_is_rewritten(proxy, depth):
+    """orjson reads up to 1024 levels and writes only 254: with the extension taken out the body is
+    written again, which was a 500."""
+    nested = "[" * depth + "]" * depth
+    raw = f'{{"model": "echo", "messages": [{{"role": "user", "content": "x"}}], "personalization": {{"strategy": "off"}}, "extra": {nested}}}'
+    response = post(proxy, raw.encode())
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == {
+        "message": "'extra' is nested more than 64 levels deep.",
+        "type": "invalid_request_error",
+        "param": "extra",
+        "code": "too_deep",
+    }
+
+
+@pytest.mark.parametrize("text", [1, None, ["x"], {"a": 1}, True])
+def test_text_parts_must_carry_a_string(proxy, fake_upstream, text):
+    body = {"model": "echo", "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}]}
+    for strategy in ("off", "naive", "pref_aligner"):
+        body["personalization"] = {"strategy": strategy, "preferences": ["be brief"]}
+        response = post(proxy, body)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == "messages[0].content[0].text"
+    assert fake_upstream.received == []
