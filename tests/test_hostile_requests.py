@@ -190,3 +190,42 @@ def test_text_parts_must_carry_a_string(proxy, fake_upstream, text):
         assert response.status_code == 400, response.text
         assert response.json()["error"]["param"] == "messages[0].content[0].text"
     assert fake_upstream.received == []
+
+
+ALIGNER = {"model": "script:stage1", "messages": ONE, "personalization": {"strategy": "pref_aligner", "preferences": ["be brief"]}}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [{"choices": "x"}, {"choices": ["x"]}, {"choices": [{"index": 0, "message": "x"}]}, {"choices": [], "usage": "x"}],
+)
+def test_a_malformed_stage_1_answer_is_502(start_proxy, fake_upstream, answer):
+    from tests.fake_upstream import json_body
+
+    fake_upstream.scripts["stage1"] = lambda body: json_body({"id": "c", "object": "chat.completion", **answer})
+    proxy = start_proxy(personalization={"default_strategy": "off", "relevance_gate": {"mode": "off"}})
+    response = post(proxy, ALIGNER)
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "bad_upstream_response"
+    streamed = post(proxy, {**ALIGNER, "stream": True})
+    assert b"bad_upstream_response" in streamed.content and b"Traceback" not in streamed.content
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stage_2_fans_out_no_wider_than_the_request_asked(start_proxy, fake_upstream, stream):
+    from tests.fake_upstream import completion, json_body, pipeline_role
+
+    def stage1(body):
+        if pipeline_role(body) != "chat":
+            return "Rewritten."
+        data = completion(body, {"role": "assistant", "content": "draft"})
+        data["choices"] = [{**data["choices"][0], "index": i} for i in range(50)]
+        return json_body(data)
+
+    fake_upstream.scripts["stage1"] = stage1
+    proxy = start_proxy(personalization={"default_strategy": "off", "relevance_gate": {"mode": "off"}})
+    response = post(proxy, {**ALIGNER, "n": 2, "stream": stream})
+    assert response.status_code == 200, response.text
+    assert len(fake_upstream.chat_bodies("aligner")) == 2
+    if not stream:
+        assert len(response.json()["choices"]) == 2

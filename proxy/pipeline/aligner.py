@@ -17,7 +17,7 @@ import orjson
 import structlog
 from multidict import CIMultiDict
 
-from ..errors import ProxyError
+from ..errors import ProxyError, UpstreamProtocolError
 from ..prompts.loader import preference_lines
 from ..turn import Reply, Turn
 from .chat import add_usage, first_content, keep_as_is, last_user_query, served_unchanged
@@ -81,9 +81,23 @@ async def plan(turn: Turn, ctx: PipelineContext) -> RewritePlan:
             gate.cancel()
             with suppress(asyncio.CancelledError, Exception):
                 await gate  # stage 1 failed: the gate's answer is not needed
-    stage1_usage, gate_usage = add_usage(None, stage1.data.get("usage")), add_usage(None, gate_usage)
+    draft = checked_draft(stage1.data, turn.body.get("n") or 1)
+    stage1_usage, gate_usage = add_usage(None, draft.get("usage")), add_usage(None, gate_usage)
     usage = add_usage(stage1_usage, gate_usage)
-    return RewritePlan(stage1.data, stage1.headers, query, relevant, usage, stage1_usage, gate_usage)
+    return RewritePlan(draft, stage1.headers, query, relevant, usage, stage1_usage, gate_usage)
+
+
+def checked_draft(data: dict[str, Any], n: int) -> dict[str, Any]:
+    """Stage 1's completion as stage 2 reads it, else a 502 naming what is wrong; at most `n`
+    choices (the request's), so an upstream cannot make stage 2 fan out wider than asked."""
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices):
+        raise UpstreamProtocolError("stage 1's answer has no list of choice objects in 'choices'")
+    if any(not isinstance(choice.get("message"), dict | None) for choice in choices):
+        raise UpstreamProtocolError("stage 1's answer has a choice whose 'message' is not an object")
+    if not isinstance(data.get("usage"), dict | None):
+        raise UpstreamProtocolError("stage 1's answer has a 'usage' that is not an object")
+    return {**data, "choices": choices[:n]} if len(choices) > n else data
 
 
 def aligner_body(turn: Turn, ctx: PipelineContext, model: str, query: str, draft: str, relevant: tuple[str, ...]) -> dict[str, Any]:
