@@ -245,3 +245,53 @@ def test_sqlite_errors_map_to_store_errors(error: sqlite3.Error, expected: type[
     assert type(translated) is expected
     assert translated.status == (503 if expected is StoreUnavailable else 500)
     assert words in translated.message and "/data/profiles.db" in translated.message
+
+
+@pytest.mark.parametrize("attack", ["delete_directory", "replace_file", "read_only"])
+async def test_a_database_file_gone_replaced_or_read_only_is_unavailable(tmp_path, attack):
+    """Writes to a deleted or replaced file go to an unlinked inode: acknowledged, then lost at
+    the next start. The store notices before every write and in its ping (readiness)."""
+    import shutil
+
+    path = tmp_path / "db" / "profiles.db"
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        await store.put("alice", ["kept"])
+        await store.ping()
+        if attack == "delete_directory":
+            shutil.rmtree(path.parent)
+        elif attack == "replace_file":
+            shutil.copy(path, tmp_path / "copy.db")
+            os.replace(tmp_path / "copy.db", path)
+        else:
+            path.chmod(0o444)
+        with pytest.raises(StoreUnavailable) as raised:
+            await store.put("bob", ["would be lost"])
+        assert raised.value.status == 503
+        assert {"delete_directory": "gone", "replace_file": "replaced", "read_only": "read-only"}[attack] in raised.value.message
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+    finally:
+        await store.close()
+        if path.exists():
+            path.chmod(0o644)
+
+
+def test_the_proxy_answers_503_and_fails_readiness_when_its_database_goes(start_proxy, tmp_path):
+    import shutil
+
+    import httpx2
+
+    from tests.conftest import ADMIN_KEY
+
+    proxy = start_proxy(profiles={"backend": "sqlite", "path": str(tmp_path / "db" / "profiles.db")})
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    assert httpx2.put(f"{proxy.url}/perg/profiles/alice", json={"preferences": ["x"]}, headers=admin).status_code == 200
+    assert httpx2.get(f"{proxy.url}/readyz").json()["store"] == "ok"
+    shutil.rmtree(tmp_path / "db")
+    put = httpx2.put(f"{proxy.url}/perg/profiles/bob", json={"preferences": ["y"]}, headers=admin)
+    assert put.status_code == 503 and put.json()["error"]["code"] == "store_unavailable"
+    time.sleep(1.2)  # past the cached readiness probe
+    ready = httpx2.get(f"{proxy.url}/readyz")
+    assert ready.status_code == 503 and ready.json()["store"] == "store_unavailable"

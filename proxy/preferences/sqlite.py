@@ -13,6 +13,7 @@ fsync per write, on the admin and monitor paths only; the request path only read
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sqlite3
 import time
@@ -107,7 +108,9 @@ class SqliteStore(Store):
         await self._pool.stop()
 
     async def ping(self) -> None:
+        """Readable, and (`SqlitePool.check_file`) still the file opened, and writable."""
         await self._pool.read(lambda db: db.execute("SELECT count(*) FROM schema_version").fetchone())
+        await asyncio.to_thread(self._pool.check_file)
 
     async def _get(self, user_id: str) -> Profile | None:
         sql = f"SELECT {PROFILE_COLUMNS} FROM profiles p LEFT JOIN preferences q ON q.user_id = p.user_id"

@@ -12,6 +12,7 @@ or `StoreError`.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -97,6 +98,7 @@ class SqlitePool:
         self._readers: asyncio.Queue[sqlite3.Connection] = asyncio.Queue()
         self._owned = {"writer": 0, "readers": 0}
         self._open = False
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file opened
 
     async def start(self, prepare: Work[None]) -> None:
         """Open the writer, run `prepare` on it (WAL, schema), then open the readers."""
@@ -107,6 +109,8 @@ class SqlitePool:
         try:
             writer = await self._call(lambda: connect(self.path, self.busy_timeout, reader=False))
             self._writer.put_nowait(writer)
+            opened = os.stat(self.path)
+            self._identity = (opened.st_dev, opened.st_ino)
             self._owned["writer"] = 1
             await self.write(prepare, transaction=False)
             for _ in range(self._readers_wanted):
@@ -138,10 +142,33 @@ class SqlitePool:
         return await self._checked_out(self._readers, work)
 
     async def write(self, work: Work[T], *, transaction: bool = True) -> T:
-        """`work` on the writer connection, inside `BEGIN IMMEDIATE` unless told otherwise."""
+        """`work` on the writer connection, inside `BEGIN IMMEDIATE` unless told otherwise; first
+        the file is checked to be the one opened, and writable (`check_file`)."""
         if transaction:
-            return await self._checked_out(self._writer, lambda connection: in_write_transaction(connection, work))
-        return await self._checked_out(self._writer, work)
+            return await self._checked_out(self._writer, lambda connection: in_write_transaction(connection, self._checked(work)))
+        return await self._checked_out(self._writer, self._checked(work))
+
+    def _checked(self, work: Work[T]) -> Work[T]:
+        def run(connection: sqlite3.Connection) -> T:
+            self.check_file()
+            return work(connection)
+
+        return run
+
+    def check_file(self) -> None:
+        """`StoreUnavailable` unless the path still names the file opened (same device and inode)
+        and it is writable. A deleted or replaced file would take every write that follows to an
+        unlinked inode: acknowledged, then gone at the next start."""
+        if self._identity is None:
+            return
+        try:
+            now = os.stat(self.path)
+        except OSError as error:
+            raise StoreUnavailable(f"profile store {self.path} is unavailable: the database file is gone ({error.strerror})") from None
+        if (now.st_dev, now.st_ino) != self._identity:
+            raise StoreUnavailable(f"profile store {self.path} is unavailable: the database file was replaced since it was opened")
+        if not now.st_mode & 0o222 or not os.access(self.path, os.W_OK):
+            raise StoreUnavailable(f"profile store {self.path} is unavailable: the database file is read-only")
 
     async def _checked_out(self, queue: asyncio.Queue[sqlite3.Connection], work: Work[T]) -> T:
         if not self._open:
