@@ -165,3 +165,25 @@ def test_sigterm_finishes_within_grace_seconds(tmp_path, fake_upstream, processe
     for thread in threads:
         thread.join(30)
     assert took < 2.0 + 0.4, f"SIGTERM took {took:.2f} s with grace_seconds: 2"
+
+
+def test_unauthenticated_readyz_does_not_amplify_into_upstream_calls(proxy, fake_upstream):
+    with httpx2.Client(timeout=10) as client:
+        answers = [client.get(proxy.url + "/readyz").status_code for _ in range(200)]
+    assert answers == [200] * 200
+    probes = [item for item in fake_upstream.received if item.path == "/v1/models"]
+    assert 1 <= len(probes) <= 5, len(probes)  # one per second at most, not one per call
+    time.sleep(1.1)
+    httpx2.get(proxy.url + "/readyz")
+    assert len([item for item in fake_upstream.received if item.path == "/v1/models"]) == len(probes) + 1
+
+
+def test_metrics_can_require_a_key(start_proxy):
+    open_proxy = start_proxy()
+    assert httpx2.get(open_proxy.url + "/metrics").status_code == 200
+    keyed = start_proxy(auth={"client_keys": [CLIENT_KEY], "admin_key": "admin-secret", "metrics_key": "scrape-me"})
+    for headers in ({}, {"Authorization": "Bearer wrong"}, AUTH):
+        refused = httpx2.get(keyed.url + "/metrics", headers=headers)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+    scraped = httpx2.get(keyed.url + "/metrics", headers={"Authorization": "Bearer scrape-me"})
+    assert scraped.status_code == 200 and "perg_requests_total" in scraped.text

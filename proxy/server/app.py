@@ -23,6 +23,7 @@ from .heavy_bodies import BodyChecker
 from .middleware import request_middleware
 from .protocol import BodyLimits
 from .ratelimit import RateLimiter
+from .readiness import Readiness
 from .services import SERVICES, Services
 
 log = structlog.get_logger("perg.app")
@@ -52,6 +53,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         monitor=Monitor(settings, metrics, store, prompts, upstreams),
         limiter=RateLimiter(settings.auth.rate_limits, metrics),
         bodies=BodyChecker(body_limits(settings)),
+        readiness=Readiness(store, upstreams),
     )
     app.cleanup_ctx.append(_upstreams)
     app.cleanup_ctx.append(_store)

@@ -33,6 +33,7 @@ class Authenticator:
     def __init__(self, settings: AuthSettings) -> None:
         self._clients = [(_digest(client.key), client) for client in settings.client_keys]
         self._admin = _digest(settings.admin_key) if settings.admin_key else None
+        self._metrics = _digest(settings.metrics_key) if settings.metrics_key else None
         self.open = not self._clients
 
     def check(self, authorization: str | None, *, admin: bool) -> ClientKey | None:
@@ -49,6 +50,16 @@ class Authenticator:
         if found is None:
             raise AuthenticationFailed("Incorrect API key provided.")
         return found
+
+    def check_metrics(self, authorization: str | None) -> None:
+        """`/metrics` is open unless `auth.metrics_key` is set; then it needs that key."""
+        if self._metrics is None:
+            return
+        token = bearer_token(authorization)
+        if token is None:
+            raise AuthenticationFailed("Missing metrics key: send it as 'Authorization: Bearer <key>'.")
+        if not hmac.compare_digest(_digest(token), self._metrics):
+            raise AuthenticationFailed("Incorrect metrics key provided.")
 
     def _check_admin(self, token: str | None) -> None:
         if self._admin is None:

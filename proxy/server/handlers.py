@@ -30,7 +30,6 @@ from .protocol import check_chat_request
 from .responses import send_reply, send_stream
 from .services import SERVICES, Services
 
-READY_TIMEOUT = 2.0
 log = structlog.get_logger("perg.content")
 
 
@@ -177,25 +176,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     services: Services = request.app[SERVICES]
-    store, *checks = await asyncio.gather(services.store.ping(), *(_probe(upstream) for upstream in services.upstreams.all))
-    upstreams = {upstream.name: result for upstream, result in zip(services.upstreams.all, checks, strict=True)}
-    ready = all(result == "ok" for result in (store, *checks)) and not services.draining
+    store, upstreams = await services.readiness.check()
+    ready = store == "ok" and all(state == "ok" for state in upstreams.values()) and not services.draining
     status = "draining" if services.draining else ("ready" if ready else "not_ready")
     body = {"status": status, "store": store, "upstreams": upstreams, "structured_output": services.probes.report()}
     return json_response(body, 200 if ready else 503)
-
-
-async def _probe(upstream: UpstreamClient) -> str:
-    headers = upstream_request_headers({}, "readyz", upstream.settings.api_key, upstream.settings.headers)
-    try:
-        async with asyncio.timeout(READY_TIMEOUT):
-            async with upstream.open("GET", "/models", headers=headers, stage="readyz") as response:
-                await response.read()
-    except ProxyError as error:
-        return error.code or "error"
-    except TimeoutError:
-        return "upstream_timeout"
-    return "ok"
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -121,6 +121,8 @@ async def request_middleware(request: web.Request, handler) -> web.StreamRespons
         if path.startswith(("/v1/", "/perg/")) and path not in UI_PATHS:
             turn.client = services.auth.check(request.headers.get("Authorization"), admin=path.startswith("/perg/"))
             await services.limiter.admit(turn.client)
+        elif path == "/metrics":
+            services.auth.check_metrics(request.headers.get("Authorization"))
         response = await handler(request)
         if not response.prepared:
             turn.status = response.status

@@ -17,6 +17,7 @@ from ..upstream.client import Upstreams
 from .auth import Authenticator
 from .heavy_bodies import BodyChecker
 from .ratelimit import RateLimiter
+from .readiness import Readiness
 
 
 @dataclass(slots=True)
@@ -30,6 +31,7 @@ class Services:
     monitor: Monitor
     limiter: RateLimiter
     bodies: BodyChecker
+    readiness: Readiness
     draining: bool = False
     probes: StyleProbes = field(default_factory=StyleProbes)
     in_flight: int = 0  # requests being handled, for the drain
