@@ -184,10 +184,10 @@ def _only(body: dict[str, Any], allowed: set[str]) -> None:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/perg/profiles", list_profiles)
-    app.router.add_get("/perg/profiles/{user_id}", get_profile)
-    app.router.add_put("/perg/profiles/{user_id}", put_profile)
-    app.router.add_patch("/perg/profiles/{user_id}", patch_profile)
-    app.router.add_delete("/perg/profiles/{user_id}", delete_profile)
-    app.router.add_get("/perg/monitor/samples", list_samples)
-    app.router.add_get("/perg/monitor/summary", monitor_summary)
+    app.router.add_get("/perg/profiles", list_profiles, name="profiles:list")
+    app.router.add_get("/perg/profiles/{user_id}", get_profile, name="profiles:item")
+    app.router.add_put("/perg/profiles/{user_id}", put_profile, name="profiles:item")
+    app.router.add_patch("/perg/profiles/{user_id}", patch_profile, name="profiles:item")
+    app.router.add_delete("/perg/profiles/{user_id}", delete_profile, name="profiles:item")
+    app.router.add_get("/perg/monitor/samples", list_samples, name="monitor:samples")
+    app.router.add_get("/perg/monitor/summary", monitor_summary, name="monitor:summary")

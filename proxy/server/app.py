@@ -61,14 +61,15 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     admin.add_routes(app)
     monitor_admin.add_routes(app)
     operator_page.add_routes(app)
-    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
-    app.router.add_get("/v1/models", handlers.list_models)
-    app.router.add_route("*", "/v1/models/{model}", handlers.passthrough)
-    app.router.add_route("*", "/v1/{tail:.*}", handlers.passthrough)
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/readyz", handlers.readyz)
-    app.router.add_get("/metrics", handlers.metrics)
-    app.router.add_get("/openapi.json", handlers.openapi)
+    # Every route's name is "<metrics label>[:<detail>]": the router is the one route table.
+    app.router.add_post("/v1/chat/completions", handlers.chat_completions, name="chat_completions")
+    app.router.add_get("/v1/models", handlers.list_models, name="models:list")
+    app.router.add_route("*", "/v1/models/{model}", handlers.passthrough, name="models:item")
+    app.router.add_route("*", "/v1/{tail:.*}", handlers.passthrough, name="passthrough")
+    app.router.add_get("/healthz", handlers.healthz, name="healthz")
+    app.router.add_get("/readyz", handlers.readyz, name="readyz")
+    app.router.add_get("/metrics", handlers.metrics, name="metrics")
+    app.router.add_get("/openapi.json", handlers.openapi, name="openapi.json")
     return app
 
 

@@ -25,28 +25,21 @@ from .services import SERVICES
 TURN: web.RequestKey[Turn] = web.RequestKey("turn", Turn)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+LABELS: dict[str, str] = {}  # route name -> label, filled as routes are first matched
 
 log = structlog.get_logger("perg.request")
 
 
-def route_of(path: str) -> str:
-    """A bounded route label for metrics and logs."""
-    if path == "/v1/chat/completions":
-        return "chat_completions"
-    if path == "/v1/models" or path.startswith("/v1/models/"):
-        return "models"
-    if path.startswith("/v1/"):
-        return "passthrough"
-    if path in UI_PATHS:
-        return "ui"
-    if path.startswith("/perg/profiles"):
-        return "profiles"
-    if path.startswith("/perg/monitor"):
-        return "monitor"
-    if path in OPEN_PATHS:
-        return path[1:]
-    return "unknown"
+def route_of(request: web.Request) -> str:
+    """A bounded route label for metrics and logs: the matched route's name up to its first ':'
+    (`app.py` names every route), "unknown" when none matched (404, 405)."""
+    name = request.match_info.route.name
+    if name is None:
+        return "unknown"
+    label = LABELS.get(name)
+    if label is None:
+        label = LABELS[name] = name.partition(":")[0]
+    return label
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -106,7 +99,7 @@ def _from_http_exception(error: web.HTTPException, request: web.Request) -> Prox
 @web.middleware
 async def request_middleware(request: web.Request, handler) -> web.StreamResponse:
     path = request.path
-    turn = Turn(request_id=request_id_of(request), route=route_of(path), method=request.method, headers=request.headers)
+    turn = Turn(request_id=request_id_of(request), route=route_of(request), method=request.method, headers=request.headers)
     request[TURN] = turn
     services = request.app[SERVICES]
     metrics = services.metrics

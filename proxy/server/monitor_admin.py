@@ -165,7 +165,7 @@ async def label_sample(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/perg/monitor/series", monitor_series)
-    app.router.add_get("/perg/monitor/process", monitor_process)
-    app.router.add_get("/perg/monitor/samples/{sample_id}", get_sample)
-    app.router.add_post("/perg/monitor/samples/{sample_id}/label", label_sample)
+    app.router.add_get("/perg/monitor/series", monitor_series, name="monitor:series")
+    app.router.add_get("/perg/monitor/process", monitor_process, name="monitor:process")
+    app.router.add_get("/perg/monitor/samples/{sample_id}", get_sample, name="monitor:sample")
+    app.router.add_post("/perg/monitor/samples/{sample_id}/label", label_sample, name="monitor:label")

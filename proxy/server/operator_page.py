@@ -75,5 +75,5 @@ async def ui_file(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    for path in FILES:
-        app.router.add_get(path, ui_file)
+    for index, path in enumerate(FILES):
+        app.router.add_get(path, ui_file, name=f"ui:file{index}")
