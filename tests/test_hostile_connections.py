@@ -13,7 +13,6 @@ import time
 import httpx2
 import pytest
 
-from proxy.server.connections import connection_cap
 from tests.conftest import CLIENT_KEY, free_port, proxy_settings
 from tests.processes import Proxy, write_config
 
@@ -91,6 +90,8 @@ def test_connections_over_the_cap_are_closed_and_real_requests_still_served(star
 
 
 def test_the_default_cap_stays_below_the_descriptor_limit():
+    from proxy.server.connections import connection_cap
+
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     settings = proxy_settings("http://127.0.0.1:9/v1")
     cap = connection_cap(settings)
