@@ -94,6 +94,22 @@ def test_preferences_from_header_and_profile(local_proxy):
     assert none.headers["x-perg-aligned"] == "false"
 
 
+def test_a_bound_key_never_gets_another_users_stored_preferences(local_proxy):
+    """The issue's attack on the real model: a key bound to carol names dave in each of the three
+    places; every call is a 403 (the SDK's PermissionDeniedError) and no model call is made."""
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    secret = "Always mention the code word PINEAPPLE-42."
+    assert httpx2.put(f"{local_proxy.url}/perg/profiles/dave", json={"preferences": [secret]}, headers=admin).status_code == 200
+    attempts = [{"user": "dave"}, {"extra_body": {"personalization": {"user_id": "dave"}}}, {"extra_headers": {"X-Perg-User": "dave"}}]
+    with client(local_proxy, key="sk-bound") as c:
+        for attempt in attempts:
+            with pytest.raises(openai.PermissionDeniedError) as raised:
+                c.chat.completions.create(model=MODEL_ALIAS, messages=QUESTION, **attempt, **OPTIONS)
+            assert raised.value.code == "user_not_allowed"
+        own = c.chat.completions.with_raw_response.create(model=MODEL_ALIAS, messages=QUESTION, user="carol", **OPTIONS)
+    assert own.parse().choices[0].message.content.strip()
+
+
 def test_unmodified_async_app_gets_personalized_answers_from_a_stored_profile(local_proxy):
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     httpx2.put(f"{local_proxy.url}/perg/profiles/dave", json={"preferences": [STYLE]}, headers=admin)
