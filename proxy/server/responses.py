@@ -37,6 +37,10 @@ class ClientTooSlow(ConnectionError):
 
 
 async def write_within(request: web.Request, response: web.StreamResponse, data: bytes, timeout: float) -> None:
+    transport = request.transport
+    if transport is not None and transport.get_write_buffer_size() + len(data) + 1024 <= transport.get_write_buffer_limits()[1]:
+        await response.write(data)  # stays under the high-water mark (with room for chunk framing): cannot wait
+        return
     try:
         async with asyncio.timeout(timeout):
             await response.write(data)
