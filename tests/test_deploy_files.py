@@ -37,7 +37,7 @@ from proxy import cli, local_model
 from proxy.config import ENV_PATTERN, ConfigError, Settings, expand_env, parse_settings
 from proxy.server import operator_page
 from proxy.server.app import create_app
-from proxy.server.handlers import READY_TIMEOUT
+from proxy.server.readiness import PROBE_TIMEOUT as READY_TIMEOUT
 from tests.conftest import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
