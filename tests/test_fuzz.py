@@ -61,7 +61,7 @@ def always_ok_upstream() -> web.Application:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)
-    app.router.add_route("*", "/{tail:.*}", anything)
+    app.router.add_get("/{tail:.*}", anything)  # GET only: other methods keep their 405s
     return app
 
 

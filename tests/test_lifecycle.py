@@ -14,7 +14,7 @@ import asyncpg
 import httpx2
 import pytest
 
-from tests.conftest import ADMIN_KEY, CLIENT_KEY, free_port
+from tests.conftest import ADMIN_KEY, CLIENT_KEY, free_port, wait_for
 from tests.processes import Proxy, write_config
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
@@ -97,6 +97,8 @@ def test_workers_share_the_port_and_metrics_add_up(tmp_path, fake_upstream, proc
     port = free_port()
     proxy = Proxy(write_config(tmp_path, port, fake_upstream.url, "profiles: {backend: memory}"), port, "--workers", "2")
     processes.append(proxy)
+    # Ready means one worker answered; on a loaded machine the other may bind a moment later.
+    assert wait_for(lambda: sum(event.get("event") == "listening" for event in proxy.events()) == 2, timeout=30)
 
     async def load() -> list[int]:
         async with httpx2.AsyncClient(timeout=30, limits=httpx2.Limits(max_keepalive_connections=0)) as client:

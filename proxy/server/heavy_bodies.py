@@ -51,5 +51,5 @@ class BodyChecker:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)  # the worker process is gone when this returns
             self._pool = None
