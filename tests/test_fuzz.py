@@ -54,14 +54,15 @@ def always_ok_upstream() -> web.Application:
     async def models(request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "m", "object": "model"}]})
 
-    async def anything(request: web.Request) -> web.Response:
-        FORWARDED_PATHS.append(request.raw_path)
-        return web.json_response({"object": "other"})
+    @web.middleware
+    async def record(request: web.Request, handler):  # every path received, routed or not
+        if request.path not in ("/v1/chat/completions", "/v1/models"):
+            FORWARDED_PATHS.append(request.raw_path)
+        return await handler(request)
 
-    app = web.Application()
+    app = web.Application(middlewares=[record])
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)
-    app.router.add_get("/{tail:.*}", anything)  # GET only: other methods keep their 405s
     return app
 
 

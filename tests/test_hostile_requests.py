@@ -173,6 +173,12 @@ def test_big_valid_bodies_are_capped_without_holding_the_loop(proxy, fake_upstre
     assert max(small) < 0.3, f"a small request waited {max(small):.3f} s"
 
 
+def test_the_depth_check_passes_scalar_fields(proxy):
+    """Found by the fuzzer: a scalar field beside enough containers to be depth-checked was a 500."""
+    body = {"model": "echo", "messages": ONE * 70, "user": None, "temperature": 1, "stop": ["a"]}
+    assert post(proxy, body).status_code == 200
+
+
 @pytest.mark.parametrize("depth", [100, 254, 600, 1020])
 def test_deep_extra_fields_are_400_even_when_the_body_is_rewritten(proxy, depth):
     """orjson reads up to 1024 levels and writes only 254: with the extension taken out the body is

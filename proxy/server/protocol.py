@@ -134,7 +134,7 @@ def parse_chat_body(payload: bytes, limits: BodyLimits) -> dict[str, Any]:
 def check_depth(data: dict[str, Any], limit: int) -> None:
     """Every value nested at most `limit` deep (the body itself is depth 1)."""
     for name, value in data.items():
-        stack = [(value, 2)]
+        stack = [(value, 2)] if isinstance(value, dict | list) else []
         while stack:
             item, depth = stack.pop()
             if depth > limit:
