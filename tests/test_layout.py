@@ -138,7 +138,7 @@ def test_no_aiohttp_private_internals_in_the_server():
 
 
 def test_the_request_handler_hooks_the_proxy_overrides_still_exist():
-    """server/connections.py subclasses web.RequestHandler (aiohttp is pinned below 4 for it): if
+    """server/connections.py subclasses web.RequestHandler (aiohttp is pinned below 3.15, for it among others): if
     aiohttp renames a hook or a keyword it passes, this fails here, by name, not in production."""
     import inspect
 

@@ -13,7 +13,7 @@ without a key from using them all up.
 Only aiohttp's public API: `runner.server` (the web server) is wrapped by this module's protocol
 factory, and the listener is opened here with `loop.create_server`, not by a `TCPSite`. The one
 coupling left is the subclass of `web.RequestHandler` (exported, but its hooks are not documented):
-pyproject.toml pins aiohttp below 4, and tests/test_layout.py fails loudly if the hooks change.
+pyproject.toml pins aiohttp below 3.15, and tests/test_layout.py fails loudly if the hooks change.
 """
 
 from __future__ import annotations
