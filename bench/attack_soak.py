@@ -141,7 +141,7 @@ async def gzip_client(port: int, end: float, tally: Counter) -> None:
             try:
                 response = await client.get(f"http://127.0.0.1:{port}/v1/bomb")
                 tally[f"gzip_status_{response.status_code}"] += 1
-                tally["gzip_bytes_to_client"] += len(response.content)
+                tally["gzip_bytes_on_the_wire"] += response.num_bytes_downloaded  # compressed, as relayed
             except httpx2.HTTPError as error:
                 tally[f"gzip_error_{type(error).__name__}"] += 1
 
