@@ -292,6 +292,31 @@ class LoggingSettings(Section):
     log_content: bool = False
 
 
+class TraceSettings(Section):
+    """OpenTelemetry traces over OTLP/HTTP (docs/tracing.md); off unless `enabled`."""
+
+    enabled: bool = False
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    headers: dict[str, str] = Field(default_factory=dict)
+    sample_ratio: float = Field(1.0, ge=0, le=1)
+    capture_content: bool = False
+    service_name: str = Field("perg-proxy", min_length=1)
+    resource_attributes: dict[str, str] = Field(default_factory=dict)
+    max_queue_size: int = Field(2048, ge=1)
+    export_timeout_seconds: PositiveFloat = 10.0
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_endpoint(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https:// (OTLP over HTTP, e.g. http://127.0.0.1:4318/v1/traces)")
+        return value
+
+
+class TelemetrySettings(Section):
+    traces: TraceSettings = TraceSettings()
+
+
 class Settings(Section):
     server: ServerSettings = ServerSettings()
     upstreams: tuple[UpstreamSettings, ...] = Field(min_length=1)
@@ -300,6 +325,7 @@ class Settings(Section):
     monitor: MonitorSettings = MonitorSettings()
     auth: AuthSettings = AuthSettings()
     logging: LoggingSettings = LoggingSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     @model_validator(mode="after")
     def _unique_upstreams(self) -> Settings:

@@ -159,6 +159,13 @@ class Metrics:
         self.monitor_queue_depth = self._gauge("perg_monitor_queue_depth", "Samples waiting for the monitor's workers.", unit="{sample}")
         self.monitor_enqueued = self._counter("perg_monitor_enqueued", "Samples put on the monitor queue.", ("role",))
         self.monitor_dropped = self._counter("perg_monitor_dropped", "Samples dropped: queue full, or abandoned at shutdown.", ("reason",))
+        self.trace_spans_dropped = self._counter(
+            "perg_trace_spans_dropped",
+            "Trace spans not exported: the export queue was full (queue_full), or the collector failed or could not be "
+            "reached (export_failed). Exporting never slows or fails a request.",
+            ("reason",),
+            unit="{span}",
+        )
         self.monitor_judge_errors = self._counter(
             "perg_monitor_judge_errors", "Judge calls that failed or returned an invalid verdict.", ("judge", "reason")
         )

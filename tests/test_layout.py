@@ -21,6 +21,8 @@ FORBIDDEN = {
     "eval": {"server", "monitor"},
     "prompts": {"server", "pipeline", "monitor", "eval", "upstream", "perg"},
     "turn": {"server", "pipeline", "monitor", "eval", "upstream", "perg", "preferences"},
+    # OpenTelemetry's one module: the hooks below it call in, it sees only config, errors, metrics
+    "telemetry": {"server", "pipeline", "monitor", "eval", "upstream", "perg", "preferences", "prompts", "turn"},
 }
 BOTTOM = {"config", "errors", "metrics"}  # import nothing of the project above them
 
