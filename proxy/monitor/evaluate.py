@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from .. import telemetry
 from ..config import MonitorSettings
 from ..errors import CallFailed
 from ..metrics import Metrics
@@ -59,6 +60,10 @@ class Evaluator:
         self._store = store
 
     async def run(self, job: Job) -> None:
+        with telemetry.evaluation(job.traceparent, job.request_id, job.model, job.strategy):
+            await self.evaluate(job)
+
+    async def evaluate(self, job: Job) -> None:
         reference = job.reference or await self.call("reference", self.answer_of(job, "off"))
         if not reference:
             return
@@ -90,6 +95,7 @@ class Evaluator:
         if relevance == "relevant":
             follow = await self.call("follow", judge.follow(model, job.query, job.preferences, reference, answer))
         sample = self.score(job, role, strategy, relevance, Verdicts(consistency, follow), reasons)
+        telemetry.judged(sample)
         await self.keep(sample, job, reference, answer)
 
     def score(self, job: Job, role: str, strategy: str, relevance: str, verdicts: Verdicts, reasons: dict[str, str]) -> JudgedSample:

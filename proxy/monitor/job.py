@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from .. import telemetry
 from ..pipeline.chat import first_content, last_user_query
 from ..turn import Reply, StreamReply, Turn
 
@@ -29,6 +30,7 @@ class Job:
     judge_served: bool
     shadow: bool
     size: int = 0
+    traceparent: str | None = None  # the request span's, when traced: judging joins its trace
 
 
 def job_of(turn: Turn, reply: Reply | StreamReply) -> Job:
@@ -59,6 +61,7 @@ def job_of(turn: Turn, reply: Reply | StreamReply) -> Job:
         judge_served=turn.judge,
         shadow=turn.shadow,
         size=size,
+        traceparent=telemetry.traceparent(),
     )
 
 

@@ -17,6 +17,7 @@ import orjson
 import structlog
 from multidict import CIMultiDict
 
+from .. import telemetry
 from ..errors import ProxyError, UpstreamProtocolError
 from ..prompts.loader import preference_lines
 from ..turn import Reply, Turn
@@ -188,6 +189,9 @@ def record(turn: Turn, ctx: PipelineContext, outcomes: list[Outcome]) -> None:
             ctx.metrics.aligner_fallbacks.labels(ctx.metrics.fallback_reason(outcome.reason)).inc()
             log.warning("aligner_fallback", request_id=turn.request_id, reason=outcome.reason)
     turn.aligned = aligned_header(outcomes)
+    telemetry.annotate(
+        outcome=outcomes[0].outcome if outcomes else None, fallback_reason=next((o.reason for o in outcomes if o.reason), None)
+    )
 
 
 def personalization_field(turn: Turn, p: RewritePlan | None, outcomes: list[Outcome]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from .. import telemetry
 from ..errors import UpstreamProtocolError
 from ..turn import Reply, StreamReply, Turn
 from ..upstream.client import UpstreamClient
@@ -36,10 +37,13 @@ async def forward(
 ) -> Reply | StreamReply:
     """Send one request upstream and hand back its response, streamed when it should be."""
     stack = AsyncExitStack()
-    response = await stack.enter_async_context(upstream.open(method, path, headers=headers, data=data, query=query, stage=stage))
-    turn.upstream_wait += response.waited
-    response.waited = 0.0
+    traced = stack.enter_context(telemetry.upstream_call(upstream.name, upstream.settings.base_url, stage, path=path, model=turn.model))
     try:
+        response = await stack.enter_async_context(
+            upstream.open(method, path, headers=traced.inject(headers), data=data, query=query, stage=stage)
+        )
+        turn.upstream_wait += response.waited
+        response.waited = 0.0
         content_type = response.headers.get("Content-Type", "")
         # a compressed event stream is relayed as bytes: its events cannot be read unless inflated
         sse = content_type.startswith("text/event-stream") and "Content-Encoding" not in response.headers
@@ -54,9 +58,11 @@ async def forward(
                 expect_done=sse and path in SSE_DONE_PATHS,
             )
         body = await response.read()
-    except BaseException:
+    except BaseException as error:
+        traced.fail(error)
         await stack.aclose()
         raise
+    traced.response_body(body)
     await _close(stack, turn, response)
     return Reply(status=response.status, headers=client_response_headers(response.headers, encoded=True), body=body)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from .. import telemetry
 from ..prompts.loader import preference_lines
 from ..turn import Reply, StreamReply, Turn
 from ..upstream.headers import upstream_request_headers
@@ -28,6 +29,7 @@ async def serve_chat(turn: Turn, ctx: PipelineContext) -> Reply | StreamReply:
         return await forward_chat(turn, ctx)
     if not turn.preferences:
         ctx.metrics.aligner_outcomes.labels(turn.strategy or "off", "no_preferences").inc()
+        telemetry.annotate(outcome="no_preferences")
         return await forward_chat(turn, ctx)
     if turn.strategy == "naive":
         return await serve_naive(turn, ctx)
@@ -58,6 +60,7 @@ async def serve_naive(turn: Turn, ctx: PipelineContext) -> Reply | StreamReply:
     body = {**turn.body, "messages": with_preferences(turn.body["messages"], ctx, turn.preferences)}
     turn.aligned = "true"
     ctx.metrics.aligner_outcomes.labels("naive", "aligned").inc()
+    telemetry.annotate(outcome="aligned")
     return await forward_chat(turn, ctx, body)
 
 

@@ -23,6 +23,7 @@ from typing import Any, get_args
 import orjson
 import structlog
 
+from .. import telemetry
 from ..config import ClientKey, PersonalizationSettings, Strategy
 from ..errors import InvalidRequest, PermissionDenied
 from ..metrics import Metrics
@@ -176,7 +177,8 @@ async def resolve(
 
 async def stored_preferences(store: StoreHandle, user_id: str, metrics: Metrics) -> tuple[str, ...]:
     try:
-        return await (await store.get()).preference_texts(user_id)
+        with telemetry.memory_search():
+            return await (await store.get()).preference_texts(user_id)
     except StoreError as error:
         metrics.profile_errors.labels("unavailable" if isinstance(error, StoreUnavailable) else "error").inc()
         log.warning("profile_lookup_failed", error=error.message)

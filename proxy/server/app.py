@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from .. import telemetry
 from ..config import ConfigError, Settings
 from ..metrics import Metrics
 from ..monitor.service import Monitor
@@ -55,6 +56,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         bodies=BodyChecker(body_limits(settings)),
         readiness=Readiness(store, upstreams),
     )
+    app.cleanup_ctx.append(_tracing)
     app.cleanup_ctx.append(_upstreams)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_monitor)
@@ -71,6 +73,13 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.router.add_get("/metrics", handlers.metrics, name="metrics")
     app.router.add_get("/openapi.json", handlers.openapi, name="openapi.json")
     return app
+
+
+async def _tracing(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    tracing = telemetry.install(services.settings.telemetry.traces, services.metrics)
+    yield
+    await telemetry.uninstall(tracing)
 
 
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:

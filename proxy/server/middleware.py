@@ -14,6 +14,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from .. import telemetry
 from ..errors import MethodNotAllowed, NotFound, PayloadTooLarge, ProxyError, RequestTimeout, UnsupportedMediaType, error_payload
 from ..metrics import Metrics
 from ..turn import Turn
@@ -109,6 +110,7 @@ async def request_middleware(request: web.Request, handler) -> web.StreamRespons
     if isinstance(connection, ProxyRequestHandler):
         connection.request_started()
     tokens = structlog.contextvars.bind_contextvars(request_id=turn.request_id)
+    traced = telemetry.enter_request(turn.request_id, turn.method, turn.route, request.headers)
     try:
         refuse_encoded_body(request)
         if path.startswith(("/v1/", "/perg/")) and path not in UI_PATHS:
@@ -135,6 +137,7 @@ async def request_middleware(request: web.Request, handler) -> web.StreamRespons
             services.all_done.set()
         if isinstance(connection, ProxyRequestHandler):
             connection.request_finished()
+        telemetry.leave_request(traced, turn)
         # After the response is handed to the transport, not before: logging and metrics are
         # off the response's critical path (the callback keeps this request's log context).
         asyncio.get_running_loop().call_soon(_record, request.path, turn, metrics)

@@ -27,6 +27,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from .. import telemetry
 from ..config import Retries, UpstreamSettings
 from ..errors import ProxyError, UpstreamProtocolError, UpstreamStatusError, UpstreamTimeout
 from ..metrics import Metrics
@@ -165,7 +166,7 @@ class UpstreamClient:
         return UpstreamStatusError(status, redactor.whole(payload), client_response_headers(redactor.headers(raw.headers)))
 
     def _post_attempt(self, body: bytes, request_id: str) -> Callable[[], Awaitable[aiohttp.ClientResponse]]:
-        headers = {**self._call_headers, CLIENT_REQUEST_ID: request_id}
+        headers = telemetry.outgoing({**self._call_headers, CLIENT_REQUEST_ID: request_id})
         return functools.partial(self._attempt, "POST", self._chat_url, headers, body, True)
 
     async def chat(
@@ -174,11 +175,13 @@ class UpstreamClient:
         """One non-streaming chat completion: the upstream's JSON object, untouched, and its
         response headers (as a client would get them). `timeout` bounds each attempt, body
         included; attempts follow the upstream's retry policy (or `retries`)."""
-        attempt = self._post_attempt(orjson.dumps(body), request_id)
-        with Timed(self, stage):
-            payload, headers = await with_retries(
-                functools.partial(self._chat_once, attempt, timeout, stage), retries or self.settings.retries
-            )
+        with telemetry.upstream_call(self.name, self.settings.base_url, stage, body) as traced, traced.current():
+            attempt = self._post_attempt(orjson.dumps(body), request_id)
+            with Timed(self, stage):
+                payload, headers = await with_retries(
+                    functools.partial(self._chat_once, attempt, timeout, stage), retries or self.settings.retries
+                )
+            traced.response_body(payload)
         try:
             data = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -222,11 +225,13 @@ class UpstreamClient:
     async def stream_chat(self, body: dict[str, Any], *, request_id: str, timeout: float, stage: str) -> AsyncIterator[dict[str, Any]]:
         """A streaming chat completion: chunk objects as they arrive. An in-band error event, a
         broken connection or a stream without `[DONE]` raise `UpstreamStreamBroken`."""
-        with Timed(self, stage):
+        with Timed(self, stage), telemetry.upstream_call(self.name, self.settings.base_url, stage, body) as traced:
             deadline = asyncio.get_running_loop().time() + timeout
             try:
                 async with asyncio.timeout_at(deadline):
-                    raw = await with_retries(self._post_attempt(orjson.dumps({**body, "stream": True}), request_id), self.settings.retries)
+                    with traced.current():
+                        attempt = self._post_attempt(orjson.dumps({**body, "stream": True}), request_id)
+                        raw = await with_retries(attempt, self.settings.retries)
             except TimeoutError:
                 raise UpstreamTimeout(f"upstream {self.name} did not start the {stage} stream within {timeout:g} s") from None
             try:
@@ -234,6 +239,7 @@ class UpstreamClient:
                 async for event in read_events(next_chunk, deadline, self.settings.timeouts.idle, self.name):
                     if event.get("usage"):
                         self.count_usage(body.get("model"), stage, event["usage"])
+                    traced.chunk(event)
                     yield event
             finally:
                 finish(raw)
