@@ -138,6 +138,11 @@ def install(settings: TraceSettings, metrics: Metrics, exporter: SpanExporter | 
     return _active
 
 
+def active() -> Tracing | None:
+    """This process's tracing, when installed (tests flush it)."""
+    return _active
+
+
 async def uninstall(tracing: Tracing | None) -> None:
     """Stop tracing: what is queued is exported on a thread, waited for at most a few seconds."""
     global _active
