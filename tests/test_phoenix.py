@@ -123,11 +123,13 @@ def test_phoenix_shows_a_personalized_request_as_one_trace_with_its_stages_and_v
     served = {"model": "echo", "strategy": "pref_aligner", "role": "served", "relevance": "relevant"}
     wait_for(lambda: proxy.metric("perg_monitor_judged_total", served), timeout=30)
     tracing = telemetry.active()
-    assert tracing is not None and tracing.force_flush(timeout_seconds=15)
+    assert tracing is not None
 
     def arrived() -> list[dict[str, Any]] | None:
+        tracing.force_flush(timeout_seconds=5)
         spans = phoenix.spans(project)
-        return spans if any(s["name"] == "perg.monitor.evaluate" for s in spans) else None
+        names = {s["name"] for s in spans}
+        return spans if {"perg.monitor.evaluate", "POST /v1/chat/completions"} <= names else None
 
     spans = wait_for(arrived, timeout=60, interval=0.5)
     (request,) = [s for s in spans if s["name"] == "POST /v1/chat/completions"]

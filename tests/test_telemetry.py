@@ -48,11 +48,18 @@ def chat(proxy, prefs=(STYLE,), stream=False, headers=None, **extra) -> httpx2.R
     return httpx2.post(f"{proxy.base_url}/chat/completions", json=body, headers={**CLIENT, **(headers or {})}, timeout=30)
 
 
-def finished(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
+def finished(exporter: InMemorySpanExporter, requests: int = 1) -> list[ReadableSpan]:
+    """The spans exported once `requests` request spans have ended (a request's span ends in the
+    middleware, just after the client has read the last byte of the response)."""
     tracing = telemetry.active()
     assert tracing is not None
-    assert tracing.force_flush()
-    return list(exporter.get_finished_spans())
+
+    def flushed() -> list[ReadableSpan] | None:
+        assert tracing.force_flush()
+        found = list(exporter.get_finished_spans())
+        return found if sum(s.kind is SpanKind.SERVER for s in found) >= requests else None
+
+    return wait_for(flushed, timeout=10)
 
 
 def server_span(found: list[ReadableSpan]) -> ReadableSpan:
@@ -237,3 +244,39 @@ def test_traces_settings_are_strict():
     with pytest.raises(ConfigError, match=r"telemetry\.traces\.colour"):
         parse_settings({**base, "telemetry": {"traces": {"colour": "red"}}})
     assert parse_settings(base).telemetry.traces.enabled is False
+
+
+@pytest.mark.local_model
+def test_on_the_real_local_model_each_upstream_call_is_a_chat_span(start_proxy, spans, local_model):
+    """The same trace on the real SmolLM2 behind llama_cpp.server, streamed and not (the model is
+    weak: only the spans' structure and attributes are asserted, never the answer)."""
+    from proxy.local_model import MODEL_ALIAS
+
+    proxy = start_proxy(
+        upstreams=[{"name": "local", "base_url": local_model.base_url, "structured_output": "json_object_schema"}],
+        personalization={"default_strategy": "pref_aligner"},
+        server={"heartbeat_seconds": 300},
+        telemetry={"traces": {"enabled": True}},
+    )
+    for stream in (False, True):
+        body = {"model": MODEL_ALIAS, "messages": [{"role": "user", "content": QUERY}], "max_tokens": 40, "temperature": 0, "seed": 3}
+        body |= {"stream": stream, "personalization": {"preferences": [STYLE]}}
+        response = httpx2.post(f"{proxy.base_url}/chat/completions", json=body, headers=CLIENT, timeout=300)
+        assert response.status_code == 200, response.text
+    found = finished(spans, requests=2)
+    requests = [s for s in found if s.kind is SpanKind.SERVER]
+    assert len(requests) == 2
+    for request in requests:
+        calls = children(found, request)
+        stages = {s.attributes["perg.stage"] for s in calls}
+        assert {"stage1", "gate"} <= stages, stages
+        assert request.attributes["perg.outcome"] in {"aligned", "skipped", "unchanged", "fallback"}
+        for call in calls:
+            a = call.attributes or {}
+            assert call.name == f"chat {MODEL_ALIAS}" and a["gen_ai.request.model"] == MODEL_ALIAS
+            assert a["server.port"] == int(local_model.base_url.rsplit(":", 1)[1].split("/")[0])
+            if "error.type" not in a:
+                assert a["gen_ai.response.model"] and a["gen_ai.response.finish_reasons"]
+        stage1 = next(s for s in calls if s.attributes["perg.stage"] == "stage1")
+        assert stage1.attributes["gen_ai.usage.output_tokens"] > 0
+        assert stage1.attributes["gen_ai.request.max_tokens"] == 40 and stage1.attributes["gen_ai.request.seed"] == 3
