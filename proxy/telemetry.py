@@ -374,9 +374,10 @@ class UpstreamCall(CallTrace):
 def upstream_call(
     upstream: str, base_url: str, stage: str, body: Any = None, *, path: str = "/chat/completions", model: str | None = None
 ) -> CallTrace:
-    """The span of one upstream call (a context manager), or `NO_CALL` with tracing off."""
+    """The span of one upstream call (a context manager), or `NO_CALL` with tracing off and
+    outside a recorded trace (an unsampled request then costs one span, its own)."""
     tracing = _active
-    if tracing is None:
+    if tracing is None or not trace.get_current_span().is_recording():
         return NO_CALL
     operation = OPERATIONS.get(path)
     if isinstance(body, dict) and isinstance(body.get("model"), str):
@@ -467,7 +468,7 @@ def _output_message(choice: dict[str, Any]) -> dict[str, Any]:
 def memory_search(store: str = "perg-profiles") -> Iterator[None]:
     """The profile lookup as a GenAI memory operation (`search_memory`), scoped to the user."""
     tracing = _active
-    if tracing is None:
+    if tracing is None or not trace.get_current_span().is_recording():
         yield
         return
     attributes = {"gen_ai.operation.name": "search_memory", "gen_ai.memory.store.name": store, "gen_ai.memory.scope": "user"}

@@ -157,6 +157,19 @@ def test_without_tracing_no_span_and_the_clients_traceparent_passes_untouched(st
     assert fake_upstream.received[0].headers["traceparent"] == header
 
 
+def test_sample_ratio_and_the_clients_sampled_flag_decide_what_is_recorded(start_proxy, spans, fake_upstream):
+    proxy = traced(start_proxy, sample_ratio=0.0)
+    assert chat(proxy).status_code == 200  # no parent: the ratio (0) decides
+    assert chat(proxy, headers={"traceparent": f"00-{'1' * 32}-{PARENT_ID}-00"}).status_code == 200
+    assert chat(proxy, headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}).status_code == 200  # sampled by the client
+    found = finished(spans)
+    assert {format(s.context.trace_id, "032x") for s in found} == {TRACE_ID}
+    assert sorted(s.attributes.get("perg.stage", "request") for s in found) == ["gate", "request", "stage1", "stage2"]
+    sent = [r.headers["traceparent"] for r in fake_upstream.received]  # every call carries one, sampled or not
+    sampled = [value for value in sent if int(value.rsplit("-", 1)[1], 16) & 1]
+    assert len(sent) == 9 and len(sampled) == 3 and all(TRACE_ID in value for value in sampled)
+
+
 def test_the_profile_lookup_is_a_search_memory_span(start_proxy, spans):
     proxy = traced(start_proxy)
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
