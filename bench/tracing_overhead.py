@@ -4,9 +4,10 @@
 
 Two parts, in one run:
 
-1. The hooks with tracing off (the default), timed in this process: every call a personalized
-   Pref-Aligner request makes into proxy/telemetry.py (request span in and out, three upstream
-   calls with their header injection, the outcome, the monitor's traceparent), in ns per request.
+1. The hooks, timed in this process: every call a personalized Pref-Aligner request makes into
+   proxy/telemetry.py (request span in and out, three upstream calls with their header
+   injection, the outcome, the monitor's traceparent), with traces off, on at 0.0 and on at 1.0
+   (spans kept in memory), in µs per request; and what the OTLP encoder takes per span.
 2. Three proxies on the same fake upstream, identical but for `telemetry.traces`: off, on at
    sample ratio 0.0 (spans started but not recorded), and on at 1.0 exporting every span over
    OTLP/HTTP to a receiver on loopback (bench/otlp_sink.py, which decodes and counts them). They
@@ -25,6 +26,7 @@ import timeit
 from pathlib import Path
 
 import httpx2
+import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -42,12 +44,30 @@ SETTINGS = {
 EXTENSION = {"personalization": {"preferences": ["Answer in the style of a pirate."]}}
 
 
-def hooks_off_ns(loops: int = 200_000) -> float:
-    """ns per Pref-Aligner request spent in the tracing hooks while tracing is off."""
-    from proxy import telemetry
+class Turn:
+    """What the request span reads of a served Pref-Aligner turn."""
 
-    assert telemetry.active() is None
-    body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+    status, model, strategy, aligned, stream = 200, "echo", "pref_aligner", "true", False
+    preference_source, preferences, judge, shadow, error_code = "request", ("p",), False, False, None
+
+
+def hooks_us(ratio: float | None, loops: int = 3000) -> tuple[float, float]:
+    """µs per Pref-Aligner request spent in the tracing hooks on the event loop's thread (tracing
+    off when `ratio` is None; spans kept in memory, not exported), and the µs the OTLP encoder
+    then takes per recorded span on the export thread."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from prometheus_client import CollectorRegistry
+
+    from proxy import telemetry
+    from proxy.config import TraceSettings
+    from proxy.metrics import Metrics
+
+    exporter = InMemorySpanExporter()
+    settings = TraceSettings(enabled=ratio is not None, sample_ratio=ratio or 0.0, max_queue_size=200_000)
+    tracing = telemetry.install(settings, Metrics(CollectorRegistry()), exporter)
+    body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    answer = orjson.dumps({"id": "c", "model": "echo", "choices": [{"index": 0, "finish_reason": "stop"}], "usage": {"prompt_tokens": 9}})
     headers = {"X-Client-Request-Id": "r"}
 
     def one_request() -> None:
@@ -55,18 +75,30 @@ def hooks_off_ns(loops: int = 200_000) -> float:
         for stage in ("stage1", "gate", "stage2"):
             with telemetry.upstream_call("main", "http://127.0.0.1:1/v1", stage, body) as traced, traced.current():
                 telemetry.outgoing(dict(headers))
-                traced.response_body(b"{}")
+                traced.response_body(answer)
         telemetry.annotate(outcome="aligned")
         telemetry.traceparent()
-        telemetry.leave_request(scope, None)
+        telemetry.leave_request(scope, Turn())
 
-    def baseline() -> None:  # the same loop without the hooks: what to subtract
+    def bare() -> None:  # the same loop without the hooks: what to subtract
         for _ in ("stage1", "gate", "stage2"):
             dict(headers)
+        Turn()
 
-    hooked = min(timeit.repeat(one_request, number=loops, repeat=3)) / loops
-    bare = min(timeit.repeat(baseline, number=loops, repeat=3)) / loops
-    return (hooked - bare) * 1e9
+    try:
+        hooked = min(timeit.repeat(one_request, number=loops, repeat=3)) / loops
+        baseline = min(timeit.repeat(bare, number=loops, repeat=3)) / loops
+        encoding = 0.0
+        if tracing is not None:
+            tracing.force_flush()
+            spans = exporter.get_finished_spans()[:512]
+            if spans:
+                encoding = min(timeit.repeat(lambda: encode_spans(spans).SerializePartialToString(), number=5, repeat=3)) / 5 / len(spans)
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
+            telemetry._active = None
+    return (hooked - baseline) * 1e6, encoding * 1e6
 
 
 async def measure(port: int, concurrency: int, requests: int) -> dict[str, float]:
@@ -151,9 +183,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     pin_self(1)
-    hooks_ns = hooks_off_ns()
+    hooks = {name: hooks_us(ratio) for name, ratio in (("off", None), ("ratio 0.0", 0.0), ("ratio 1.0", 1.0))}
     results, extra = run_async(run(args.requests, args.rounds))
-    report(results, extra, hooks_ns, args.requests, args.rounds)
+    report(results, extra, hooks, args.requests, args.rounds)
 
 
 if __name__ == "__main__":
