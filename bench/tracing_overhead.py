@@ -154,9 +154,16 @@ def median(values: list[float]) -> float:
 
 
 def report(
-    results: dict[tuple[str, int], list[dict[str, float]]], extra: dict[str, float], hooks_ns: float, requests: int, rounds: int
+    results: dict[tuple[str, int], list[dict[str, float]]],
+    extra: dict[str, float],
+    hooks: dict[str, tuple[float, float]],
+    requests: int,
+    rounds: int,
 ) -> None:
-    print(f"tracing off: the hooks of one Pref-Aligner request take {hooks_ns:.0f} ns")
+    print("In process, per Pref-Aligner request (four spans when recorded):")
+    for name, (loop_us, encode_us) in hooks.items():
+        encoding = f"; then {encode_us:.1f} µs per span to encode, on the export thread" if encode_us else ""
+        print(f"  traces {name}: {loop_us:.1f} µs on the event loop's thread{encoding}")
     print()
     print("| traces | concurrency | p50 ms | p99 ms | req/s |")
     print("|---|---|---|---|---|")
