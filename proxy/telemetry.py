@@ -372,7 +372,14 @@ class UpstreamCall(CallTrace):
 
 
 def upstream_call(
-    upstream: str, base_url: str, stage: str, body: Any = None, *, path: str = "/chat/completions", model: str | None = None
+    upstream: str,
+    base_url: str,
+    stage: str,
+    body: Any = None,
+    *,
+    path: str = "/chat/completions",
+    model: str | None = None,
+    method: str = "POST",
 ) -> CallTrace:
     """The span of one upstream call (a context manager), or `NO_CALL` with tracing off and
     outside a recorded trace (an unsampled request then costs one span, its own)."""
@@ -384,8 +391,8 @@ def upstream_call(
         model = body["model"]
     attributes: dict[str, Any] = {"perg.stage": stage, "perg.upstream": upstream, **_server(base_url)}
     if operation is None:
-        name = f"{stage} {path}"
-        attributes["url.path"] = path
+        name = method  # an HTTP client span: `{method}`, the path (unbounded) in an attribute
+        attributes |= {"http.request.method": method, "url.path": path}
     else:
         name = f"{operation} {model}" if model else operation
         attributes |= {"gen_ai.operation.name": operation, "gen_ai.provider.name": "openai"}

@@ -149,6 +149,21 @@ def test_pass_through_replaces_the_clients_traceparent_with_its_chat_span(start_
     assert received.headers["traceparent"] == f"00-{TRACE_ID}-{format(call.context.span_id, '016x')}-01"
 
 
+def test_other_pass_through_routes_are_http_client_spans(start_proxy, spans):
+    proxy = traced(start_proxy, strategy="off")
+    response = httpx2.post(f"{proxy.base_url}/embeddings", json={"model": "echo", "input": "hi"}, headers=CLIENT, timeout=30)
+    assert response.status_code == 200
+    response = httpx2.get(f"{proxy.base_url}/files/file-1/content", headers=CLIENT, timeout=30)
+    assert response.status_code == 200
+    found = finished(spans, requests=2)
+    by_route = {s.attributes["http.route"]: s for s in found if s.kind is SpanKind.SERVER}
+    assert set(by_route) == {"/v1/{path}"}
+    calls = sorted((s for s in found if s.kind is SpanKind.CLIENT), key=lambda s: s.name)
+    assert [s.name for s in calls] == ["GET", "embeddings"]
+    assert calls[0].attributes["url.path"] == "/files/file-1/content" and calls[0].attributes["http.request.method"] == "GET"
+    assert calls[1].attributes["gen_ai.operation.name"] == "embeddings"
+
+
 def test_without_tracing_no_span_and_the_clients_traceparent_passes_untouched(start_proxy, spans, fake_upstream):
     proxy = start_proxy()
     header = f"00-{TRACE_ID}-{PARENT_ID}-01"

@@ -37,7 +37,9 @@ async def forward(
 ) -> Reply | StreamReply:
     """Send one request upstream and hand back its response, streamed when it should be."""
     stack = AsyncExitStack()
-    traced = stack.enter_context(telemetry.upstream_call(upstream.name, upstream.settings.base_url, stage, path=path, model=turn.model))
+    traced = stack.enter_context(
+        telemetry.upstream_call(upstream.name, upstream.settings.base_url, stage, path=path, model=turn.model, method=method)
+    )
     try:
         response = await stack.enter_async_context(
             upstream.open(method, path, headers=traced.inject(headers), data=data, query=query, stage=stage)
