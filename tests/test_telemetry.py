@@ -97,6 +97,16 @@ def test_a_personalized_request_is_one_trace_with_a_chat_span_per_stage(start_pr
         assert not {"gen_ai.input.messages", "gen_ai.output.messages"} & set(a), "content is off by default"
 
 
+def test_the_verifier_is_a_chat_span_of_the_request(start_proxy, spans):
+    sections = {"default_strategy": "pref_aligner", "aligner": {"verify": "llm"}}
+    proxy = start_proxy(personalization=sections, telemetry={"traces": {"enabled": True}})
+    assert chat(proxy).status_code == 200
+    found = finished(spans)
+    stages = {s.attributes["perg.stage"]: s for s in children(found, server_span(found))}
+    assert set(stages) == {"stage1", "gate", "stage2", "verify"}
+    assert stages["verify"].name == "chat echo" and stages["verify"].attributes["gen_ai.operation.name"] == "chat"
+
+
 def test_content_is_captured_only_when_allowed(start_proxy, spans):
     proxy = traced(start_proxy, capture_content=True)
     assert chat(proxy).status_code == 200
