@@ -36,7 +36,7 @@ from .exchange import ChatResult, Timed, UpstreamResponse, finish
 from .headers import CLIENT_REQUEST_ID, client_response_headers
 from .redact import Redactor
 from .retries import with_retries
-from .transport import open_session, transport_error
+from .transport import env_proxy, open_session, transport_error
 
 ERROR_BODY_LIMIT = 1024 * 1024
 ANSWER_LIMIT = 64 * 1024 * 1024  # a chat completion the proxy reads whole (a stage, a judge), decoded
@@ -64,6 +64,7 @@ class UpstreamClient:
         if settings.api_key:
             fixed["Authorization"] = f"Bearer {settings.api_key}"
         self._call_headers = fixed
+        self._proxy, self._proxy_auth = env_proxy(settings)
 
     async def start(self) -> None:
         if self._parent is None:
@@ -130,7 +131,16 @@ class UpstreamClient:
         timeouts = self.settings.timeouts
         try:
             async with asyncio.timeout(min(timeouts.first_byte, timeouts.total)):
-                raw = await self._session.request(method, url, headers=headers, data=data, allow_redirects=False, auto_decompress=decode)
+                raw = await self._session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    auto_decompress=decode,
+                    proxy=self._proxy,
+                    proxy_auth=self._proxy_auth,
+                )
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.name} did not answer within the timeout") from None
         except (aiohttp.ClientError, OSError) as error:

@@ -8,7 +8,11 @@ proxies from the environment, and the one map from a transport failure to the pr
   a black-holed IPv6 address does not burn the whole connect timeout.
 * Response header lines and fields are bounded (`MAX_HEADER_LINE`, `MAX_HEADER_FIELD`); a longer
   one is a 502.
-* `trust_env` (default on): `HTTP(S)_PROXY` / `NO_PROXY` from the environment; `ca_bundle`, and
+* `trust_env` (default on): `HTTP(S)_PROXY` / `NO_PROXY` from the environment, decided once per
+  upstream when its client is made (`env_proxy`: the base URL's host is fixed, so the decision
+  is too). aiohttp's own `trust_env` would look the environment and `~/.netrc` up again on a
+  worker thread for every call, which cost about half the proxy's CPU per pass-through request;
+  netrc credentials are never sent (the upstream gets `api_key`). `ca_bundle`, and
   `client_cert` / `client_key`, per upstream. Certificates are always verified.
 * Redirects are never followed: a 3xx is a 502 that names it (the caller's, `client.py`).
 * A pooled connection on which the upstream wrote anything while it sat idle is closed, not
@@ -18,11 +22,13 @@ proxies from the environment, and the one map from a transport failure to the pr
 from __future__ import annotations
 
 import ssl
+import urllib.request
 from typing import Any
 
 import aiohttp
 import aiohttp.abc
 import aiohttp.connector
+from yarl import URL
 
 from ..config import UpstreamSettings
 from ..errors import ProxyError, UpstreamConnectFailed, UpstreamProtocolError, UpstreamStreamBroken, UpstreamTimeout, UpstreamUnreachable
@@ -61,6 +67,23 @@ def ssl_context(settings: UpstreamSettings) -> ssl.SSLContext | bool:
     return context
 
 
+def env_proxy(settings: UpstreamSettings) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    """The forward proxy the environment names for the upstream's base URL (`HTTP_PROXY` /
+    `HTTPS_PROXY`, unless `NO_PROXY` covers its host), with the credentials in its URL; none
+    when `trust_env` is off. The standard library reads the variables, as aiohttp itself does."""
+    if not settings.trust_env:
+        return None, None
+    target = URL(settings.base_url)
+    if urllib.request.proxy_bypass(target.host or ""):
+        return None, None
+    named = urllib.request.getproxies().get(target.scheme or "")
+    if not named:
+        return None, None
+    proxy = URL(named if "://" in named else f"http://{named}")
+    auth = aiohttp.BasicAuth(proxy.user or "", proxy.password or "") if proxy.user else None
+    return proxy.with_user(None), auth
+
+
 def open_session(settings: UpstreamSettings, resolver: aiohttp.abc.AbstractResolver | None = None) -> aiohttp.ClientSession:
     """The upstream's session; `resolver` replaces the system's name lookup (tests)."""
     t = settings.timeouts
@@ -81,7 +104,7 @@ def open_session(settings: UpstreamSettings, resolver: aiohttp.abc.AbstractResol
         # One session serves every client: a cookie an upstream sets (a CDN's, say) must not
         # ride along on other clients' requests. It also spares a jar lookup per call.
         cookie_jar=aiohttp.DummyCookieJar(),
-        trust_env=settings.trust_env,
+        trust_env=False,  # the proxy is decided once per upstream (`env_proxy`), not per call
         max_line_size=MAX_HEADER_LINE,
         max_field_size=MAX_HEADER_FIELD,
     )
