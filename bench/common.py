@@ -49,11 +49,16 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def start_fake() -> tuple[subprocess.Popen, int]:
+def start_module(module: str, cpu: int = 1) -> tuple[subprocess.Popen, int]:
+    """`python -m module --port P` pinned to `cpu`, once it listens on its free port P."""
     port = free_port()
-    process = subprocess.Popen(pinned(1, [sys.executable, "-m", "tests.fake_upstream", "--port", str(port)]), cwd=ROOT)
+    process = subprocess.Popen(pinned(cpu, [sys.executable, "-m", module, "--port", str(port)]), cwd=ROOT)
     wait_port(port)
     return process, port
+
+
+def start_fake() -> tuple[subprocess.Popen, int]:
+    return start_module("tests.fake_upstream")
 
 
 def start_proxy(upstream_port: int, workdir: Path, extra_yaml: str = "", name: str = "proxy") -> tuple[subprocess.Popen, int]:

@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 
-from bench.common import ROOT, free_port, pinned, wait_port
+from bench.common import start_module
 
 
 def start(cpu: int = 1) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    process = subprocess.Popen(pinned(cpu, [sys.executable, "-m", "bench.otlp_sink", "--port", str(port)]), cwd=ROOT)
-    wait_port(port)
-    return process, port
+    return start_module("bench.otlp_sink", cpu)
 
 
 def main() -> None:

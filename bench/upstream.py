@@ -13,18 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import subprocess
-import sys
 
-from bench.common import ROOT, free_port, pinned, wait_port
+from bench.common import start_module
 
 BACKLOG = 4096
 
 
 def start(cpu: int = 1) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    process = subprocess.Popen(pinned(cpu, [sys.executable, "-m", "bench.upstream", "--port", str(port)]), cwd=ROOT)
-    wait_port(port)
-    return process, port
+    return start_module("bench.upstream", cpu)
 
 
 def main() -> None:
