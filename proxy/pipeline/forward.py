@@ -7,8 +7,8 @@ its length.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
-from contextlib import AsyncExitStack
 from typing import Any
 
 import orjson
@@ -36,14 +36,13 @@ async def forward(
     stage: str = "forward",
 ) -> Reply | StreamReply:
     """Send one request upstream and hand back its response, streamed when it should be."""
-    stack = AsyncExitStack()
-    traced = stack.enter_context(
-        telemetry.upstream_call(upstream.name, upstream.settings.base_url, stage, path=path, model=turn.model, method=method)
-    )
+    traced = telemetry.upstream_call(upstream.name, upstream.settings.base_url, stage, path=path, model=turn.model, method=method)
     try:
-        response = await stack.enter_async_context(
-            upstream.open(method, path, headers=traced.inject(headers), data=data, query=query, stage=stage)
-        )
+        response = await upstream.send(method, path, headers=traced.inject(headers), data=data, query=query, stage=stage)
+    except BaseException as error:
+        traced.__exit__(type(error), error, None)
+        raise
+    try:
         turn.upstream_wait += response.waited
         response.waited = 0.0
         content_type = response.headers.get("Content-Type", "")
@@ -54,18 +53,17 @@ async def forward(
                 status=response.status,
                 headers=client_response_headers(response.headers, encoded=True),
                 chunks=response.chunks(),
-                close=lambda: _close(stack, turn, response),
+                close=functools.partial(_close, traced, turn, response),
                 content_type=content_type.split(";", 1)[0].strip() or "application/octet-stream",
                 sse=sse,
                 expect_done=sse and path in SSE_DONE_PATHS,
             )
         body = await response.read()
     except BaseException as error:
-        traced.fail(error)
-        await stack.aclose()
+        _end(traced, turn, response, error)
         raise
     traced.response_body(body)
-    await _close(stack, turn, response)
+    _end(traced, turn, response, None)
     return Reply(status=response.status, headers=client_response_headers(response.headers, encoded=True), body=body)
 
 
@@ -74,10 +72,19 @@ def _large_or_unknown(response: UpstreamResponse) -> bool:
     return length is None or not length.isdigit() or int(length) > BUFFER_LIMIT
 
 
-async def _close(stack: AsyncExitStack, turn: Turn, response: UpstreamResponse) -> None:
+def _end(traced: telemetry.CallTrace, turn: Turn, response: UpstreamResponse, error: BaseException | None) -> None:
+    """The exchange is over: its upstream time counted, the connection freed, the call's span ended."""
     turn.upstream_wait += response.waited
     response.waited = 0.0
-    await stack.aclose()
+    try:
+        response.close(error)
+    finally:
+        traced.__exit__(None if error is None else type(error), error, None)
+
+
+async def _close(traced: telemetry.CallTrace, turn: Turn, response: UpstreamResponse) -> None:
+    """A relayed stream's `close`, once the client's write loop is over."""
+    _end(traced, turn, response, None)
 
 
 def completion_usage(reply: Reply, upstream: str) -> dict[str, Any] | None:

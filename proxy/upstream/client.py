@@ -1,7 +1,7 @@
 """Calls to upstream OpenAI-compatible servers, all on one aiohttp session per upstream
 (`transport.py`: the connector, TLS, proxies, header bounds, the failure map).
 
-* `UpstreamClient.open()`: byte pass-through, for `off`, `naive` and every other `/v1/*` route.
+* `UpstreamClient.send()` (and `open()`, its context manager): byte pass-through, for `off`, `naive` and every other `/v1/*` route.
   Bodies and streams cross untouched and chunk by chunk; a compressed answer stays compressed.
 * `UpstreamClient.chat()` / `stream_chat()`: the calls the proxy makes itself (Pref-Aligner's
   stages, the relevance gate, the monitor's judges, canary, shadow, `eval`), gzip accepted and
@@ -101,6 +101,34 @@ class UpstreamClient:
         joined = f"{self._base_query}&{query}" if self._base_query and query else (self._base_query or query)
         return URL(self._base + path + ("?" + joined if joined else ""), encoded=True)
 
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Mapping[str, str],
+        data: Any = None,
+        query: str = "",
+        stage: str = "forward",
+    ) -> UpstreamResponse:
+        """Send one request; the response once its headers are in (status >= 400 is raised). The
+        caller reads its body and always calls `close()`, which times the call and frees its slot."""
+        timed = Timed(self, stage)
+        url = self.url(path, query)
+        try:
+            if self.settings.retries.max_attempts == 1:
+                raw = await self._attempt(method, url, headers, data, False)
+            else:
+                replayable = data is None or isinstance(data, bytes | str)
+                attempt = functools.partial(self._attempt, method, url, headers, data, False)
+                raw = await with_retries(attempt, self.settings.retries, method=method, replayable=replayable)
+        except BaseException as error:
+            timed.__exit__(type(error), error, None)
+            raise
+        waited = time.perf_counter() - timed.started
+        deadline = asyncio.get_running_loop().time() + self.settings.timeouts.total - waited
+        return UpstreamResponse(raw, waited, deadline, self.name, self._secret, timed)
+
     @asynccontextmanager
     async def open(
         self,
@@ -112,18 +140,14 @@ class UpstreamClient:
         query: str = "",
         stage: str = "forward",
     ) -> AsyncIterator[UpstreamResponse]:
-        """Send one request; yield once the response headers are in. Status >= 400 is raised."""
-        with Timed(self, stage) as timed:
-            raw: aiohttp.ClientResponse | None = None
-            try:
-                replayable = data is None or isinstance(data, bytes | str)
-                attempt = functools.partial(self._attempt, method, self.url(path, query), headers, data, False)
-                raw = await with_retries(attempt, self.settings.retries, method=method, replayable=replayable)
-                deadline = asyncio.get_running_loop().time() + self.settings.timeouts.total - (time.perf_counter() - timed.started)
-                yield UpstreamResponse(raw, time.perf_counter() - timed.started, deadline, self.name, self._secret)
-            finally:
-                if raw is not None:
-                    finish(raw)
+        """`send()` as a context manager: the response within the block, closed after it."""
+        response = await self.send(method, path, headers=headers, data=data, query=query, stage=stage)
+        try:
+            yield response
+        except BaseException as error:
+            response.close(error)
+            raise
+        response.close()
 
     async def _attempt(self, method: str, url: URL, headers: Mapping[str, str], data: Any, decode: bool) -> aiohttp.ClientResponse:
         """One request, by the first-byte timeout; the response once its headers are in. Anything

@@ -27,10 +27,11 @@ class UpstreamResponse:
     """An upstream response whose headers are in; the body is read by `read()` or `chunks()`,
     as the upstream sent it (compressed bytes stay compressed), the upstream key redacted."""
 
-    __slots__ = ("_deadline", "_redactor", "_upstream", "headers", "raw", "status", "waited")
+    __slots__ = ("_deadline", "_redactor", "_timed", "_upstream", "headers", "raw", "status", "waited")
 
-    def __init__(self, raw: aiohttp.ClientResponse, waited: float, deadline: float, upstream: str, secret: str) -> None:
+    def __init__(self, raw: aiohttp.ClientResponse, waited: float, deadline: float, upstream: str, secret: str, timed: Timed) -> None:
         self.raw = raw
+        self._timed: Timed | None = timed
         self.status = raw.status
         self._redactor = Redactor(secret)
         self.headers = self._redactor.headers(raw.headers)
@@ -38,24 +39,47 @@ class UpstreamResponse:
         self._deadline = deadline
         self._upstream = upstream
 
+    def close(self, error: BaseException | None = None) -> None:
+        """Free the connection (`finish`) and time the call, its outcome from `error` (the
+        reason the body was not read to the end, if any). Closing twice does nothing."""
+        timed, self._timed = self._timed, None
+        if timed is None:
+            return
+        try:
+            finish(self.raw)
+        finally:
+            timed.__exit__(None if error is None else type(error), error, None)
+
     async def read(self) -> bytes:
-        body = await self._receive(self.raw.read(), UpstreamTimeout, "while sending its body")
+        # a body already in whole (a small answer arrives with its headers) cannot keep anyone waiting
+        bounded = not self.raw.content.is_eof()
+        body = await self._receive(self.raw.read(), UpstreamTimeout, "while sending its body", bounded)
         return self._redactor.whole(body)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives, chunk by chunk; an error mid-way raises `UpstreamStreamBroken`."""
         content = self.raw.content
         redactor = self._redactor
-        while chunk := await self._receive(content.readany(), UpstreamStreamBroken, "mid-stream"):
+        while True:
+            try:
+                chunk = content.read_nowait()  # what is in already: no wait, so no deadline to arm
+            except (aiohttp.ClientError, OSError) as error:
+                raise transport_error(error, self._upstream, "mid-stream", mid_body=True) from error
+            if not chunk and not content.is_eof():
+                chunk = await self._receive(content.readany(), UpstreamStreamBroken, "mid-stream")
+            if not chunk:
+                break
             if chunk := redactor.feed(chunk):
                 yield chunk
         if tail := redactor.flush():
             yield tail
 
-    async def _receive(self, pending: Awaitable[T], on_timeout: type[ProxyError], where: str) -> T:
-        """Await body bytes by the exchange's deadline; the wait counts as upstream time."""
+    async def _receive(self, pending: Awaitable[T], on_timeout: type[ProxyError], where: str, bounded: bool = True) -> T:
+        """Await body bytes by the exchange's deadline (`bounded`); the wait counts as upstream time."""
         started = time.perf_counter()
         try:
+            if not bounded:
+                return await pending
             async with asyncio.timeout_at(self._deadline):
                 return await pending
         except TimeoutError as error:
