@@ -46,6 +46,8 @@ def route_of(request: web.Request) -> str:
 async def read_body(request: web.Request) -> bytes:
     """The request body, read within `server.body_timeout_seconds` (408 past it: a client that
     sends its body a byte at a time does not hold a connection for long)."""
+    if request.content.is_eof():  # the whole body came with the headers: nothing to wait for
+        return await request.read()
     timeout = request.app[SERVICES].settings.server.body_timeout_seconds
     try:
         async with asyncio.timeout(timeout):

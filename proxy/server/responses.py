@@ -22,6 +22,7 @@ from ..turn import Reply, StreamReply, Turn
 from ..upstream.events import DONE, HEARTBEAT, EventFramer, error_event
 
 CAPTURE_LIMIT = 1024 * 1024
+HEADER_ROOM = 16 * 1024  # bytes allowed for a response's status line and headers
 
 log = structlog.get_logger("perg.sse")
 
@@ -36,9 +37,15 @@ class ClientTooSlow(ConnectionError):
     """The client did not take a write within the write deadline; its connection is closed."""
 
 
-async def write_within(request: web.Request, response: web.StreamResponse, data: bytes, timeout: float) -> None:
+def _fits(request: web.Request, size: int) -> bool:
+    """`size` more bytes keep the client's transport under its high-water mark, so a write of
+    them returns without waiting for the client to read."""
     transport = request.transport
-    if transport is not None and transport.get_write_buffer_size() + len(data) + 1024 <= transport.get_write_buffer_limits()[1]:
+    return transport is not None and transport.get_write_buffer_size() + size <= transport.get_write_buffer_limits()[1]
+
+
+async def write_within(request: web.Request, response: web.StreamResponse, data: bytes, timeout: float) -> None:
+    if _fits(request, len(data) + 1024):
         await response.write(data)  # stays under the high-water mark (with room for chunk framing): cannot wait
         return
     try:
@@ -59,9 +66,13 @@ async def send_reply(request: web.Request, turn: Turn, reply: Reply, timeout: fl
     turn.status = reply.status
     apply_turn_headers(response, turn)
     try:
-        async with asyncio.timeout(timeout):
+        if _fits(request, len(reply.body) + HEADER_ROOM):  # the transport takes it all at once: no wait to bound
             await response.prepare(request)
             await response.write_eof()
+        else:
+            async with asyncio.timeout(timeout):
+                await response.prepare(request)
+                await response.write_eof()
     except TimeoutError:
         turn.error_code = "client_write_timeout"
         if request.transport is not None:
