@@ -90,6 +90,11 @@ class ConnectionFactory:
         self.cap = connection_cap(settings)
         self.open = 0
         self.header_timeout = settings.server.header_timeout_seconds
+        # late headers are found by a sweep this often: a connection is cut within a quarter of
+        # the timeout after it (at most a second)
+        self.sweep_every = min(1.0, self.header_timeout / 4)
+        self.handlers: set[ProxyRequestHandler] = set()
+        self.sweeping: asyncio.TimerHandle | None = None
         self.refused = metrics.connections_refused
         self.kwargs = {
             "keepalive_timeout": settings.server.keepalive_timeout_seconds,
@@ -102,6 +107,26 @@ class ConnectionFactory:
     def __call__(self) -> ProxyRequestHandler:
         return ProxyRequestHandler(self, self.server, loop=self.loop, **self.kwargs)
 
+    def admit(self, handler: ProxyRequestHandler) -> None:
+        self.open += 1
+        self.handlers.add(handler)
+        if self.sweeping is None:
+            self.sweeping = self.loop.call_later(self.sweep_every, self.sweep)
+
+    def release(self, handler: ProxyRequestHandler) -> None:
+        self.open -= 1
+        self.handlers.discard(handler)
+
+    def sweep(self) -> None:
+        """Close the connections whose headers are late; again in `sweep_every` while any is open.
+        One timer for every connection, rather than one armed and cancelled per request."""
+        self.sweeping = None
+        late = self.loop.time() - self.header_timeout
+        for handler in [handler for handler in self.handlers if handler.waiting_since is not None and handler.waiting_since <= late]:
+            handler.headers_late()
+        if self.handlers:
+            self.sweeping = self.loop.call_later(self.sweep_every, self.sweep)
+
 
 class ProxyRequestHandler(web.RequestHandler):
     """aiohttp's connection handler with the header deadline, the connection cap, and protocol
@@ -112,8 +137,7 @@ class ProxyRequestHandler(web.RequestHandler):
         self.factory = factory
         self.admitted = False
         self.idle = True  # no request being handled: the next bytes start a header deadline
-        self.started_requests = 0
-        self.header_deadline: asyncio.TimerHandle | None = None
+        self.waiting_since: float | None = None  # when the headers now awaited were due to start (loop time)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         factory = self.factory
@@ -121,43 +145,35 @@ class ProxyRequestHandler(web.RequestHandler):
             factory.refused.labels("limit").inc()
             transport.close()  # the descriptor is freed now; the client may retry
             return
-        factory.open += 1
         self.admitted = True
+        factory.admit(self)
         super().connection_made(transport)
-        self.arm_header_deadline()
+        self.waiting_since = factory.loop.time()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if not self.admitted:
             return
         self.admitted = False
-        self.factory.open -= 1
-        self.cancel_header_deadline()
+        self.factory.release(self)
+        self.waiting_since = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.idle and self.header_deadline is None:
-            self.arm_header_deadline()
+        if self.idle and self.waiting_since is None:
+            self.waiting_since = self.factory.loop.time()
         super().data_received(data)
 
-    def arm_header_deadline(self) -> None:
-        self.header_deadline = self.factory.loop.call_later(self.factory.header_timeout, self.headers_late, self.started_requests)
-
-    def cancel_header_deadline(self) -> None:
-        if self.header_deadline is not None:
-            self.header_deadline.cancel()
-            self.header_deadline = None
-
-    def headers_late(self, started_before: int) -> None:
-        self.header_deadline = None
-        if self.idle and self.started_requests == started_before:
+    def headers_late(self) -> None:
+        """Found by the factory's sweep: no request's headers arrived within the timeout."""
+        self.waiting_since = None
+        if self.idle:
             self.factory.refused.labels("header_timeout").inc()
             self.force_close()
 
     def request_started(self) -> None:
         """Called by the middleware: the request's headers are in."""
         self.idle = False
-        self.started_requests += 1
-        self.cancel_header_deadline()
+        self.waiting_since = None
 
     def request_finished(self) -> None:
         self.idle = True
