@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from proxy.upstream.events import UpstreamEventError, read_events
+from proxy.upstream.events import EventFramer, EventParser, UpstreamEventError, read_events
 
 
 def feeder(*chunks: bytes, stall: float = 0.0):
@@ -88,3 +90,34 @@ def test_each_upstream_call_is_timed_with_its_outcome(error, outcome):
         "perg_upstream_duration_seconds_count", {"upstream": "up", "stage": "stage2", "outcome": outcome}
     )
     assert count == 1
+
+
+LINES = st.sampled_from(
+    [b'data: {"a": 1}', b"data:[DONE]", b"data: [DONE]", b"data: text with [DONE] inside", b": keep-alive", b"event: x", b"id: 7"]
+)
+ENDINGS = st.sampled_from([b"\n", b"\n", b"\n", b"\r\n", b"\r"])
+EVENTS = st.lists(st.tuples(st.lists(st.tuples(LINES, ENDINGS), min_size=1, max_size=3), ENDINGS), max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(events=EVENTS, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8))
+def test_the_framer_passes_whole_events_up_to_done_however_the_stream_is_cut(events, cuts):
+    """What the pass-through relays of an event stream: whole events only, in order, up to and
+    including the first `[DONE]` event, whatever the chunks (the fast path for chunks that end
+    with a blank line included), the same as one parser fed everything at once."""
+    lines = [line for event, blank in events for line in [*event, (b"", blank)]]
+    stream = b"".join(line + ending for line, ending in lines)
+    expected, done = b"", False
+    for event in EventParser().feed(stream):
+        expected += event.raw
+        if event.data == b"[DONE]":
+            done = True
+            break
+    framer, out = EventFramer(), b""
+    bounds = sorted({cut for cut in cuts if cut < len(stream)})
+    for start, end in zip([0, *bounds], [*bounds, len(stream)], strict=True):
+        piece = framer.feed(stream[start:end])
+        out += piece
+        assert not piece or expected.startswith(out)
+    assert framer.saw_done == done
+    assert out == expected

@@ -85,6 +85,11 @@ class EventParser:
             self._name = value
 
     @property
+    def idle(self) -> bool:
+        """Between events: nothing of an unfinished event or line is held."""
+        return not self._tail and not self._block
+
+    @property
     def pending(self) -> bytes:
         """Bytes of an event not yet complete."""
         return b"".join(self._block) + self._tail
@@ -106,6 +111,8 @@ class EventFramer:
     def feed(self, chunk: bytes) -> bytes:
         if self.saw_done:
             return b""
+        if self._parser.idle and chunk.endswith(b"\n\n") and DONE_DATA not in chunk:
+            return chunk  # whole events (it ends with a blank line after a line break), none of them [DONE]
         events = self._parser.feed(chunk)
         if not events:
             return b""

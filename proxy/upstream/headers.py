@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 # The proxy's request id travels upstream as OpenAI's client request id header, not as
 # X-Request-ID: some servers (llama_cpp.server) reject an X-Request-ID that is not a UUID.
@@ -55,6 +55,8 @@ RESPONSE_DROP = HOP_BY_HOP | {"content-length", "content-encoding", "date", "ser
 def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
     """Header names listed in `Connection` (hop-by-hop by declaration)."""
     tokens: set[str] = set()
+    if isinstance(headers, CIMultiDict | CIMultiDictProxy) and "Connection" not in headers:
+        return tokens  # a case-insensitive lookup instead of a look at every header
     for name, value in headers.items():
         if name.lower() == "connection":
             tokens.update(token.strip().lower() for token in value.split(",") if token.strip())
