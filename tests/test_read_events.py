@@ -4,6 +4,7 @@ timing of each such upstream call."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -121,3 +122,40 @@ def test_the_framer_passes_whole_events_up_to_done_however_the_stream_is_cut(eve
         assert not piece or expected.startswith(out)
     assert framer.saw_done == done
     assert out == expected
+
+
+def reference_events(stream: bytes) -> list[tuple[bytes, bytes | None]]:
+    """The event-stream interpretation written out plainly (HTML §9.2.6): (type, data) per event;
+    a CR at the very end may be half a CRLF, so its line is not finished."""
+    if stream.endswith(b"\r"):
+        stream = stream[:-1]
+    lines = re.split(rb"\r\n|\r|\n", stream)[:-1]  # the last piece is an unfinished line
+    events, data, name = [], [], b""
+    for line in lines:
+        if not line:
+            events.append((name or b"message", b"\n".join(data) if data else None))
+            data, name = [], b""
+            continue
+        if line.startswith(b":"):
+            continue
+        field, colon, value = line.partition(b":")
+        if colon and value.startswith(b" "):
+            value = value[1:]
+        if field == b"data":
+            data.append(value)
+        elif field == b"event":
+            name = value
+    return events
+
+
+@settings(max_examples=400, deadline=None)
+@given(events=EVENTS, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8))
+def test_the_parser_reads_events_as_the_standard_does_however_the_stream_is_cut(events, cuts):
+    lines = [line for event, blank in events for line in [*event, (b"", blank)]]
+    stream = b"".join(line + ending for line, ending in lines)
+    parser, read = EventParser(), []
+    bounds = sorted({cut for cut in cuts if cut < len(stream)})
+    for start, end in zip([0, *bounds], [*bounds, len(stream)], strict=True):
+        read += parser.feed(stream[start:end])
+    assert [(event.name, event.data) for event in read] == reference_events(stream)
+    assert b"".join(event.raw for event in read) + parser.pending == stream

@@ -56,6 +56,8 @@ class EventParser:
 
     def feed(self, chunk: bytes) -> list[ServerEvent]:
         buffer = self._tail + chunk if self._tail else chunk
+        if b"\r" not in buffer:
+            return self._feed_lf(buffer)
         events: list[ServerEvent] = []
         start = 0
         for match in LINE_END.finditer(buffer):
@@ -71,6 +73,27 @@ class EventParser:
             events.append(ServerEvent(self._name or b"message", b"\n".join(self._data) if self._data else None, raw))
             self._block, self._data, self._name = [], [], b""
         self._tail = buffer[start:]
+        return events
+
+    def _feed_lf(self, buffer: bytes) -> list[ServerEvent]:
+        """`feed` for bytes whose lines all end in LF (what servers send): split, not searched."""
+        lines = buffer.split(b"\n")
+        tail = lines.pop()  # the unfinished line; b"" when the buffer ends with a line break
+        events: list[ServerEvent] = []
+        start = block = 0  # where the current line, and this buffer's part of the current event, begin
+        for line in lines:
+            start += len(line) + 1
+            if line:
+                self._field(line)
+                continue
+            self._block.append(buffer[block:start])
+            raw = b"".join(self._block)
+            events.append(ServerEvent(self._name or b"message", b"\n".join(self._data) if self._data else None, raw))
+            self._block, self._data, self._name = [], [], b""
+            block = start
+        if block < start:
+            self._block.append(buffer[block:start])
+        self._tail = tail
         return events
 
     def _field(self, line: bytes) -> None:
