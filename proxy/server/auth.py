@@ -2,7 +2,7 @@
 
 Keys are compared as SHA-256 digests with `hmac.compare_digest`, and every configured key is
 compared on every check (no early exit), so the time taken says nothing about how close a guess
-was or which key matched.
+was or which key matched. A key that matched once is then found by a dictionary lookup.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ class Authenticator:
         self._admin = _digest(settings.admin_key) if settings.admin_key else None
         self._metrics = _digest(settings.metrics_key) if settings.metrics_key else None
         self.open = not self._clients
+        # keys that matched before, by the key itself: a client's next request skips the digest
+        # and the comparisons. Only matching keys are held, so a lookup that finds nothing tells a
+        # guesser nothing the 401 does not; a hit's time does not depend on which key it is.
+        self._seen: dict[str, ClientKey] = {}
 
     def check(self, authorization: str | None, *, admin: bool) -> ClientKey | None:
         """The client a request comes from; raises 401 / 403. Admin routes need the admin key."""
@@ -73,9 +77,13 @@ class Authenticator:
         return None
 
     def _match(self, token: str) -> ClientKey | None:
+        found = self._seen.get(token)
+        if found is not None:
+            return found
         digest = _digest(token)
-        found = None
         for known, client in self._clients:
             if hmac.compare_digest(digest, known) and found is None:
                 found = client
+        if found is not None:
+            self._seen[token] = found  # at most one entry per configured key
         return found

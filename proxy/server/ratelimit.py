@@ -76,6 +76,9 @@ class Limits:
     tokens: int
 
 
+UNLIMITED = Limits(0, 0)
+
+
 class RateLimiter:
     def __init__(self, settings: RateLimitSettings, metrics: Metrics) -> None:
         self.settings = settings
@@ -85,7 +88,7 @@ class RateLimiter:
     def limits(self, client: ClientKey) -> Limits:
         requests = client.requests_per_minute if client.requests_per_minute is not None else self.settings.requests_per_minute
         tokens = client.tokens_per_minute if client.tokens_per_minute is not None else self.settings.tokens_per_minute
-        return Limits(requests, tokens)
+        return Limits(requests, tokens) if requests or tokens else UNLIMITED
 
     async def admit(self, client: ClientKey | None) -> None:
         """Count one request for the key; 429 with retry-after when over either limit."""

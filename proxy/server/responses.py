@@ -96,7 +96,8 @@ def apply_turn_headers(response: web.StreamResponse, turn: Turn) -> None:
 async def send_stream(request: web.Request, turn: Turn, reply: StreamReply, timeout: float) -> web.StreamResponse:
     """Write `reply` to the client chunk by chunk; errors after the start go in band."""
     response = web.StreamResponse(status=reply.status, headers=reply.headers)
-    response.content_type = reply.content_type
+    if not response.headers.get("Content-Type", "").startswith(reply.content_type):  # else already so (a relayed one)
+        response.content_type = reply.content_type
     if reply.sse:
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"
