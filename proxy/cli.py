@@ -61,7 +61,16 @@ def settings_from(args: argparse.Namespace) -> Settings:
         settings = load_settings(path)
     else:
         settings = parse_settings(
-            {"upstreams": [{"name": "local", "base_url": DEFAULT_UPSTREAM, "structured_output": "json_object_schema"}]}
+            {
+                "upstreams": [
+                    {
+                        "name": "local",
+                        "base_url": DEFAULT_UPSTREAM,
+                        "structured_output": "json_object_schema",
+                        "max_tokens_parameter": "max_tokens",
+                    }
+                ]
+            }
         )
     overrides = (("host", args.host), ("port", args.port), ("workers", getattr(args, "workers", None)))
     server = settings.server.model_copy(update={key: value for key, value in overrides if value is not None})

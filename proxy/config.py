@@ -21,6 +21,7 @@ ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 Strategy = Literal["off", "naive", "pref_aligner"]
 StructuredOutput = Literal["json_schema", "json_object_schema", "json_object", "none"]
+MaxTokensParameter = Literal["max_completion_tokens", "max_tokens"]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
@@ -80,6 +81,9 @@ class UpstreamSettings(Section):
     timeouts: Timeouts = Timeouts()
     retries: Retries = Retries()
     structured_output: StructuredOutput = "json_object_schema"
+    # the output-token bound the upstream honours: a client's max_completion_tokens is sent as
+    # max_tokens where only that is (llama_cpp.server); docs/configuration.md
+    max_tokens_parameter: MaxTokensParameter = "max_completion_tokens"
     max_connections: int = Field(256, ge=1)
     # HTTP(S)_PROXY / NO_PROXY (and ~/.netrc) from the environment
     trust_env: bool = True

@@ -21,6 +21,7 @@ from .. import telemetry
 from ..errors import ProxyError, UpstreamProtocolError
 from ..prompts.loader import preference_lines
 from ..turn import Reply, Turn
+from ..upstream.adapt import adapt_chat_body
 from .chat import add_usage, first_content, keep_as_is, last_user_query, served_unchanged
 from .context import PipelineContext
 from .gate import relevant_preferences
@@ -74,7 +75,10 @@ async def plan(turn: Turn, ctx: PipelineContext) -> RewritePlan:
     try:
         with turn.waiting():
             stage1 = await upstream.chat(
-                stage1_body(turn.body), request_id=turn.request_id, timeout=upstream.settings.timeouts.total, stage="stage1"
+                adapt_chat_body(stage1_body(turn.body), upstream.dialect),
+                request_id=turn.request_id,
+                timeout=upstream.settings.timeouts.total,
+                stage="stage1",
             )
             relevant, gate_usage = await gate if gate is not None else (turn.preferences, None)
     finally:

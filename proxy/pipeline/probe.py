@@ -6,6 +6,8 @@ Per upstream the result is `ok`, `mismatch` (the style is rejected while the sam
 it is answered; the styles that work are tried and the first is named), `unconstrained` (accepted,
 but the reply is not the JSON asked for), `skipped` (style `none`, or no model name to ask with)
 or `unreachable: <code>` (the upstream failed without the style too: not a style question).
+After a mismatch, a client's own `response_format: json_schema` is sent in the suggested style
+(`upstream/adapt.py`); the proxy's own calls keep the configured one until the key is set.
 """
 
 from __future__ import annotations
@@ -49,11 +51,15 @@ class StyleProbes:
             entry.update(await probe_style(upstream))
         except Exception as error:  # noqa: BLE001 - a probe never stops the proxy
             entry["result"] = f"unreachable: {type(error).__name__}"
+        if entry["result"] == "mismatch":
+            # a client's json_schema response_format is sent in the style that works (upstream/adapt.py)
+            upstream.adopt_json_style(entry["suggested"])
         if entry["result"] in ("mismatch", "unconstrained"):
             log.warning(
                 "structured_output_mismatch", upstream=upstream.name, style=entry["style"], result=entry["result"],
                 key=style_key(upstream.name), suggested=entry.get("suggested"),
                 detail="the relevance gate and the verifier will fail open on every request until the key is set",
+                client_response_format=upstream.dialect.json_style,
             )  # fmt: skip
 
 

@@ -1,6 +1,7 @@
 """The strategies, and which one serves a chat request.
 
-* `off`: the client's request goes upstream untouched (its very bytes when nothing was taken out).
+* `off`: the client's request goes upstream untouched (its very bytes when nothing was taken out
+  and nothing needs adapting to the upstream: `upstream/adapt.py`).
 * `naive`: the paper's baseline: the preferences go into a system message; one call.
 * `pref_aligner`: stage 1 without preferences, then the rewrite (`aligner`, `aligner_stream`).
 
@@ -17,6 +18,7 @@ import orjson
 from .. import telemetry
 from ..prompts.loader import preference_lines
 from ..turn import Reply, StreamReply, Turn
+from ..upstream.adapt import adapt_chat_body
 from ..upstream.headers import upstream_request_headers
 from .aligner import serve_pref_aligner
 from .aligner_stream import serve_pref_aligner_stream
@@ -47,7 +49,10 @@ async def forward_chat(turn: Turn, ctx: PipelineContext, body: dict[str, Any] | 
     headers["Content-Type"] = "application/json"
     if turn.stream:  # the proxy reads the events (their [DONE]): they must come uncompressed
         headers.popall("Accept-Encoding", None)
-    data = turn.forward_body() if body is None else orjson.dumps(body)
+    sent = turn.body if body is None else body
+    assert sent is not None
+    adapted = adapt_chat_body(sent, upstream.dialect)
+    data = turn.forward_body() if body is None and adapted is sent else orjson.dumps(adapted)
     reply = await forward(turn, upstream, "POST", "/chat/completions", data=data, headers=headers)
     if isinstance(reply, Reply) and reply.status == 200:
         turn.usage = completion_usage(reply, upstream.name)

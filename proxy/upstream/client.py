@@ -28,9 +28,10 @@ import orjson
 from yarl import URL
 
 from .. import telemetry
-from ..config import Retries, UpstreamSettings
+from ..config import Retries, StructuredOutput, UpstreamSettings
 from ..errors import ProxyError, UpstreamProtocolError, UpstreamStatusError, UpstreamTimeout
 from ..metrics import Metrics
+from .adapt import ChatDialect
 from .events import read_events
 from .exchange import ChatResult, Timed, UpstreamResponse, finish
 from .headers import CLIENT_REQUEST_ID, client_response_headers
@@ -65,6 +66,19 @@ class UpstreamClient:
             fixed["Authorization"] = f"Bearer {settings.api_key}"
         self._call_headers = fixed
         self._proxy, self._proxy_auth = env_proxy(settings)
+        self._dialect = ChatDialect(settings.structured_output, settings.max_tokens_parameter)
+
+    @property
+    def dialect(self) -> ChatDialect:
+        """What this upstream accepts of a client's chat request (`adapt.py`): its settings, the
+        JSON style replaced by the one the start-up probe found working when it found a mismatch."""
+        return self._parent.dialect if self._parent is not None else self._dialect
+
+    def adopt_json_style(self, style: StructuredOutput) -> None:
+        if self._parent is not None:
+            self._parent.adopt_json_style(style)
+        else:
+            self._dialect = ChatDialect(style, self._dialect.max_tokens_parameter)
 
     async def start(self) -> None:
         if self._parent is None:
