@@ -2,7 +2,8 @@
 
 1. the body extension `personalization: {user_id, preferences, strategy, return_draft}`
    (taken out of the body: it never goes upstream);
-2. the headers `X-Perg-User`, `X-Perg-Preferences` (a JSON array of strings), `X-Perg-Strategy`;
+2. the headers `X-Perg-User`, `X-Perg-Preferences` (a JSON array of strings) or
+   `X-Perg-Preferences-B64` (the same as base64url UTF-8, for any Unicode), `X-Perg-Strategy`;
 3. the standard `user` field, or the user bound to the client key, looked up in the profile store.
 
 Who may name a user: a key bound to a user (`auth.client_keys[].user_id`) acts as that user only,
@@ -16,6 +17,8 @@ request: it is answered without stored preferences, and the failure is counted.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, get_args
@@ -31,6 +34,8 @@ from .handle import StoreHandle
 from .store_errors import StoreError, StoreUnavailable
 
 STRATEGIES = frozenset(get_args(Strategy))
+PLAIN_HEADER = "X-Perg-Preferences"
+B64_HEADER = "X-Perg-Preferences-B64"
 EXTENSION_KEYS = frozenset({"user_id", "preferences", "strategy", "return_draft"})
 log = structlog.get_logger("perg.preferences")
 
@@ -96,16 +101,51 @@ def check_user(value: Any, param: str) -> str:
 
 
 def header_preferences(headers: Mapping[str, str], settings: PersonalizationSettings) -> tuple[str, ...] | None:
-    raw = headers.get("X-Perg-Preferences")
+    """The preferences of `X-Perg-Preferences` (a JSON array of strings) or of
+    `X-Perg-Preferences-B64` (the same, base64url-encoded UTF-8: any Unicode); None without
+    either. Both at once, or one that does not decode, is a 400 naming the header."""
+    raw = headers.get(PLAIN_HEADER)
+    encoded = headers.get(B64_HEADER)
+    if encoded is not None:
+        if raw is not None:
+            raise InvalidRequest(
+                f"Send the preferences in one header: '{PLAIN_HEADER}' or '{B64_HEADER}', not both.",
+                param=B64_HEADER,
+                code="conflicting_headers",
+            )
+        return check_preferences(decode_preferences_b64(encoded), B64_HEADER, settings)
     if raw is None:
         return None
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
+        raise InvalidRequest(f"Header '{PLAIN_HEADER}' must be a JSON array of strings.", param=PLAIN_HEADER, code="invalid_json") from None
+    return check_preferences(value, PLAIN_HEADER, settings)
+
+
+def decode_preferences_b64(value: str) -> Any:
+    """The JSON value in an `X-Perg-Preferences-B64` header: base64url (RFC 4648 section 5; the
+    standard alphabet is taken too, `=` padding optional) of UTF-8 JSON. Anything else is a 400
+    naming the header and what is wrong with it."""
+    text = value.strip().rstrip("=")
+    try:
+        data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
         raise InvalidRequest(
-            "Header 'X-Perg-Preferences' must be a JSON array of strings.", param="X-Perg-Preferences", code="invalid_json"
+            f"Header '{B64_HEADER}' is not base64url: encode the UTF-8 bytes of a JSON array of strings.",
+            param=B64_HEADER,
+            code="invalid_base64",
         ) from None
-    return check_preferences(value, "X-Perg-Preferences", settings)
+    try:
+        decoded = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"Header '{B64_HEADER}' does not decode to UTF-8 text.", param=B64_HEADER, code="invalid_utf8") from None
+    try:
+        return orjson.loads(decoded)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest(
+            f"Header '{B64_HEADER}' does not decode to JSON: it must be a JSON array of strings.", param=B64_HEADER, code="invalid_json"
+        ) from None
 
 
 def choose_strategy(extension: dict[str, Any], headers: Mapping[str, str], client: ClientKey | None, default: str) -> str:
@@ -183,3 +223,4 @@ async def stored_preferences(store: StoreHandle, user_id: str, metrics: Metrics)
         metrics.profile_errors.labels("unavailable" if isinstance(error, StoreUnavailable) else "error").inc()
         log.warning("profile_lookup_failed", error=error.message)
         return ()
+
