@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -132,41 +133,45 @@ class UpstreamStreamBroken(ProxyError):
 
 
 class UpstreamStatusError(ProxyError):
-    """The upstream answered with an error status: kept, with its error body when it has one."""
+    """The upstream answered with an error status: kept, with its error body when that is an
+    OpenAI error object. Any other body (a traceback, an HTML page, plain text, other JSON) is
+    never relayed: the client gets the OpenAI error shape with a short message, and
+    `unrelayed_body` keeps the original for the log."""
 
     type = "upstream_error"
 
     def __init__(self, status: int, payload: bytes, headers: Mapping[str, str]) -> None:
         self.status = status
-        self.upstream_body = _openai_error(payload)
-        message = (
-            self.upstream_body["error"].get("message")
-            if self.upstream_body
-            else f"upstream returned HTTP {status}: {payload[:200].decode('utf-8', 'replace')}"
-        )
+        self.upstream_body, kind = _openai_error(payload)
+        self.unrelayed_body = payload if self.upstream_body is None else None
+        message = self.upstream_body["error"]["message"] if self.upstream_body else f"upstream returned {status} with {kind}"
         super().__init__(str(message), code=f"upstream_http_{status}", headers=headers)
 
     def body(self) -> dict[str, Any]:
         return self.upstream_body or super().body()
 
 
-def _openai_error(payload: bytes) -> dict[str, Any] | None:
-    """The upstream's body when it already is an OpenAI error object, else None."""
+TRACEBACK = re.compile(r'Traceback \(most recent call last\)|File "[^"\n]+", line \d+')
+
+
+def _openai_error(payload: bytes) -> tuple[dict[str, Any] | None, str]:
+    """The upstream's body when it already is an OpenAI error object whose message is not a
+    stack trace, else None and what the body is."""
+    if not payload.strip():
+        return None, "an empty body"
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        return None
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):
-        error = data["error"]
-        return {
-            "error": {
-                "message": error.get("message") or "upstream error",
-                "type": error.get("type"),
-                "param": error.get("param"),
-                "code": error.get("code"),
-            }
-        }
-    return None
+        return None, "a non-JSON body"
+    if not isinstance(data, dict) or not isinstance(data.get("error"), dict):
+        return None, "a JSON body that is not an OpenAI error"
+    error = data["error"]
+    message = error.get("message")
+    if isinstance(message, str) and TRACEBACK.search(message):
+        return None, "a stack trace in its error message"
+    return {
+        "error": {"message": message or "upstream error", "type": error.get("type"), "param": error.get("param"), "code": error.get("code")}
+    }, "an OpenAI error"
 
 
 class CallFailed(Exception):

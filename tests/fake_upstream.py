@@ -6,6 +6,9 @@ Behaviour is chosen by the request's `model` (chat) or path:
   tool-call                 an assistant message with two tool calls (streamed as argument deltas)
   error-<status>            that HTTP status with an OpenAI error body (429 adds retry-after: 7)
   error-html                502 with an HTML body (not OpenAI-shaped)
+  error-text                500 with a plain-text traceback
+  error-traceback           500 with an OpenAI-shaped body whose message is a traceback (llama_cpp.server)
+  error-detail              404 with FastAPI's `{"detail": ...}` (JSON, not an OpenAI error)
   slow-<ms>                 waits <ms> before answering, then echoes
   delay-<ms>                like slow; used by the benchmarks
   stream-break              streams two chunks, then drops the connection
@@ -224,9 +227,20 @@ def json_body(payload: Any, status: int = 200, headers: dict[str, str] | None = 
     return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json", headers=headers)
 
 
+TRACEBACK = (
+    'Traceback (most recent call last):\n  File "/srv/app/llama_cpp/server/app.py", line 376, in create_chat_completion\nValueError: boom'
+)
+
+
 def error_response(arg: str, retry_after: str | None = None) -> web.Response:
     if arg == "html":
         return web.Response(status=502, text="<html><body>Bad gateway</body></html>", content_type="text/html")
+    if arg == "text":  # a server that prints its traceback as the body
+        return web.Response(status=500, text=TRACEBACK, content_type="text/plain")
+    if arg == "traceback":  # llama_cpp.server: an OpenAI-shaped body whose message holds a traceback
+        return json_body({"error": {"message": TRACEBACK, "type": "internal_server_error", "param": None, "code": None}}, status=500)
+    if arg == "detail":  # FastAPI's default error body: JSON, not an OpenAI error
+        return json_body({"detail": "Not Found: /srv/app"}, status=404)
     status = int(arg)
     headers = {"x-ratelimit-remaining-requests": "0"}
     if status == 429:

@@ -157,12 +157,33 @@ def test_upstream_status_kept(proxy, fake_upstream, status, exception, stream):
         assert error.response.headers["retry-after"] == "7"
 
 
-def test_upstream_error_without_openai_body_is_wrapped(proxy, fake_upstream):
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("model", "status", "kind"),
+    [
+        ("error-html", 502, "a non-JSON body"),
+        ("error-text", 500, "a non-JSON body"),
+        ("error-traceback", 500, "a stack trace in its error message"),
+        ("error-detail", 404, "a JSON body that is not an OpenAI error"),
+    ],
+)
+def test_upstream_error_without_openai_body_is_wrapped(proxy, fake_upstream, capsys, model, status, kind, stream):
+    """The status is kept, the body replaced by the OpenAI shape with a short message; the
+    original goes to the log, never to the client."""
     with client(proxy) as c, pytest.raises(openai.APIStatusError) as caught:
-        c.chat.completions.create(model="error-html", messages=[{"role": "user", "content": "x"}])
-    assert caught.value.status_code == 502
-    assert caught.value.body["type"] == "upstream_error"
-    assert "Bad gateway" in caught.value.body["message"]
+        c.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], stream=stream)
+    assert caught.value.status_code == status
+    body = json.loads(caught.value.response.content)
+    assert body == {
+        "error": {
+            "message": f"upstream returned {status} with {kind}",
+            "type": "upstream_error",
+            "param": None,
+            "code": f"upstream_http_{status}",
+        }
+    }
+    logged = capsys.readouterr().out
+    assert "upstream_error_body" in logged and ("Bad gateway" in logged or "/srv/app" in logged)
 
 
 def test_upstream_unreachable_is_502(start_proxy):

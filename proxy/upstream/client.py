@@ -7,7 +7,8 @@
   stages, the relevance gate, the monitor's judges, canary, shadow, `eval`), gzip accepted and
   decoded, read whole (bounded by the decoded size) or as events (`events.py`).
 
-Every failure maps onto the same exceptions: status kept (`UpstreamStatusError`), unreachable 502,
+Every failure maps onto the same exceptions: status kept (`UpstreamStatusError`; an error body that
+is not an OpenAI error object is logged, truncated, and never relayed), unreachable 502,
 timeouts 504, a redirect or a status outside 100–599 a 502 naming it, a stream that dies mid-way
 `UpstreamStreamBroken`. The one retry policy is `retries.py`. The upstream's key is redacted from
 anything relayed (`redact.py`).
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import orjson
+import structlog
 from yarl import URL
 
 from .. import telemetry
@@ -40,9 +42,11 @@ from .retries import with_retries
 from .transport import env_proxy, open_session, transport_error
 
 ERROR_BODY_LIMIT = 1024 * 1024
+LOGGED_BODY_LIMIT = 2000  # of an upstream error body that is not relayed (not an OpenAI error)
 ANSWER_LIMIT = 64 * 1024 * 1024  # a chat completion the proxy reads whole (a stage, a judge), decoded
 CHAT_PATH = "/chat/completions"
 T = TypeVar("T")
+log = structlog.get_logger("perg.upstream")
 
 
 class UpstreamClient:
@@ -211,7 +215,13 @@ class UpstreamClient:
         if not decoded:
             payload = _decoded(payload, raw.headers.get("Content-Encoding", ""))
         redactor = Redactor(self._secret)
-        return UpstreamStatusError(status, redactor.whole(payload), client_response_headers(redactor.headers(raw.headers)))
+        error = UpstreamStatusError(status, redactor.whole(payload), client_response_headers(redactor.headers(raw.headers)))
+        if error.unrelayed_body is not None:  # the client gets a short message; the body is for the operator
+            log.warning(
+                "upstream_error_body", upstream=self.name, status=status, content_type=raw.headers.get("Content-Type"),
+                body=error.unrelayed_body[:LOGGED_BODY_LIMIT].decode("utf-8", "replace"), size=len(error.unrelayed_body),
+            )  # fmt: skip
+        return error
 
     def _post_attempt(self, body: bytes, request_id: str) -> Callable[[], Awaitable[aiohttp.ClientResponse]]:
         headers = telemetry.outgoing({**self._call_headers, CLIENT_REQUEST_ID: request_id})
