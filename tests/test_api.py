@@ -183,7 +183,16 @@ def test_upstream_error_without_openai_body_is_wrapped(proxy, fake_upstream, cap
         }
     }
     logged = capsys.readouterr().out
-    assert "upstream_error_body" in logged and ("Bad gateway" in logged or "/srv/app" in logged)
+    assert "upstream_error_body" in logged and "Bad gateway" not in logged and "/srv/app" not in logged  # content: not by default
+
+
+def test_with_log_content_the_unrelayed_body_is_logged(start_proxy, fake_upstream, capsys):
+    proxy = start_proxy(logging={"log_content": True})
+    with client(proxy) as c, pytest.raises(openai.InternalServerError) as caught:
+        c.chat.completions.create(model="error-text", messages=[{"role": "user", "content": "x"}])
+    assert "Traceback" not in caught.value.response.text
+    logged = capsys.readouterr().out
+    assert "upstream_error_body" in logged and "Traceback (most recent call last)" in logged and "/srv/app/llama_cpp" in logged
 
 
 def test_upstream_unreachable_is_502(start_proxy):

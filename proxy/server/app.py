@@ -34,7 +34,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     """The proxy as an aiohttp application; resources open when it starts, close when it stops."""
     app = web.Application(middlewares=[request_middleware], client_max_size=settings.server.max_body_bytes)
     metrics = Metrics(registry)
-    upstreams = Upstreams(settings.upstreams, metrics)
+    upstreams = Upstreams(settings.upstreams, metrics, log_bodies=settings.logging.log_content)
     prompts = load_prompts(settings)
     store = StoreHandle(settings.profiles)
     app[SERVICES] = Services(

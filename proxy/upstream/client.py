@@ -8,9 +8,9 @@
   decoded, read whole (bounded by the decoded size) or as events (`events.py`).
 
 Every failure maps onto the same exceptions: status kept (`UpstreamStatusError`; an error body that
-is not an OpenAI error object is logged, truncated, and never relayed), unreachable 502,
-timeouts 504, a redirect or a status outside 100–599 a 502 naming it, a stream that dies mid-way
-`UpstreamStreamBroken`. The one retry policy is `retries.py`. The upstream's key is redacted from
+is not an OpenAI error object is never relayed, and logged, truncated, with `logging.log_content`),
+unreachable 502, timeouts 504, a redirect or a status outside 100–599 a 502 naming it, a stream
+that dies mid-way `UpstreamStreamBroken`. The one retry policy is `retries.py`. The upstream's key is redacted from
 anything relayed (`redact.py`).
 """
 
@@ -55,8 +55,11 @@ class UpstreamClient:
     `sharing(metrics)` gives a client on the same session that counts into other metrics (the
     monitor's): the connection limit still counts every call of the process."""
 
-    def __init__(self, settings: UpstreamSettings, metrics: Metrics, parent: UpstreamClient | None = None) -> None:
+    def __init__(
+        self, settings: UpstreamSettings, metrics: Metrics, parent: UpstreamClient | None = None, *, log_bodies: bool = False
+    ) -> None:
         self.settings = settings
+        self.log_bodies = parent.log_bodies if parent is not None else log_bodies  # logging.log_content
         self.name = settings.name
         self._metrics = metrics
         self._own_session: aiohttp.ClientSession | None = None
@@ -217,9 +220,12 @@ class UpstreamClient:
         redactor = Redactor(self._secret)
         error = UpstreamStatusError(status, redactor.whole(payload), client_response_headers(redactor.headers(raw.headers)))
         if error.unrelayed_body is not None:  # the client gets a short message; the body is for the operator
+            unrelayed = error.unrelayed_body
+            # the body itself only with logging.log_content: an upstream may echo message text in it
+            text = unrelayed[:LOGGED_BODY_LIMIT].decode("utf-8", "replace") if self.log_bodies else None
             log.warning(
                 "upstream_error_body", upstream=self.name, status=status, content_type=raw.headers.get("Content-Type"),
-                body=error.unrelayed_body[:LOGGED_BODY_LIMIT].decode("utf-8", "replace"), size=len(error.unrelayed_body),
+                size=len(unrelayed), message=error.message, body=text,
             )  # fmt: skip
         return error
 
@@ -328,8 +334,15 @@ def _decoded(payload: bytes, coding: str) -> bytes:
 class Upstreams:
     """Every configured upstream, routed by model name."""
 
-    def __init__(self, settings: tuple[UpstreamSettings, ...], metrics: Metrics, clients: list[UpstreamClient] | None = None) -> None:
-        self.all = clients if clients is not None else [UpstreamClient(item, metrics) for item in settings]
+    def __init__(
+        self,
+        settings: tuple[UpstreamSettings, ...],
+        metrics: Metrics,
+        clients: list[UpstreamClient] | None = None,
+        *,
+        log_bodies: bool = False,
+    ) -> None:
+        self.all = clients if clients is not None else [UpstreamClient(item, metrics, log_bodies=log_bodies) for item in settings]
         self._by_name = {client.name: client for client in self.all}
 
     def sharing(self, metrics: Metrics) -> Upstreams:
