@@ -128,6 +128,12 @@ class Metrics:
             "Requests answered without stored preferences because the profile store failed.",
             ("reason",),
         )
+        self.personalization_unsupported = self._counter(
+            "perg_personalization_unsupported",
+            "Requests that asked for personalization (preferences in the body extension or a header, or a named user with a "
+            "stored profile) on a route that cannot honour it: answered unpersonalized with x-perg-aligned: unsupported.",
+            ("endpoint", "source"),
+        )
         self.rate_limited = self._counter("perg_rate_limited", "Requests refused by a per-key rate limit.", ("kind",))
         self.rate_limit_errors = self._counter(
             "perg_rate_limit_errors", "Rate-limit checks skipped because the shared counter failed.", ("reason",)

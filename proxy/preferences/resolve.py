@@ -36,6 +36,7 @@ from .store_errors import StoreError, StoreUnavailable
 STRATEGIES = frozenset(get_args(Strategy))
 PLAIN_HEADER = "X-Perg-Preferences"
 B64_HEADER = "X-Perg-Preferences-B64"
+PERSONALIZATION_HEADERS = (PLAIN_HEADER, B64_HEADER, "X-Perg-User")
 EXTENSION_KEYS = frozenset({"user_id", "preferences", "strategy", "return_draft"})
 log = structlog.get_logger("perg.preferences")
 
@@ -224,3 +225,39 @@ async def stored_preferences(store: StoreHandle, user_id: str, metrics: Metrics)
         log.warning("profile_lookup_failed", error=error.message)
         return ()
 
+
+async def unhonoured_source(
+    extension: dict[str, Any],
+    headers: Mapping[str, str],
+    client: ClientKey | None,
+    settings: PersonalizationSettings,
+    store: StoreHandle | None,
+    metrics: Metrics,
+) -> str | None:
+    """On a route that cannot personalize: where the request asks for personalization (`request`,
+    `header` or `profile`), else None. Counted: preferences in the body extension or a header, and
+    a user named in `personalization.user_id` or `X-Perg-User` who has a stored profile; not the
+    standard `user` field or a key's bound user (those name who is asking, not a wish to
+    personalize), and nothing when the strategy is `off`. Malformed inputs are a 400 as on chat."""
+    named = extension.get("user_id") is not None or "X-Perg-User" in headers
+    if not (extension or named or PLAIN_HEADER in headers or B64_HEADER in headers):
+        return None
+    from_header = header_preferences(headers, settings)
+    strategy = choose_strategy(extension, headers, client, settings.default_strategy)
+    if "preferences" in extension:
+        preferences = check_preferences(extension["preferences"], "personalization.preferences", settings)
+        if strategy != "off" and preferences:
+            return "request"
+    if strategy == "off":
+        return None
+    if from_header:
+        return "header"
+    if not named or store is None:
+        return None
+    users = named_users(extension, headers, {})
+    user = users[0][1]
+    try:
+        allowed_to_name(client, user, users[0][0])
+    except PermissionDenied:
+        return None  # a pass-through route never made this a 403: nothing of that user is looked at
+    return "profile" if await stored_preferences(store, user, metrics) else None

@@ -21,7 +21,7 @@ from ..metrics import exposition
 from ..monitor.job import job_of
 from ..pipeline.forward import forward
 from ..pipeline.strategies import serve_chat
-from ..preferences.resolve import resolve
+from ..preferences.resolve import PERSONALIZATION_HEADERS, resolve, take_extension, unhonoured_source
 from ..turn import Reply, StreamReply, Turn
 from ..upstream.client import UpstreamClient
 from ..upstream.headers import upstream_request_headers
@@ -31,6 +31,12 @@ from .responses import send_reply, send_stream
 from .services import SERVICES, Services
 
 log = structlog.get_logger("perg.content")
+# the first path segment of the OpenAI API's other routes: the `endpoint` label of a request that
+# asked for personalization where it cannot be given (anything else is "other")
+OPENAI_ENDPOINTS = frozenset(
+    {"completions", "embeddings", "responses", "moderations", "images", "audio", "files", "uploads", "batches", "assistants",
+     "threads", "vector_stores", "fine_tuning", "realtime", "models", "conversations", "evals", "containers"}
+)  # fmt: skip
 
 
 async def respond(request: web.Request, turn: Turn, reply: Reply | StreamReply) -> web.StreamResponse:
@@ -129,24 +135,40 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"Unknown route: {request.method} {request.path}")
     body = await read_body(request) if request.body_exists else None
     upstream = _route(request, body)
+    body, extension = split_extension(request, body)
+    if request.method == "POST" and (extension or any(name in request.headers for name in PERSONALIZATION_HEADERS)):
+        await _flag_unsupported(request, turn, extension, segments[2] if len(segments) > 2 else "")
     # rel_url, not raw_path: an absolute-form request line (`GET http://x/v1/p`) has the scheme
     # and host in raw_path, and slicing that would send the path outside /v1 upstream.
-    return await _forward_request(request, turn, upstream, request.rel_url.raw_path[3:], without_extension(request, body))
+    return await _forward_request(request, turn, upstream, request.rel_url.raw_path[3:], body)
 
 
-def without_extension(request: web.Request, body: bytes | None) -> bytes | None:
-    """A JSON body with the proxy's `personalization` extension taken out: its preferences are
-    the proxy's to use, never an upstream's to see. Any other body crosses as sent."""
+def split_extension(request: web.Request, body: bytes | None) -> tuple[bytes | None, dict[str, Any]]:
+    """A JSON body with the proxy's `personalization` extension taken out (its preferences are
+    the proxy's to use, never an upstream's to see), and the extension, checked as on chat. Any
+    other body crosses as sent; the bytes are parsed only when they hold the extension's name."""
     if not body or b'"personalization"' not in body or request.content_type != "application/json":
-        return body
+        return body, {}
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return body
+        return body, {}
     if not isinstance(data, dict) or "personalization" not in data:
-        return body
-    del data["personalization"]
-    return orjson.dumps(data)
+        return body, {}
+    extension = take_extension(data)
+    return orjson.dumps(data), extension
+
+
+async def _flag_unsupported(request: web.Request, turn: Turn, extension: dict[str, Any], endpoint: str) -> None:
+    """A POST that asks for personalization on a route that cannot give it: served as it is, but
+    never silently (`x-perg-aligned: unsupported`, counted by endpoint and source)."""
+    services = request.app[SERVICES]
+    settings = services.settings.personalization
+    source = await unhonoured_source(extension, request.headers, turn.client, settings, services.store, services.metrics)
+    if source is not None:
+        turn.aligned = "unsupported"
+        label = endpoint if endpoint in OPENAI_ENDPOINTS else "other"
+        services.metrics.child(services.metrics.personalization_unsupported, label, source).inc()
 
 
 def _route(request: web.Request, body: bytes | None) -> UpstreamClient:
