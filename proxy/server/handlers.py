@@ -21,7 +21,7 @@ from ..metrics import exposition
 from ..monitor.job import job_of
 from ..pipeline.forward import forward
 from ..pipeline.strategies import serve_chat
-from ..preferences.resolve import PERSONALIZATION_HEADERS, resolve, take_extension, unhonoured_source
+from ..preferences.resolve import personalization_headers, resolve, take_extension, unhonoured_source
 from ..turn import Reply, StreamReply, Turn
 from ..upstream.client import UpstreamClient
 from ..upstream.headers import upstream_request_headers
@@ -136,7 +136,7 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     body = await read_body(request) if request.body_exists else None
     upstream = _route(request, body)
     body, extension = split_extension(request, body)
-    if request.method == "POST" and (extension or any(name in request.headers for name in PERSONALIZATION_HEADERS)):
+    if request.method == "POST" and (extension or personalization_headers(request.headers)):
         await _flag_unsupported(request, turn, extension, segments[2] if len(segments) > 2 else "")
     # rel_url, not raw_path: an absolute-form request line (`GET http://x/v1/p`) has the scheme
     # and host in raw_path, and slicing that would send the path outside /v1 upstream.

@@ -20,7 +20,7 @@ returned as the very same object (so a pass-through keeps the client's bytes).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import MaxTokensParameter, StructuredOutput
@@ -33,11 +33,12 @@ class ChatDialect:
 
     json_style: StructuredOutput = "json_schema"
     max_tokens_parameter: MaxTokensParameter = "max_completion_tokens"
+    # nothing to adapt: the client's request goes as it is (decided once, read on every request)
+    is_openai: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def is_openai(self) -> bool:
-        """Nothing to adapt: the client's request goes as it is."""
-        return self.json_style in ("json_schema", "none") and self.max_tokens_parameter == "max_completion_tokens"
+    def __post_init__(self) -> None:
+        plain = self.json_style in ("json_schema", "none") and self.max_tokens_parameter == "max_completion_tokens"
+        object.__setattr__(self, "is_openai", plain)
 
 
 OPENAI = ChatDialect()

@@ -59,7 +59,7 @@ class UpstreamClient:
         self, settings: UpstreamSettings, metrics: Metrics, parent: UpstreamClient | None = None, *, log_bodies: bool = False
     ) -> None:
         self.settings = settings
-        self.log_bodies = parent.log_bodies if parent is not None else log_bodies  # logging.log_content
+        self.log_bodies: bool = parent.log_bodies if parent is not None else log_bodies  # logging.log_content
         self.name = settings.name
         self._metrics = metrics
         self._own_session: aiohttp.ClientSession | None = None
