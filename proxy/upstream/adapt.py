@@ -1,7 +1,7 @@
 """A chat-completion request as one upstream accepts it, with the client's OpenAI meaning kept.
 
 Upstreams differ in two fields today's clients send (the openai SDK's `parse()`, LangChain's
-`with_structured_output` and `max_tokens`, the AI SDK's `Output.object`):
+`with_structured_output` and `max_tokens`):
 
 * `response_format: {"type": "json_schema", "json_schema": {"schema": ...}}`: an upstream whose
   constrained-JSON form is another (`upstreams[].structured_output`, the same setting the proxy's
