@@ -1,4 +1,5 @@
-"""Command line: `perg-proxy serve`, `perg-proxy local-model`, `perg-proxy eval …`."""
+"""Command line: `perg-proxy serve`, `perg-proxy local-model`, `perg-proxy monitor-worker`,
+`perg-proxy monitor rejudge`, `perg-proxy eval …`."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from .config import ConfigError, Settings, describe, load_settings, parse_settings
 
+T = TypeVar("T")
 DEFAULT_UPSTREAM = "http://127.0.0.1:8081/v1"
 
 
@@ -35,6 +39,24 @@ def main(argv: list[str] | None = None) -> int:
     local.add_argument("--port", type=int, default=8081)
     local.add_argument("--alias", default=None, help="model name to answer to (default: smollm2-135m-instruct)")
 
+    worker = commands.add_parser("monitor-worker", help="judge sampled requests from the shared Redis queue (monitor.queue: redis)")
+    worker.add_argument("--config", help="YAML configuration file (default: $PERG_CONFIG)")
+    worker.add_argument("--host", help="override monitor.worker.host (its /healthz, /readyz, /metrics)")
+    worker.add_argument("--port", type=int, help="override monitor.worker.port")
+
+    monitor = commands.add_parser("monitor", help="operate on the monitor's stored samples")
+    monitor_commands = monitor.add_subparsers(dest="monitor_command", required=True)
+    rejudge = monitor_commands.add_parser(
+        "rejudge", help="re-run the current judges over stored samples (with texts); new verdicts are stored beside the old"
+    )
+    rejudge.add_argument("--config", help="YAML configuration file (default: $PERG_CONFIG)")
+    rejudge.add_argument("--since", default="24h", help="how far back: 90m, 24h, 7d or seconds (default: 24h)")
+    rejudge.add_argument(
+        "--judge", action="append", choices=("relevance", "consistency", "follow"), help="re-run only this judge (repeatable); default: all"
+    )
+    rejudge.add_argument("--limit", type=int, default=10000, help="at most this many samples (default: 10000)")
+    rejudge.add_argument("--concurrency", type=int, default=4, help="samples judged at once (default: 4)")
+
     from .eval.commands import add_eval_command
 
     add_eval_command(commands)
@@ -49,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_local_model(args.host, args.port, args.alias)
         if args.command == "eval":
             return args.run_eval(args)
+        if args.command == "monitor-worker":
+            return _monitor_worker(args)
+        if args.command == "monitor":
+            return _rejudge(args)
     except ConfigError as error:
         print(f"perg-proxy: {error}", file=sys.stderr)
         return 2
@@ -98,6 +124,43 @@ def _serve(args: argparse.Namespace) -> int:
     return _run(serve(settings, with_local_model=args.with_local_model and not worker, reuse_port=worker))
 
 
+def _monitor_worker(args: argparse.Namespace) -> int:
+    settings = _config_only(args)
+    overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
+    if overrides:
+        worker = settings.monitor.worker.model_copy(update=overrides)
+        settings = settings.model_copy(update={"monitor": settings.monitor.model_copy(update={"worker": worker})})
+    from .logs import configure_logging
+
+    configure_logging(settings.logging)
+    from .server.judge_worker import run_judge_worker
+
+    return _run(run_judge_worker(settings))
+
+
+def _rejudge(args: argparse.Namespace) -> int:
+    settings = _config_only(args)
+    from .logs import configure_logging
+    from .monitor.rejudge import parse_since, print_report, rejudge
+
+    configure_logging(settings.logging)
+    try:
+        since = parse_since(args.since)
+    except ValueError as error:
+        print(f"perg-proxy: --since: {error}", file=sys.stderr)
+        return 2
+    report = _run(rejudge(settings, since, set(args.judge or ()), limit=args.limit, concurrency=max(1, args.concurrency)))
+    print_report(report)
+    return 0 if report.failed == 0 else 1
+
+
+def _config_only(args: argparse.Namespace) -> Settings:
+    path = args.config or os.environ.get("PERG_CONFIG")
+    if not path:
+        raise ConfigError("this command needs the proxy's configuration: --config FILE (or $PERG_CONFIG)")
+    return load_settings(path)
+
+
 def _serve_args(args: argparse.Namespace) -> list[str]:
     """The `serve` options a worker gets (everything but --with-local-model: the supervisor owns it)."""
     out = []
@@ -107,7 +170,7 @@ def _serve_args(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _run(coroutine) -> int:
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
     except ImportError:

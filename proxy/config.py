@@ -239,12 +239,31 @@ class AuthSettings(Section):
         return tuple(key if key.name else key.model_copy(update={"name": f"client-{i + 1}"}) for i, key in enumerate(value))
 
 
+class JudgePromptFiles(Section):
+    """Files that replace the judges' built-in prompts (proxy/prompts/judge_*.txt); a changed
+    prompt is a new judge fingerprint (docs/monitor.md, "Judge fingerprints")."""
+
+    relevance: Path | None = None
+    consistency: Path | None = None
+    follow: Path | None = None
+
+
+class WorkerSettings(Section):
+    """`perg-proxy monitor-worker`: its own small HTTP server for /healthz, /readyz, /metrics."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+    reclaim_interval_seconds: PositiveFloat = 5.0
+    block_seconds: PositiveFloat = 1.0  # how long one XREADGROUP waits for a job
+
+
 class JudgeSettings(Section):
     upstream: str | None = None
     model: str | None = None
     timeout_seconds: PositiveFloat = 60.0
     max_retries: int = Field(2, ge=0, le=10)
     max_tokens: int = Field(200, gt=0)
+    prompts: JudgePromptFiles = JudgePromptFiles()
 
 
 class MonitorFilters(Section):
@@ -282,12 +301,34 @@ class MonitorSettings(Section):
     retention: int = Field(10000, ge=0)
     summary_window_seconds: PositiveFloat = 3600.0
     canary: CanarySettings = CanarySettings()
+    # The queue between the serving processes and the judges (docs/monitor.md, "A shared queue").
+    queue: Literal["memory", "redis"] = "memory"
+    redis_url: str | None = None
+    stream: str = Field("perg:monitor:jobs", min_length=1)
+    consumer_group: str = Field("perg-judges", min_length=1)
+    claim_after_seconds: PositiveFloat = 60.0
+    max_deliveries: int = Field(5, ge=1)
+    judge_in_process: bool | None = None  # default: true with the memory queue, false with redis
+    worker: WorkerSettings = WorkerSettings()
 
     @model_validator(mode="after")
     def _canary_model(self) -> MonitorSettings:
         if self.canary.enabled and not self.canary.model:
             raise ValueError("monitor.canary.model is required when the canary is enabled")
+        if self.queue == "redis" and not self.redis_url:
+            raise ValueError("monitor.redis_url is required when monitor.queue is redis")
+        if self.queue == "memory" and self.judge_in_process is False:
+            raise ValueError("monitor.judge_in_process: false needs monitor.queue: redis (nobody else reads a memory queue)")
         return self
+
+    @property
+    def judges_here(self) -> bool:
+        """Whether the serving process runs judges: always with memory; with redis only when asked."""
+        return self.queue == "memory" or bool(self.judge_in_process)
+
+    @property
+    def dead_letter_stream(self) -> str:
+        return f"{self.stream}:dead"
 
 
 class LoggingSettings(Section):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
@@ -164,7 +164,11 @@ class Metrics:
         )
         self.monitor_queue_depth = self._gauge("perg_monitor_queue_depth", "Samples waiting for the monitor's workers.", unit="{sample}")
         self.monitor_enqueued = self._counter("perg_monitor_enqueued", "Samples put on the monitor queue.", ("role",))
-        self.monitor_dropped = self._counter("perg_monitor_dropped", "Samples dropped: queue full, or abandoned at shutdown.", ("reason",))
+        self.monitor_dropped = self._counter(
+            "perg_monitor_dropped",
+            "Samples dropped: queue full, abandoned at shutdown, or the Redis queue unavailable (redis_unavailable).",
+            ("reason",),
+        )
         self.trace_spans_dropped = self._counter(
             "perg_trace_spans_dropped",
             "Trace spans not exported: the export queue was full (queue_full), or the collector failed or could not be "
@@ -183,6 +187,77 @@ class Metrics:
         )
         self.monitor_judge_duration = self._histogram(
             "perg_monitor_judge_duration_seconds", "Judge call duration, retries included.", ("judge",)
+        )
+        self.monitor_duplicates = self._counter(
+            "perg_monitor_duplicate_verdicts",
+            "Judged samples neither stored nor counted because the same (request, role, judge fingerprint) was stored "
+            "already: a job delivered again after its verdicts were stored.",
+            unit="{sample}",
+        )
+        # the shared queue (monitor.queue: redis): the stream, its consumer group, the judge workers
+        self.monitor_published = self._counter(
+            "perg_monitor_published", "Sampled jobs written to the Redis stream by this serving process.", unit="{job}"
+        )
+        self.monitor_stream_length = self._gauge(
+            "perg_monitor_stream_length",
+            "Entries in the monitor's Redis stream: jobs not yet acknowledged (acknowledged ones are deleted).",
+            unit="{job}",
+            mode="livemax",
+        )
+        self.monitor_stream_lag = self._gauge(
+            "perg_monitor_stream_lag",
+            "Entries of the stream never delivered to a judge worker (the consumer group's lag).",
+            unit="{job}",
+            mode="livemax",
+        )
+        self.monitor_stream_pending = self._gauge(
+            "perg_monitor_stream_pending",
+            "Entries delivered to a judge worker and not yet acknowledged (being judged, or of a worker that died).",
+            unit="{job}",
+            mode="livemax",
+        )
+        self.monitor_dead_letter_length = self._gauge(
+            "perg_monitor_dead_letter_length", "Entries in the dead-letter stream.", unit="{job}", mode="livemax"
+        )
+        self.monitor_claimed = self._counter(
+            "perg_monitor_claimed",
+            "Pending jobs this worker claimed from another consumer idle past monitor.claim_after_seconds (XAUTOCLAIM).",
+            unit="{job}",
+        )
+        self.monitor_dead_lettered = self._counter(
+            "perg_monitor_dead_lettered",
+            "Jobs moved to the dead-letter stream after monitor.max_deliveries deliveries without success.",
+            unit="{job}",
+        )
+        self.monitor_stream_lost = self._counter(
+            "perg_monitor_stream_lost",
+            "Pending stream entries found deleted when claimed (trimmed or deleted by someone else): jobs lost.",
+            unit="{job}",
+        )
+        self.monitor_worker_jobs = self._counter(
+            "perg_monitor_worker_jobs",
+            "Jobs a judge worker finished, by outcome: acknowledged (verdicts stored, or nothing to judge), failed "
+            "(left pending, delivered again), dead_lettered. Per worker: by the scrape's instance label.",
+            ("outcome",),
+            unit="{job}",
+        )
+        self.monitor_worker_job_duration = self._histogram(
+            "perg_monitor_worker_job_duration_seconds", "Time a judge worker spent on one job, judges and store included.", ()
+        )
+        self.monitor_judge_agreement = self._gauge(
+            "perg_monitor_judge_agreement",
+            "Cohen's kappa of the current judge (by fingerprint) against the operators' labels on stored samples "
+            "(follow: linearly weighted over the 1-5 scores; consistency: unweighted); NaN with no label.",
+            ("judge",),
+            unit="1",
+            mode="livemax",
+        )
+        self.monitor_judge_agreement_labels = self._gauge(
+            "perg_monitor_judge_agreement_labels",
+            "Labelled samples behind perg_monitor_judge_agreement (judged by the current judge fingerprint).",
+            ("judge",),
+            unit="{label}",
+            mode="livemax",
         )
         # canary probes: labelled items through the served pipeline, with and without preferences
         canary_labels = ("model", "strategy", "setting")
@@ -231,10 +306,13 @@ class Metrics:
         self._declare("histogram", name, help_text, labels, unit, semconv)
         return Histogram(name, help_text, labels, buckets=buckets, registry=self.registry)
 
-    def _gauge(self, name: str, help_text: str, *, unit: str) -> Gauge:
-        """A level summed over `--workers` processes (live ones only)."""
-        self._declare("gauge", name, help_text, (), unit, "")
-        return Gauge(name, help_text, registry=self.registry, multiprocess_mode="livesum")
+    def _gauge(
+        self, name: str, help_text: str, labels: tuple[str, ...] = (), *, unit: str, mode: Literal["livesum", "livemax"] = "livesum"
+    ) -> Gauge:
+        """A level summed over `--workers` processes (live ones only); `mode="livemax"` for a level
+        every process reads from the same place (a Redis stream), which must not be summed."""
+        self._declare("gauge", name, help_text, labels, unit, "")
+        return Gauge(name, help_text, labels, registry=self.registry, multiprocess_mode=mode)
 
     def child(self, metric: Any, *values: str) -> Any:
         key = (id(metric), values)

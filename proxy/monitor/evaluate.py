@@ -31,7 +31,7 @@ from .. import telemetry
 from ..config import MonitorSettings
 from ..errors import CallFailed
 from ..metrics import Metrics
-from ..perg.judges import ConsistencyVerdict, FollowVerdict
+from ..perg.judges import SCHEMAS, ConsistencyVerdict, FollowVerdict, sample_fingerprint
 from ..perg.rates import followed_or_not
 from ..pipeline.chat import first_content
 from ..pipeline.context import PipelineContext
@@ -41,6 +41,7 @@ from ..preferences.models import JudgedSample, SampleTexts
 from .job import Job
 
 T = TypeVar("T")
+JUDGE_NAMES = tuple(SCHEMAS)  # relevance, consistency, follow
 SHADOW_OF = {"pref_aligner": "naive", "naive": "pref_aligner", "off": "pref_aligner"}
 log = structlog.get_logger("perg.monitor")
 
@@ -52,18 +53,51 @@ class Verdicts:
 
 
 class Evaluator:
-    def __init__(self, settings: MonitorSettings, judges: Any, pipeline: PipelineContext, metrics: Metrics, store: StoreHandle) -> None:
+    """Judges jobs. With `exactly_once` (the judge workers of the Redis queue) a job may be
+    delivered more than once: a role whose verdicts (by the current judges' fingerprint) are
+    stored already is not judged again, a sample counts in Prometheus only when the store took it
+    (the unique (request id, role, fingerprint) key), and a store failure raises, so the job is
+    not acknowledged and is delivered again."""
+
+    def __init__(
+        self,
+        settings: MonitorSettings,
+        judges: Any,
+        pipeline: PipelineContext,
+        metrics: Metrics,
+        store: StoreHandle,
+        *,
+        exactly_once: bool = False,
+    ) -> None:
         self.settings = settings
         self.judges = judges  # request model -> (Judge, judge model)
-        self._pipeline = pipeline
+        self.pipeline = pipeline
         self._metrics = metrics
-        self._store = store
+        self.store = store
+        self.exactly_once = exactly_once
 
     async def run(self, job: Job) -> None:
         with telemetry.evaluation(job.traceparent, job.request_id, job.model, job.strategy):
             await self.evaluate(job)
 
+    def fingerprints(self, request_model: str) -> tuple[dict[str, str], str]:
+        """Each current judge's fingerprint for a request of `request_model`, and the sample's."""
+        judge, model = self.judges(request_model)
+        threshold = self.settings.follow_threshold
+        judges = {name: judge.fingerprint(name, model, threshold if name == "follow" else None) for name in JUDGE_NAMES}
+        return judges, sample_fingerprint(judges)
+
     async def evaluate(self, job: Job) -> None:
+        shadow = self.settings.shadow_strategy or SHADOW_OF[job.strategy]
+        roles = {"served": job.judge_served and bool(job.answer), "shadow": job.shadow and shadow != job.strategy}
+        if self.exactly_once:
+            _, fingerprint = self.fingerprints(job.model)
+            store = await self.store.get()
+            for role, wanted in roles.items():
+                if wanted and await store.verdict_exists(job.request_id, role, fingerprint):
+                    roles[role] = False  # judged by an earlier delivery of this job
+            if not any(roles.values()):
+                return
         reference = job.reference or await self.call("reference", self.answer_of(job, "off"))
         if not reference:
             return
@@ -71,10 +105,9 @@ class Evaluator:
         verdict = await self.call("relevance", judge.relevance(model, job.query, job.preferences))
         relevance = "unknown" if verdict is None else ("relevant" if verdict.relevant else "irrelevant")
         reasons = {"relevance": verdict.reason} if verdict is not None else {}
-        if job.judge_served and job.answer:
+        if roles["served"] and job.answer:
             await self.judge(job, "served", job.strategy, job.answer, reference, relevance, reasons)
-        shadow = self.settings.shadow_strategy or SHADOW_OF[job.strategy]
-        if job.shadow and shadow != job.strategy:
+        if roles["shadow"]:
             answer = await self.call("shadow", self.answer_of(job, shadow))
             if answer:
                 await self.judge(job, "shadow", shadow, answer, reference, relevance, reasons)
@@ -85,7 +118,7 @@ class Evaluator:
 
     async def answer(self, request_id: str, body: dict[str, Any], strategy: str, preferences: tuple[str, ...]) -> str:
         """The answer `strategy` gives to a request, through the proxy's own pipeline (not streamed)."""
-        data, _ = await complete(self._pipeline, request_id, body, strategy, preferences)
+        data, _ = await complete(self.pipeline, request_id, body, strategy, preferences)
         return first_content(data)[0]
 
     async def judge(self, job: Job, role: str, strategy: str, answer: str, reference: str, relevance: str, reasons: dict[str, str]) -> None:
@@ -99,51 +132,62 @@ class Evaluator:
         await self.keep(sample, job, reference, answer)
 
     def score(self, job: Job, role: str, strategy: str, relevance: str, verdicts: Verdicts, reasons: dict[str, str]) -> JudgedSample:
-        """Count the sample in Prometheus and describe it for the sample store."""
-        m = self._metrics
-        labels = (m.model_label(job.model), strategy, role, relevance)
+        """Describe the sample for the sample store (`count` counts it in Prometheus)."""
         reasons = dict(reasons)
-        followed = None
         if verdicts.follow is not None:
-            followed = verdicts.follow.score >= self.settings.follow_threshold
-            m.monitor_follow_score.labels(*labels[:3]).observe(verdicts.follow.score)
             reasons["follow"] = verdicts.follow.reason
         verdict = verdicts.consistency.verdict if verdicts.consistency is not None else None
         if verdicts.consistency is not None:
             reasons["consistency"] = verdicts.consistency.reason
-        broken = None if verdict in (None, "cannot_compare") else verdict == "contradicts"
-        not_followed = relevance == "relevant" and not followed_or_not(followed)
-        robust = None if broken is None else not (broken or not_followed)
-        self.count_missing(relevance, verdicts)
-        if verdict == "cannot_compare":
-            m.monitor_uncomparable.labels(*labels).inc()
-        elif broken is not None:
-            m.monitor_judged.labels(*labels).inc()
-            _inc_if(broken, m.monitor_broken.labels(*labels))
-            _inc_if(not_followed, m.monitor_not_followed.labels(*labels))
-            _inc_if(not robust, m.monitor_not_robust.labels(*labels))
+        score = verdicts.follow.score if verdicts.follow is not None else None
+        broken, followed, robust = outcome(relevance, verdict, score, self.settings.follow_threshold)
+        judges, fingerprint = self.fingerprints(job.model)
         return JudgedSample(
             request_id=job.request_id, user_id=job.user_id, model=job.model, strategy=strategy, role=role,
             relevance=relevance, verdict=verdict, broken=broken, followed=followed, robust=robust,
             follow_score=verdicts.follow.score if verdicts.follow is not None else None,
             reasons={name: reason[:300] for name, reason in reasons.items()},
+            fingerprint=fingerprint, judges=judges,
         )  # fmt: skip
 
-    def count_missing(self, relevance: str, verdicts: Verdicts) -> None:
+    def count(self, sample: JudgedSample) -> None:
+        """Count a judged sample in Prometheus, from what the sample says."""
+        m = self._metrics
+        labels = (m.model_label(sample.model), sample.strategy, sample.role, sample.relevance)
+        if sample.follow_score is not None:
+            m.monitor_follow_score.labels(*labels[:3]).observe(sample.follow_score)
+        self.count_missing(sample)
+        not_followed = sample.relevance == "relevant" and not followed_or_not(sample.followed)
+        if sample.verdict == "cannot_compare":
+            m.monitor_uncomparable.labels(*labels).inc()
+        elif sample.broken is not None:
+            m.monitor_judged.labels(*labels).inc()
+            _inc_if(sample.broken, m.monitor_broken.labels(*labels))
+            _inc_if(not_followed, m.monitor_not_followed.labels(*labels))
+            _inc_if(sample.robust is False, m.monitor_not_robust.labels(*labels))
+
+    def count_missing(self, sample: JudgedSample) -> None:
         missing = self._metrics.monitor_verdicts_missing
-        if relevance == "unknown":
+        if sample.relevance == "unknown":
             missing.labels("relevance").inc()
-        if verdicts.consistency is None:
+        if sample.verdict is None:
             missing.labels("consistency").inc()
-        if relevance == "relevant" and verdicts.follow is None:
+        if sample.relevance == "relevant" and sample.follow_score is None:
             missing.labels("follow").inc()
 
     async def keep(self, sample: JudgedSample, job: Job, reference: str, answer: str) -> None:
         if self.settings.store_samples:
             texts = SampleTexts(query=job.query, preferences=job.preferences, reference=reference, answer=answer)
             sample = sample.model_copy(update={"texts": texts})
+        if self.exactly_once:  # a store failure raises: the job stays unacknowledged and comes back
+            if await (await self.store.get()).add_sample(sample, keep=self.settings.retention):
+                self.count(sample)
+            else:
+                self._metrics.monitor_duplicates.inc()
+            return
+        self.count(sample)
         try:
-            await (await self._store.get()).add_sample(sample, keep=self.settings.retention)
+            await (await self.store.get()).add_sample(sample, keep=self.settings.retention)
         except Exception as error:  # noqa: BLE001 - the sample store failing never stops the monitor
             self._metrics.monitor_judge_errors.labels("store", type(error).__name__[:40]).inc()
             log.warning("sample_not_stored", request_id=job.request_id, error=str(error)[:200])
@@ -162,6 +206,15 @@ class Evaluator:
         finally:
             self._metrics.monitor_judge_duration.labels(name).observe(time.perf_counter() - started)
         return None
+
+
+def outcome(relevance: str, verdict: str | None, follow_score: int | None, threshold: int) -> tuple[bool | None, bool | None, bool | None]:
+    """(broken, followed, robust) of a sample's verdicts, by the rules of the module docstring."""
+    followed = None if follow_score is None else follow_score >= threshold
+    broken = None if verdict in (None, "cannot_compare") else verdict == "contradicts"
+    not_followed = relevance == "relevant" and not followed_or_not(followed)
+    robust = None if broken is None else not (broken or not_followed)
+    return broken, followed, robust
 
 
 def _inc_if(condition: bool, counter: Any) -> None:

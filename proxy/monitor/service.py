@@ -3,6 +3,10 @@
 Nothing here is on a request's path but `submit()`, which never waits and never raises: a full
 queue (`queue_size` jobs, or `queue_bytes` of what the jobs hold) drops the sample and counts it. On shutdown the queue drains for `drain_seconds`; what is
 left (queued or in progress) is abandoned and counted.
+
+With `monitor.queue: redis` the jobs go to the shared Redis stream instead (`queue.py`) and, by
+default (`judge_in_process: false`), this process judges nothing: `perg-proxy monitor-worker`
+processes do. With `judge_in_process: true` it also runs one such worker's consumers itself.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from ..upstream.client import Upstreams
 from .canary import Canary
 from .evaluate import Evaluator
 from .job import Job
+from .queue import JobPublisher, StreamJudges
 from .sampler import Sampler
 
 log = structlog.get_logger("perg.monitor")
@@ -30,8 +35,18 @@ log = structlog.get_logger("perg.monitor")
 
 class Monitor:
     def __init__(
-        self, settings: Settings, metrics: Metrics, store: StoreHandle, prompts: Prompts, upstreams: Upstreams | None = None
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        store: StoreHandle,
+        prompts: Prompts,
+        upstreams: Upstreams | None = None,
+        *,
+        judge_worker: bool = False,
     ) -> None:
+        """`judge_worker`: the monitor of `perg-proxy monitor-worker`: it reads the Redis stream,
+        judges and stores, and never publishes or runs the canary."""
+        self.judge_worker = judge_worker
         self.settings = settings.monitor
         self._shared = upstreams  # the process's clients: the monitor's calls count in their connection limits
         self.sampler = Sampler(settings.monitor)
@@ -50,10 +65,11 @@ class Monitor:
         self._upstreams: Upstreams | None = None
         self.evaluator: Evaluator | None = None
         self.canary: Canary | None = None
+        self.publisher: JobPublisher | None = None
+        self.stream_judges: StreamJudges | None = None
 
-    async def start(self) -> None:
-        if not self.settings.enabled:
-            return
+    async def open_judges(self) -> Evaluator:
+        """The monitor's own upstream clients and its evaluator (what `start` and `rejudge` use)."""
         own = private_metrics()
         if self._shared is not None:
             self._upstreams = self._shared.sharing(own)
@@ -61,14 +77,39 @@ class Monitor:
             self._upstreams = Upstreams(self._all.upstreams, own)
             await self._upstreams.start()
         pipeline = PipelineContext(self._all.personalization, self._upstreams, own, self._prompts)
-        self.evaluator = Evaluator(self.settings, self.judge_for, pipeline, self._metrics, self._store)
-        self._workers = [asyncio.create_task(self._work(), name=f"perg-monitor-worker-{i}") for i in range(self.settings.workers)]
-        if self.settings.canary.enabled:
-            self.canary = Canary(self._all, pipeline, self.evaluator, self._metrics)
+        exactly_once = self.settings.queue == "redis"
+        self.evaluator = Evaluator(self.settings, self.judge_for, pipeline, self._metrics, self._store, exactly_once=exactly_once)
+        return self.evaluator
+
+    async def close_judges(self) -> None:
+        if self._upstreams is not None and self._shared is None:
+            await self._upstreams.close()
+
+    async def start(self) -> None:
+        if not self.settings.enabled and not self.judge_worker:
+            return
+        evaluator = await self.open_judges()
+        pipeline = evaluator.pipeline
+        if self.settings.queue == "redis":
+            if not self.judge_worker:
+                self.publisher = JobPublisher(self.settings, self._metrics)
+                await self.publisher.start()
+            if self.settings.judges_here or self.judge_worker:
+                self.stream_judges = StreamJudges(self.settings, self._metrics, evaluator.run)
+                await self.stream_judges.start()
+        else:
+            self._workers = [asyncio.create_task(self._work(), name=f"perg-monitor-worker-{i}") for i in range(self.settings.workers)]
+        if self.settings.canary.enabled and not self.judge_worker:
+            self.canary = Canary(self._all, pipeline, evaluator, self._metrics)
             self._canary_task = asyncio.create_task(self.canary.run_forever(), name="perg-monitor-canary")
         self._accepting = True
         log.info(
-            "monitor_started", workers=self.settings.workers, sample_rate=self.settings.sample_rate, shadow_rate=self.settings.shadow_rate
+            "monitor_started",
+            queue=self.settings.queue,
+            judges_here=self.settings.judges_here,
+            workers=self.settings.workers if self.settings.judges_here else 0,
+            sample_rate=self.settings.sample_rate,
+            shadow_rate=self.settings.shadow_rate,
         )
 
     def judge_for(self, request_model: str) -> tuple[Judge, str]:
@@ -86,12 +127,16 @@ class Monitor:
             client = self._upstreams.named(upstream.name)
             retries = Retries(max_attempts=settings.max_retries + 1)
             ask = functools.partial(ask_upstream, client, timeout=settings.timeout_seconds, retries=retries, request_id="perg-monitor")
-            self._judges[upstream.name] = Judge.create(ask, upstream.structured_output, settings.max_tokens)
+            self._judges[upstream.name] = Judge.create(
+                ask, upstream.structured_output, settings.max_tokens, overrides=settings.prompts.model_dump()
+            )
         return self._judges[upstream.name], model
 
     def submit(self, job: Job) -> bool:
         """Queue a sampled request for judging; never waits, never raises."""
         role = "served" if job.judge_served else "shadow"
+        if self.publisher is not None:
+            return self.publisher.submit(job)
         if not self._accepting:
             self._metrics.monitor_dropped.labels("not_running").inc()
             return False
@@ -131,10 +176,14 @@ class Monitor:
             self._canary_task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._canary_task
+        drain = self.settings.drain_seconds
+        if self.stop_by is not None:
+            drain = max(0.0, min(drain, self.stop_by - asyncio.get_running_loop().time()))
+        if self.publisher is not None:
+            await self.publisher.stop(drain)
+        if self.stream_judges is not None:
+            await self.stream_judges.stop(drain)  # what is left stays pending in Redis
         if self._workers:
-            drain = self.settings.drain_seconds
-            if self.stop_by is not None:
-                drain = max(0.0, min(drain, self.stop_by - asyncio.get_running_loop().time()))
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._queue.join(), drain)
             abandoned = self._queue.qsize() + self._busy
@@ -151,11 +200,13 @@ class Monitor:
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        """Jobs waiting in this process (with redis: not yet written to the stream)."""
+        return self.publisher.depth if self.publisher is not None else self._queue.qsize()
 
     @property
     def queued_bytes(self) -> int:
         return self._queued_bytes
 
     def idle(self) -> bool:
-        return self._queue.qsize() == 0 and self._busy == 0
+        busy = self.stream_judges.busy if self.stream_judges is not None else 0
+        return self.depth == 0 and self._busy == 0 and busy == 0

@@ -10,10 +10,13 @@ client (`ask_upstream`, on `UpstreamClient.chat`).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import Retries
@@ -68,12 +71,29 @@ class Judge:
     prompts: dict[str, Prompt]
 
     @classmethod
-    def create(cls, ask_json: AskJson, style: str, max_tokens: int, follow_prompt: str = "judge_follow") -> Judge:
+    def create(
+        cls,
+        ask_json: AskJson,
+        style: str,
+        max_tokens: int,
+        follow_prompt: str = "judge_follow",
+        overrides: Mapping[str, Path | None] | None = None,
+    ) -> Judge:
         """The judges with the shipped prompts; `follow_prompt` names another follow rubric
-        (`paper_judge_follow`, the paper's protocol) with the same placeholders."""
-        prompts = {name: load_prompt(f"judge_{name}") for name in SCHEMAS}
-        prompts["follow"] = load_prompt(follow_prompt)
+        (`paper_judge_follow`, the paper's protocol) with the same placeholders; `overrides`
+        maps a judge name to a file that replaces its prompt (`monitor.judge.prompts`)."""
+        files = overrides or {}
+        prompts = {name: load_prompt(f"judge_{name}", files.get(name)) for name in SCHEMAS}
+        if files.get("follow") is None:
+            prompts["follow"] = load_prompt(follow_prompt)
         return cls(ask_json, style, max_tokens, prompts)
+
+    def fingerprint(self, name: str, model: str, follow_threshold: int | None = None) -> str:
+        """What makes one judge's verdicts comparable with another's: the judge model, its prompt
+        texts, the structured-output style and the token cap (and, for `follow`, the threshold a
+        score is read against), hashed to 12 hex digits. Two verdicts with the same fingerprint
+        were made the same way; a changed prompt or model is a new fingerprint."""
+        return judge_fingerprint(name, model, self.prompts[name].version, self.style, self.max_tokens, follow_threshold)
 
     async def ask(self, name: str, model: str, **values: str) -> Any:
         prompt = self.prompts[name]
@@ -101,6 +121,18 @@ class Judge:
     async def follow(self, model: str, query: str, preferences: Sequence[str], without: str, with_: str) -> FollowVerdict:
         values = {"query": query, "preferences": preference_lines(list(preferences)), "answer_without": without, "answer_with": with_}
         return await self.ask("follow", model, **values)
+
+
+def judge_fingerprint(name: str, model: str, prompt_version: str, style: str, max_tokens: int, follow_threshold: int | None) -> str:
+    parts = {"judge": name, "model": model, "prompt": prompt_version, "style": style, "max_tokens": max_tokens}
+    if name == "follow":
+        parts["threshold"] = follow_threshold
+    return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+
+
+def sample_fingerprint(judges: Mapping[str, str]) -> str:
+    """One fingerprint for a sample's verdicts: over each judge's (name, fingerprint)."""
+    return hashlib.sha256(orjson.dumps(dict(sorted(judges.items())))).hexdigest()[:12]
 
 
 async def ask_upstream(

@@ -10,7 +10,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from fractions import Fraction
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 UnitT = TypeVar("UnitT", bound=Hashable)
 Statistic = Callable[[Counter[UnitT]], Sequence[float | None]]
@@ -100,3 +100,45 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+Weights = Literal["linear", "quadratic"] | None
+
+
+def confusion_matrix(pairs: Sequence[tuple[Hashable, Hashable]], labels: Sequence[Hashable]) -> list[list[int]]:
+    """Counts of (human, judge) pairs; rows are the human's label, columns the judge's."""
+    index = {label: i for i, label in enumerate(labels)}
+    matrix = [[0] * len(labels) for _ in labels]
+    for human, judge in pairs:
+        if human not in index or judge not in index:
+            raise ValueError(f"label outside {list(labels)}: {(human, judge)}")
+        matrix[index[human]][index[judge]] += 1
+    return matrix
+
+
+def cohen_kappa(pairs: Sequence[tuple[Hashable, Hashable]], labels: Sequence[Hashable], weights: Weights = None) -> float | None:
+    """Cohen's κ = 1 − observed / chance-expected disagreement. Unweighted: every disagreement weighs 1;
+    `linear` / `quadratic`: |i − j| / (k − 1), or its square, for ordered labels. None when undefined
+    (no pairs, or no disagreement expected by chance, e.g. both raters always give the same label)."""
+    matrix = confusion_matrix(pairs, labels)
+    n = len(pairs)
+    if n == 0:
+        return None
+    rows = [sum(row) for row in matrix]
+    columns = [sum(column) for column in zip(*matrix, strict=True)]
+    cells = [(i, j) for i in range(len(labels)) for j in range(len(labels))]
+    weight = [[_weight(i, j, len(labels), weights) for j in range(len(labels))] for i in range(len(labels))]
+    observed = sum(weight[i][j] * matrix[i][j] for i, j in cells) / n
+    expected = sum(weight[i][j] * rows[i] * columns[j] for i, j in cells) / (n * n)
+    if expected == 0:
+        return None
+    return 1 - observed / expected
+
+
+def _weight(i: int, j: int, k: int, weights: Weights) -> float:
+    if i == j:
+        return 0.0
+    if weights is None:
+        return 1.0
+    distance = abs(i - j) / (k - 1)
+    return distance if weights == "linear" else distance**2

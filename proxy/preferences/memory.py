@@ -57,8 +57,14 @@ class MemoryStore(Store):
         users = sorted(user for user in self._profiles if after is None or user > after)
         return [self._profiles[user] for user in users[:limit]]
 
-    async def _insert_sample(self, sample: JudgedSample) -> None:
+    async def _insert_sample(self, sample: JudgedSample) -> bool:
+        if sample.fingerprint is not None and await self._verdict_exists(sample.request_id, sample.role, sample.fingerprint):
+            return False
         self._samples[sample.id] = sample.model_copy(update={"labels": ()})
+        return True
+
+    async def _verdict_exists(self, request_id: str, role: str, fingerprint: str) -> bool:
+        return any((s.request_id, s.role, s.fingerprint) == (request_id, role, fingerprint) for s in self._samples.values())
 
     async def _list_samples(
         self, verdict: str | None, strategy: str | None, role: str | None, limit: int, after: str | None
@@ -119,10 +125,10 @@ class MemoryStore(Store):
 
 
 def count_samples(samples: Iterable[JudgedSample]) -> list[SampleCounts]:
-    """The per (strategy, role) counts of `samples`, as the SQL backends compute them."""
-    totals: dict[tuple[str, str], dict[str, int]] = {}
+    """The per (strategy, role, fingerprint) counts of `samples`, as the SQL backends compute them."""
+    totals: dict[tuple[str, str, str | None], dict[str, int]] = {}
     for sample in samples:
-        row = totals.setdefault((sample.strategy, sample.role), dict.fromkeys(COUNTED, 0))
+        row = totals.setdefault((sample.strategy, sample.role, sample.fingerprint), dict.fromkeys(COUNTED, 0))
         row["samples"] += 1
         row["judged"] += sample.verdict is not None
         row["broken"] += sample.broken is True
@@ -131,7 +137,7 @@ def count_samples(samples: Iterable[JudgedSample]) -> list[SampleCounts]:
         row["uncomparable"] += sample.verdict == "cannot_compare"
         row["judge_failed"] += sample.verdict is None
         row["follow_missing"] += sample.relevance == "relevant" and sample.followed is None
-    return [SampleCounts(strategy=strategy, role=role, **row) for (strategy, role), row in totals.items()]
+    return [SampleCounts(strategy=strategy, role=role, fingerprint=fp, **row) for (strategy, role, fp), row in totals.items()]
 
 
 COUNTED = ("samples", "judged", "broken", "not_followed", "not_robust", "uncomparable", "judge_failed", "follow_missing")

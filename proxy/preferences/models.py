@@ -127,12 +127,15 @@ class JudgedSample(Frozen):
     reasons: dict[str, str] = Field(default_factory=dict)
     texts: SampleTexts | None = None
     labels: tuple[SampleLabel, ...] = ()
+    fingerprint: str | None = None  # of the judges that made the verdicts (None: stored before fingerprints)
+    judges: dict[str, str] = Field(default_factory=dict)  # each judge's fingerprint, by judge name
 
     _utc = field_validator("created_at")(_as_utc)
 
     def check_storable(self) -> None:
         """Raise `UnstorableText` when any string of the sample cannot be stored exactly."""
         fields = [("id", self.id), ("request_id", self.request_id), ("model", self.model), ("user_id", self.user_id or "")]
+        fields += [("fingerprint", self.fingerprint or "")] + [(f"judges.{name}", f"{name} {fp}") for name, fp in self.judges.items()]
         fields += [(f"reasons.{name}", f"{name} {reason}") for name, reason in self.reasons.items()]
         if self.texts is not None:
             fields += [("texts.query", self.texts.query), ("texts.reference", self.texts.reference or "")]
@@ -148,10 +151,12 @@ class SampleCounts(Frozen):
     `not_followed` and `not_robust` count comparable samples only, so each is at most
     judged - uncomparable; a relevant sample whose follow verdict is missing is not followed, as in
     the monitor's counters. `judge_failed` counts samples without a consistency verdict,
-    `follow_missing` relevant samples without a follow verdict."""
+    `follow_missing` relevant samples without a follow verdict. Groups are per judge fingerprint
+    too, so verdicts of a changed judge (a re-judge) never mix with the old ones."""
 
     strategy: str
     role: str
+    fingerprint: str | None = None  # the judges' (None: samples stored before fingerprints)
     samples: int = 0
     judged: int = 0
     broken: int = 0

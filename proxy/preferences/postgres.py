@@ -28,9 +28,11 @@ from .models import JudgedSample, Preference, Profile, SampleCounts, SampleLabel
 from .postgres_schema import migrate, quote_identifier
 from .rows import (
     COUNT_COLUMNS,
+    GROUP_COLUMNS,
     LABEL_COLUMNS,
     PROFILE_COLUMNS,
     SAMPLE_COLUMNS,
+    SAMPLE_KEY,
     buckets_from_rows,
     counts_from_rows,
     label_from_row,
@@ -178,10 +180,17 @@ class PostgresStore(Store):
             rows = await db.fetch(sql, *values)
         return profiles_from_rows(rows, _same)
 
-    async def _insert_sample(self, sample: JudgedSample) -> None:
-        sql = f"INSERT INTO samples ({SAMPLE_COLUMNS}) VALUES ({', '.join(f'${i}' for i in range(1, 16))})"
+    async def _insert_sample(self, sample: JudgedSample) -> bool:
+        placeholders = ", ".join(f"${i}" for i in range(1, 18))
+        sql = f"INSERT INTO samples ({SAMPLE_COLUMNS}) VALUES ({placeholders}) ON CONFLICT ({SAMPLE_KEY}) DO NOTHING"
         async with self._connection() as db:
-            await db.execute(sql, *sample_values(sample, _same))
+            status = await db.execute(sql, *sample_values(sample, _same))
+        return str(status).endswith(" 1")
+
+    async def _verdict_exists(self, request_id: str, role: str, fingerprint: str) -> bool:
+        sql = "SELECT 1 FROM samples WHERE request_id = $1 AND role = $2 AND fingerprint = $3 LIMIT 1"
+        async with self._connection() as db:
+            return await db.fetchval(sql, request_id, role, fingerprint) is not None
 
     async def _list_samples(
         self, verdict: str | None, strategy: str | None, role: str | None, limit: int, after: str | None
@@ -203,7 +212,7 @@ class PostgresStore(Store):
         return [sample_from_row(row, _same) for row in rows]
 
     async def _sample_counts(self, since: datetime) -> list[SampleCounts]:
-        sql = f"SELECT {COUNT_COLUMNS} FROM samples WHERE created_at >= $1 GROUP BY strategy, role"
+        sql = f"SELECT {COUNT_COLUMNS} FROM samples WHERE created_at >= $1 GROUP BY {GROUP_COLUMNS}"
         async with self._connection() as db:
             return counts_from_rows(await db.fetch(sql, since))
 
@@ -239,7 +248,7 @@ class PostgresStore(Store):
 
     async def _sample_buckets(self, since: datetime, until: datetime, width_micros: int) -> list[tuple[int, SampleCounts]]:
         bucket = "floor(extract(epoch FROM created_at - $1::timestamptz) * 1000000 / $3::bigint)::bigint"
-        sql = f"SELECT {bucket}, {COUNT_COLUMNS} FROM samples WHERE created_at >= $1 AND created_at < $2 GROUP BY 1, strategy, role"
+        sql = f"SELECT {bucket}, {COUNT_COLUMNS} FROM samples WHERE created_at >= $1 AND created_at < $2 GROUP BY 1, {GROUP_COLUMNS}"
         async with self._connection() as db:
             return buckets_from_rows(await db.fetch(sql, since, until, width_micros))
 

@@ -47,6 +47,14 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX sample_labels_newest ON sample_labels (created_at, id)",
         ),
     ),
+    (
+        4,
+        (  # judge fingerprints; existing samples keep NULL (distinct in a unique index, so all are kept)
+            "ALTER TABLE samples ADD COLUMN fingerprint text",
+            "ALTER TABLE samples ADD COLUMN judges text",
+            "CREATE UNIQUE INDEX samples_verdict_once ON samples (request_id, role, fingerprint)",
+        ),
+    ),
 )
 
 

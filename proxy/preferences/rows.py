@@ -19,14 +19,17 @@ DecodeTime = Callable[[Any], datetime]
 
 PROFILE_COLUMNS = "p.user_id, p.updated_at, q.id, q.text, q.created_at, q.updated_at"
 SAMPLE_COLUMNS = (
-    "id, created_at, request_id, user_id, model, strategy, role, relevance, verdict, broken, followed, robust, follow_score, reasons, texts"
+    "id, created_at, request_id, user_id, model, strategy, role, relevance, verdict, broken, followed, robust, follow_score, reasons, texts,"
+    " fingerprint, judges"
 )
+SAMPLE_KEY = "request_id, role, fingerprint"  # one verdict per (request, role, judge fingerprint)
+GROUP_COLUMNS = "strategy, role, fingerprint"
 # As the monitor counts (perg_monitor_not_followed_total): not_followed is a relevant, comparable
 # sample (broken decided) whose follow verdict is not "followed", a missing one included (the
 # paper's rule), so it is a numerator over judged - uncomparable like broken and not_robust;
 # follow_missing is every relevant sample without a follow verdict.
 COUNT_COLUMNS = (
-    "strategy, role, count(*),"
+    "strategy, role, fingerprint, count(*),"
     " count(*) FILTER (WHERE verdict IS NOT NULL),"
     " count(*) FILTER (WHERE broken),"
     " count(*) FILTER (WHERE relevance = 'relevant' AND followed IS NOT TRUE AND broken IS NOT NULL),"
@@ -71,12 +74,14 @@ def sample_values(sample: JudgedSample, encode_time: Callable[[datetime], Any]) 
         sample.follow_score,
         orjson.dumps(sample.reasons).decode(),
         texts,
+        sample.fingerprint,
+        orjson.dumps(sample.judges).decode() if sample.judges else None,
     )
 
 
 def sample_from_row(row: Sequence[Any], decode_time: DecodeTime) -> JudgedSample:
     (id_, created, request_id, user_id, model, strategy, role, relevance, verdict) = row[:9]
-    broken, followed, robust, follow_score, reasons, texts = row[9:]
+    broken, followed, robust, follow_score, reasons, texts, fingerprint, judges = row[9:]
     return JudgedSample(
         id=id_,
         created_at=decode_time(created),
@@ -93,12 +98,14 @@ def sample_from_row(row: Sequence[Any], decode_time: DecodeTime) -> JudgedSample
         follow_score=follow_score,
         reasons=orjson.loads(reasons),
         texts=SampleTexts.model_validate(orjson.loads(texts)) if texts is not None else None,
+        fingerprint=fingerprint,
+        judges=orjson.loads(judges) if judges else {},
     )
 
 
 def counts_from_rows(rows: Iterable[Sequence[Any]]) -> list[SampleCounts]:
     """`SampleCounts` from rows of `COUNT_COLUMNS`."""
-    return [SampleCounts(strategy=row[0], role=row[1], **dict(zip(COUNT_FIELDS, row[2:], strict=True))) for row in rows]
+    return [SampleCounts(strategy=row[0], role=row[1], fingerprint=row[2], **dict(zip(COUNT_FIELDS, row[3:], strict=True))) for row in rows]
 
 
 def label_from_row(row: Sequence[Any], decode_time: DecodeTime) -> SampleLabel:

@@ -26,9 +26,11 @@ import structlog
 from .models import JudgedSample, Preference, Profile, SampleCounts, SampleLabel, utcnow
 from .rows import (
     COUNT_COLUMNS,
+    GROUP_COLUMNS,
     LABEL_COLUMNS,
     PROFILE_COLUMNS,
     SAMPLE_COLUMNS,
+    SAMPLE_KEY,
     buckets_from_rows,
     counts_from_rows,
     label_from_row,
@@ -75,6 +77,14 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             " created_at INTEGER NOT NULL, follow_score INTEGER NOT NULL, consistency TEXT NOT NULL)",
             "CREATE INDEX sample_labels_by_sample ON sample_labels (sample_id)",
             "CREATE INDEX sample_labels_newest ON sample_labels (created_at, id)",
+        ),
+    ),
+    (
+        4,
+        (  # judge fingerprints; existing samples keep NULL (distinct in a unique index, so all are kept)
+            "ALTER TABLE samples ADD COLUMN fingerprint TEXT",
+            "ALTER TABLE samples ADD COLUMN judges TEXT",
+            "CREATE UNIQUE INDEX samples_verdict_once ON samples (request_id, role, fingerprint)",
         ),
     ),
 )
@@ -142,10 +152,14 @@ class SqliteStore(Store):
         rows = await self._pool.read(lambda db: db.execute(sql, values).fetchall())
         return profiles_from_rows(rows, from_micros)
 
-    async def _insert_sample(self, sample: JudgedSample) -> None:
-        sql = f"INSERT INTO samples ({SAMPLE_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+    async def _insert_sample(self, sample: JudgedSample) -> bool:
+        sql = f"INSERT INTO samples ({SAMPLE_COLUMNS}) VALUES ({', '.join('?' * 17)}) ON CONFLICT ({SAMPLE_KEY}) DO NOTHING"
         values = sample_values(sample, to_micros)
-        await self._pool.write(lambda db: db.execute(sql, values))
+        return await self._pool.write(lambda db: db.execute(sql, values).rowcount) == 1
+
+    async def _verdict_exists(self, request_id: str, role: str, fingerprint: str) -> bool:
+        sql = "SELECT 1 FROM samples WHERE request_id = ? AND role = ? AND fingerprint = ? LIMIT 1"
+        return await self._pool.read(lambda db: db.execute(sql, (request_id, role, fingerprint)).fetchone()) is not None
 
     async def _list_samples(
         self, verdict: str | None, strategy: str | None, role: str | None, limit: int, after: str | None
@@ -170,7 +184,7 @@ class SqliteStore(Store):
         return int(row[0])
 
     async def _sample_counts(self, since: datetime) -> list[SampleCounts]:
-        sql = f"SELECT {COUNT_COLUMNS} FROM samples WHERE created_at >= ? GROUP BY strategy, role"
+        sql = f"SELECT {COUNT_COLUMNS} FROM samples WHERE created_at >= ? GROUP BY {GROUP_COLUMNS}"
         rows = await self._pool.read(lambda db: db.execute(sql, (to_micros(since),)).fetchall())
         return counts_from_rows(rows)
 
@@ -201,9 +215,7 @@ class SqliteStore(Store):
 
     async def _sample_buckets(self, since: datetime, until: datetime, width_micros: int) -> list[tuple[int, SampleCounts]]:
         start = to_micros(since)
-        sql = (
-            f"SELECT (created_at - ?) / ?, {COUNT_COLUMNS} FROM samples WHERE created_at >= ? AND created_at < ? GROUP BY 1, strategy, role"
-        )
+        sql = f"SELECT (created_at - ?) / ?, {COUNT_COLUMNS} FROM samples WHERE created_at >= ? AND created_at < ? GROUP BY 1, {GROUP_COLUMNS}"
         values = (start, width_micros, start, to_micros(until))
         return buckets_from_rows(await self._pool.read(lambda db: db.execute(sql, values).fetchall()))
 

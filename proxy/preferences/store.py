@@ -117,14 +117,23 @@ class Store(ABC):
         profiles = await self._list_profiles(limit + 1, after)
         return profiles[:limit], len(profiles) > limit
 
-    async def add_sample(self, sample: JudgedSample, *, keep: int | None = None) -> None:
-        """Store a judged sample. With `keep`, also prune to the newest `keep` samples on the
+    async def add_sample(self, sample: JudgedSample, *, keep: int | None = None) -> bool:
+        """Store a judged sample; False (and nothing stored) when a sample with the same
+        (request id, role, judge fingerprint) is stored already, so a job judged twice (a
+        re-delivery) counts once. With `keep`, also prune to the newest `keep` samples on the
         first add and every `PRUNE_EVERY` adds after it, so the table stays near `keep`."""
         sample.check_storable()
-        await self._insert_sample(sample)
+        stored = await self._insert_sample(sample)
         self._sample_adds += 1
         if keep is not None and self._sample_adds % PRUNE_EVERY == 1:
             await self.prune_samples(keep)
+        return stored
+
+    async def verdict_exists(self, request_id: str, role: str, fingerprint: str) -> bool:
+        """Whether a sample of this request and role judged by judges of `fingerprint` is stored."""
+        if not all(storable(value) for value in (request_id, role, fingerprint)):
+            return False
+        return await self._verdict_exists(request_id, role, fingerprint)
 
     async def list_samples(
         self,
@@ -174,12 +183,12 @@ class Store(ABC):
         return [sample.model_copy(update={"labels": tuple(grouped.get(sample.id, ()))}) for sample in samples]
 
     async def sample_summary(self, window_seconds: float) -> SampleSummary:
-        """Counts per (strategy, role) of the samples created in the last `window_seconds`."""
+        """Counts per (strategy, role, judge fingerprint) of the samples created in the last `window_seconds`."""
         if window_seconds <= 0:
             raise ValueError("window_seconds must be positive")
         since = utcnow() - timedelta(seconds=window_seconds)
         groups = await self._sample_counts(since)
-        groups.sort(key=lambda group: (group.strategy, group.role))
+        groups.sort(key=lambda group: (group.strategy, group.role, group.fingerprint or ""))
         return SampleSummary(since=since, window_seconds=window_seconds, groups=tuple(groups))
 
     async def sample_series(self, window_seconds: float, buckets: int) -> SampleSeries:
@@ -194,7 +203,7 @@ class Store(ABC):
         since = EPOCH + timedelta(microseconds=current - width * (buckets - 1))
         rows = await self._sample_buckets(since, until, width)
         points = [SampleBucket(start=since + timedelta(microseconds=width * index), counts=counts) for index, counts in rows]
-        points.sort(key=lambda point: (point.start, point.counts.strategy, point.counts.role))
+        points.sort(key=lambda point: (point.start, point.counts.strategy, point.counts.role, point.counts.fingerprint or ""))
         return SampleSeries(since=since, bucket_seconds=width / 1_000_000, buckets=buckets, points=tuple(points))
 
     async def prune_samples(self, keep: int) -> int:
@@ -222,7 +231,12 @@ class Store(ABC):
     async def _list_profiles(self, limit: int, after: str | None) -> list[Profile]: ...
 
     @abstractmethod
-    async def _insert_sample(self, sample: JudgedSample) -> None: ...
+    async def _insert_sample(self, sample: JudgedSample) -> bool:
+        """Insert unless (request_id, role, fingerprint) is stored (a NULL fingerprint never
+        conflicts); whether it was inserted."""
+
+    @abstractmethod
+    async def _verdict_exists(self, request_id: str, role: str, fingerprint: str) -> bool: ...
 
     @abstractmethod
     async def _list_samples(

@@ -54,23 +54,24 @@ def buckets_of(request: web.Request) -> int:
 def figures_of(counts: SampleCounts) -> dict[str, Any]:
     """One group's counts, rates and 95% intervals, as in `/perg/monitor/summary`."""
     rates = ratios(counts.judged, counts.uncomparable, counts.broken, counts.not_followed, counts.not_robust)
-    return {**counts.model_dump(mode="json", exclude={"strategy", "role"}), **rates, **rate_intervals(counts)}
+    return {**counts.model_dump(mode="json", exclude={"strategy", "role", "fingerprint"}), **rates, **rate_intervals(counts)}
 
 
 def dense_groups(series: SampleSeries) -> list[dict[str, Any]]:
-    """One entry per (strategy, role) seen, with a point for every bucket (empty ones too)."""
-    found: dict[tuple[str, str], dict[int, SampleCounts]] = {}
+    """One entry per (strategy, role, judge fingerprint) seen, with a point for every bucket
+    (empty ones too): verdicts of a changed judge are a group of their own, never mixed in."""
+    found: dict[tuple[str, str, str | None], dict[int, SampleCounts]] = {}
     width = timedelta(seconds=series.bucket_seconds)
     for point in series.points:
         index = round((point.start - series.since) / width)
-        found.setdefault((point.counts.strategy, point.counts.role), {})[index] = point.counts
+        found.setdefault((point.counts.strategy, point.counts.role, point.counts.fingerprint), {})[index] = point.counts
     groups = []
-    for (strategy, role), by_index in sorted(found.items()):
+    for (strategy, role, fingerprint), by_index in sorted(found.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or "")):
         points = []
         for index in range(series.buckets):
-            counts = by_index.get(index) or SampleCounts(strategy=strategy, role=role)
+            counts = by_index.get(index) or SampleCounts(strategy=strategy, role=role, fingerprint=fingerprint)
             points.append({"start": (series.since + width * index).isoformat(), **figures_of(counts)})
-        groups.append({"strategy": strategy, "role": role, "points": points})
+        groups.append({"strategy": strategy, "role": role, "fingerprint": fingerprint, "points": points})
     return groups
 
 
