@@ -200,10 +200,10 @@ async def test_opening_twice_migrates_once(stores: Stores):
         from contextlib import closing
 
         with closing(sqlite3.connect(stores.path)) as raw:
-            assert raw.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [(1,), (2,), (3,)]
+            assert raw.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [(1,), (2,), (3,), (4,)]
             assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     if stores.backend == "postgres":
-        assert await _postgres_versions(stores) == [1, 2, 3]
+        assert await _postgres_versions(stores) == [1, 2, 3, 4]
 
 
 async def _postgres_versions(stores: Stores) -> list[int]:

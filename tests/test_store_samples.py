@@ -178,3 +178,62 @@ async def test_samples_survive_reopening(shared_stores: Stores):
     await first.close()
     second = await shared_stores.open()
     assert await second.list_samples() == ([kept], False)
+
+
+async def test_one_verdict_per_request_role_and_judge_fingerprint(store: Store):
+    """A job delivered twice (its worker died after storing, before acknowledging) is stored once;
+    another fingerprint (a re-judge) or another role is a sample of its own."""
+    first = sample(request_id="r1", fingerprint="fp-a", judges={"consistency": "c1", "follow": "f1", "relevance": "r1"})
+    assert await store.add_sample(first) is True
+    assert await store.add_sample(sample(request_id="r1", fingerprint="fp-a", verdict="contradicts")) is False
+    assert await store.add_sample(sample(request_id="r1", fingerprint="fp-b")) is True
+    assert await store.add_sample(sample(request_id="r1", role="shadow", fingerprint="fp-a")) is True
+    assert await store.verdict_exists("r1", "served", "fp-a") and not await store.verdict_exists("r1", "served", "fp-c")
+    samples, _ = await store.list_samples()
+    assert len(samples) == 3
+    assert next(s for s in samples if s.id == first.id) == first  # judges and fingerprint come back exactly
+    # samples stored before fingerprints (NULL) never conflict with each other
+    assert await store.add_sample(sample(request_id="old")) and await store.add_sample(sample(request_id="old"))
+
+
+async def test_the_summary_separates_judge_fingerprints(store: Store):
+    await store.add_sample(sample(request_id="r1", fingerprint="old"))
+    await store.add_sample(sample(request_id="r1", fingerprint="new", verdict="contradicts", broken=True, robust=False))
+    summary = await store.sample_summary(3600)
+    by_fingerprint = {group.fingerprint: group for group in summary.groups}
+    assert set(by_fingerprint) == {"old", "new"}
+    assert (by_fingerprint["old"].broken, by_fingerprint["new"].broken) == (0, 1)
+    series = await store.sample_series(3600, 4)
+    assert {point.counts.fingerprint for point in series.points} == {"old", "new"}
+
+
+async def test_migration_4_keeps_the_samples_and_labels_of_an_older_schema(tmp_path):
+    """A database at schema 3 (before fingerprints) opens with its samples and labels intact."""
+    import sqlite3
+    from contextlib import closing
+
+    from proxy.preferences.sqlite import MIGRATIONS, SqliteStore
+
+    path = tmp_path / "old.db"
+    with closing(sqlite3.connect(path)) as raw:
+        raw.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
+        for version, statements in MIGRATIONS[:3]:
+            for statement in statements:
+                raw.execute(statement)
+            raw.execute("INSERT INTO schema_version VALUES (?, 0)", (version,))
+        raw.execute(
+            "INSERT INTO samples (id, created_at, request_id, user_id, model, strategy, role, relevance, verdict, broken,"
+            " followed, robust, follow_score, reasons, texts) VALUES"
+            " ('smp_old', 1700000000000000, 'req-old', NULL, 'm', 'naive', 'served', 'relevant', 'consistent', 0, 1, 1, 4, '{}', NULL)"
+        )
+        raw.execute("INSERT INTO sample_labels VALUES ('lbl_old', 'smp_old', 1700000000000001, 2, 'contradicts')")
+        raw.commit()
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        [old] = await store.labelled_samples()
+        assert (old.id, old.request_id, old.fingerprint, old.judges) == ("smp_old", "req-old", None, {})
+        assert [(label.follow_score, label.consistency) for label in old.labels] == [(2, "contradicts")]
+        assert await store.add_sample(sample(request_id="req-old", fingerprint="fp")) is True
+    finally:
+        await store.close()

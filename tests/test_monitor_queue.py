@@ -1,0 +1,296 @@
+"""The shared monitor queue on a real Redis (`monitor.queue: redis`): proxies publish, separate
+`perg-proxy monitor-worker` processes judge. Two proxies and two workers share one stream; a worker
+SIGKILLed mid-job has the job claimed and judged exactly once; a poison job ends in the dead-letter
+stream; a Redis that is down drops and counts samples while every request is served.
+
+Needs PERG_TEST_REDIS_URL (the tests use its server's db 3, and a stream of their own per test);
+skipped with the reason without it, but for the Redis-down test, which needs no Redis. Every
+process started here is stopped by its PID; the judges are the scripted fake upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx2
+import orjson
+import pytest
+
+from proxy.preferences.models import JudgedSample
+from proxy.preferences.sqlite import SqliteStore
+from tests.conftest import CLIENT_KEY, free_port, wait_for
+from tests.fake_upstream import FakeUpstream, pipeline_role
+from tests.processes import Proxy, write_config
+
+REDIS_URL = os.environ.get("PERG_TEST_REDIS_URL")
+STYLE = "Answer in the style of a pirate."
+
+
+def redis_db3(url: str) -> str:
+    """The same server, db 3 (this issue's own database on a shared Redis)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/3", parts.query, parts.fragment))
+
+
+needs_redis = pytest.mark.skipif(REDIS_URL is None, reason="Redis queue tests need PERG_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379/0)")
+
+
+@pytest.fixture
+def stream() -> Iterator[str]:
+    """A stream name of this test's own, deleted (with its dead letters) afterwards."""
+    name = f"perg:test:{uuid.uuid4().hex[:12]}"
+    yield name
+    if REDIS_URL is not None:
+        import redis
+
+        client = redis.from_url(redis_db3(REDIS_URL))
+        client.delete(name, f"{name}:dead")
+        client.close()
+
+
+def redis_sync() -> Any:
+    import redis
+
+    assert REDIS_URL is not None
+    return redis.from_url(redis_db3(REDIS_URL))
+
+
+def monitor_yaml(tmp_path: Path, stream: str, redis_url: str | None = None, **monitor: Any) -> str:
+    settings = {
+        "enabled": True,
+        "sample_rate": 1.0,
+        "store_samples": True,
+        "queue": "redis",
+        "redis_url": redis_url or redis_db3(REDIS_URL or "redis://127.0.0.1:6379/3"),
+        "stream": stream,
+        "workers": 1,
+        "claim_after_seconds": 1.0,
+        "max_deliveries": 2,
+        "drain_seconds": 2,
+        "judge": {"model": "script:judge", "max_retries": 0, "timeout_seconds": 30},
+        "worker": {"reclaim_interval_seconds": 0.2, "block_seconds": 0.2},
+        **monitor,
+    }
+    profiles = {"backend": "sqlite", "path": str(tmp_path / "shared.db")}
+    return f"profiles: {orjson.dumps(profiles).decode()}\nmonitor: {orjson.dumps(settings).decode()}\nlogging: {{level: info}}\n"
+
+
+class Worker:
+    """`perg-proxy monitor-worker` as a child process, stopped by its own PID."""
+
+    def __init__(self, config: Path, name: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = config.parent / f"{name}.log"
+        self.out = self.log.open("wb")
+        command = [sys.executable, "-m", "proxy", "monitor-worker", "--config", str(config), "--port", str(self.port)]
+        self.process = subprocess.Popen(command, stdout=self.out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                ready = httpx2.get(self.url + "/readyz", timeout=1)
+                if ready.status_code == 200:
+                    self.consumer = ready.json()["consumer"]
+                    return
+            except httpx2.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"the worker did not become ready: {self.log.read_text()}")
+
+    def metric(self, name: str, labels: str = "") -> float:
+        text = httpx2.get(self.url + "/metrics", timeout=5).text
+        for line in text.splitlines():
+            if line.startswith(name + (labels and "{" + labels + "}") + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.out.close()
+        return self.process.returncode
+
+
+def proxy_metric(proxy: Proxy, name: str, labels: str = "") -> float:
+    text = httpx2.get(proxy.url + "/metrics", timeout=5).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{" if not labels else name + "{" + labels) or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def chat(proxy: Proxy, request_id: str) -> httpx2.Response:
+    body = {
+        "model": "echo",
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "personalization": {"preferences": [STYLE]},
+    }
+    headers = {"Authorization": f"Bearer {CLIENT_KEY}", "X-Request-ID": request_id}
+    return httpx2.post(f"{proxy.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+
+
+def stored(tmp_path: Path) -> list[JudgedSample]:
+    async def read() -> list[JudgedSample]:
+        store = SqliteStore(tmp_path / "shared.db")
+        await store.open()
+        try:
+            found: list[JudgedSample] = []
+            after = None
+            while True:
+                page, more = await store.list_samples(limit=200, after=after)
+                found += page
+                if not more:
+                    return found
+                after = page[-1].id
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def judge_script(delay: float = 0.0):  # type: ignore[no-untyped-def]
+    """Scripted judges: relevant, consistent, follow score 4, each after `delay` seconds."""
+
+    async def reply(body: dict[str, Any]) -> str:
+        if delay:
+            await asyncio.sleep(delay)
+        role = pipeline_role(body)
+        if role == "judge_consistency":
+            return '{"reason": "r", "verdict": "consistent"}'
+        if role == "judge_follow":
+            return '{"reason": "r", "score": 4}'
+        return '{"reason": "r", "relevant": true}'
+
+    return reply
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Any]]:
+    started: list[Any] = []
+    yield started
+    for process in reversed(started):
+        process.stop()
+
+
+@needs_redis
+def test_two_proxies_and_two_workers_share_one_stream(tmp_path, fake_upstream: FakeUpstream, stream, processes):
+    fake_upstream.scripts["judge"] = judge_script(delay=0.05)
+    extra = monitor_yaml(tmp_path, stream)
+    upstream = fake_upstream.url  # type: ignore[attr-defined]
+    proxies = [
+        Proxy(write_config(tmp_path, port, upstream, extra, name=f"proxy{i}.yaml"), port)
+        for i, port in enumerate((free_port(), free_port()))
+    ]
+    processes.extend(proxies)
+    config = write_config(tmp_path, 0, upstream, extra, name="worker.yaml")
+    workers = [Worker(config, f"worker{i}") for i in range(2)]
+    processes.extend(workers)
+    ids = [f"shared-{i}-{uuid.uuid4().hex[:6]}" for i in range(24)]
+    for index, request_id in enumerate(ids):
+        assert chat(proxies[index % 2], request_id).status_code == 200
+    assert wait_for(lambda: len([s for s in stored(tmp_path) if s.role == "served"]) >= len(ids), timeout=60)
+    samples = [s for s in stored(tmp_path) if s.role == "served"]
+    assert sorted(s.request_id for s in samples) == sorted(ids)  # each job judged exactly once
+    assert len({s.fingerprint for s in samples}) == 1 and samples[0].fingerprint
+    done = [worker.metric("perg_monitor_worker_jobs_total", 'outcome="acknowledged"') for worker in workers]
+    assert sum(done) == len(ids) and all(count > 0 for count in done), done  # both workers took a share
+    judged = sum(
+        worker.metric("perg_monitor_judged_total", 'model="echo",relevance="relevant",role="served",strategy="off"') for worker in workers
+    )
+    assert judged == len(ids)
+    assert sum(proxy_metric(proxy, "perg_monitor_published_total") for proxy in proxies) == len(ids)
+    assert all(proxy_metric(proxy, "perg_monitor_judged_total") == 0 for proxy in proxies)  # no judging in the serving processes
+    assert wait_for(lambda: workers[0].metric("perg_monitor_stream_length") == 0 and workers[0].metric("perg_monitor_stream_pending") == 0)
+
+
+@needs_redis
+def test_a_worker_killed_mid_job_loses_nothing_and_counts_once(tmp_path, fake_upstream: FakeUpstream, stream, processes):
+    held: list[str] = []
+
+    async def judge(body: dict[str, Any]) -> str:
+        if not held:  # the first judge call of the job hangs: its worker is killed meanwhile
+            held.append(pipeline_role(body))
+            await asyncio.sleep(60)
+        return await judge_script()(body)
+
+    fake_upstream.scripts["judge"] = judge
+    extra = monitor_yaml(tmp_path, stream)
+    upstream = fake_upstream.url  # type: ignore[attr-defined]
+    port = free_port()
+    proxy = Proxy(write_config(tmp_path, port, upstream, extra, name="proxy.yaml"), port)
+    processes.append(proxy)
+    config = write_config(tmp_path, 0, upstream, extra, name="worker.yaml")
+    workers = {worker.consumer: worker for worker in (Worker(config, "worker-a"), Worker(config, "worker-b"))}
+    processes.extend(workers.values())
+    assert chat(proxy, "killed-1").status_code == 200
+    assert wait_for(lambda: held, timeout=20)
+    client = redis_sync()
+    try:
+        [pending] = client.xpending_range(stream, "perg-judges", "-", "+", 10)
+        holder = workers[pending["consumer"].decode()]
+        holder.process.send_signal(signal.SIGKILL)  # mid-job: judged, nothing stored, nothing acknowledged
+        holder.process.wait(10)
+        [survivor] = [worker for worker in workers.values() if worker is not holder]
+        assert wait_for(lambda: [s for s in stored(tmp_path) if s.request_id == "killed-1"], timeout=30)
+        time.sleep(1.5)  # past another claim_after_seconds: a second judging would show now
+        samples = [s for s in stored(tmp_path) if s.request_id == "killed-1"]
+        assert [s.role for s in samples] == ["served"]
+        assert survivor.metric("perg_monitor_claimed_total") >= 1
+        assert survivor.metric("perg_monitor_judged_total", 'model="echo",relevance="relevant",role="served",strategy="off"') == 1
+        assert client.xlen(stream) == 0 and client.xpending(stream, "perg-judges")["pending"] == 0
+    finally:
+        client.close()
+
+
+@needs_redis
+def test_a_poison_job_ends_in_the_dead_letter_stream(tmp_path, fake_upstream: FakeUpstream, stream, processes):
+    fake_upstream.scripts["judge"] = judge_script()
+    config = write_config(tmp_path, 0, fake_upstream.url, monitor_yaml(tmp_path, stream, claim_after_seconds=0.3), name="worker.yaml")  # type: ignore[attr-defined]
+    worker = Worker(config, "worker")
+    processes.append(worker)
+    client = redis_sync()
+    try:
+        poison = client.xadd(stream, {"job": b"{not json"})
+        assert wait_for(lambda: client.xlen(f"{stream}:dead") == 1, timeout=20)
+        [(_, letter)] = client.xrange(f"{stream}:dead")
+        assert letter[b"entry"] == poison and letter[b"job"] == b"{not json"
+        assert int(letter[b"deliveries"]) == 3  # max_deliveries 2: the third delivery is not attempted
+        assert client.xlen(stream) == 0 and client.xpending(stream, "perg-judges")["pending"] == 0
+        assert worker.metric("perg_monitor_dead_lettered_total") == 1
+        assert worker.metric("perg_monitor_worker_jobs_total", 'outcome="failed"') == 2
+        assert worker.metric("perg_monitor_dead_letter_length") == 1
+    finally:
+        client.close()
+
+
+def test_redis_down_drops_and_counts_and_every_request_is_served(tmp_path, fake_upstream: FakeUpstream, processes):
+    dead = f"redis://127.0.0.1:{free_port()}/3"  # nothing listens there
+    extra = monitor_yaml(tmp_path, "perg:test:down", redis_url=dead)
+    port = free_port()
+    proxy = Proxy(write_config(tmp_path, port, fake_upstream.url, extra, name="proxy.yaml"), port)  # type: ignore[attr-defined]
+    processes.append(proxy)
+    slowest = 0.0
+    for index in range(20):
+        started = time.perf_counter()
+        assert chat(proxy, f"down-{index}").status_code == 200
+        slowest = max(slowest, time.perf_counter() - started)
+    assert slowest < 1.0, slowest  # the request never waits on Redis
+    assert wait_for(lambda: proxy_metric(proxy, "perg_monitor_dropped_total", 'reason="redis_unavailable"') == 20, timeout=10)
+    assert proxy_metric(proxy, "perg_monitor_published_total") == 0
+    assert httpx2.get(proxy.url + "/readyz", timeout=5).status_code == 200  # the judges' queue is not the request path
