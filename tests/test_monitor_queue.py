@@ -294,3 +294,47 @@ def test_redis_down_drops_and_counts_and_every_request_is_served(tmp_path, fake_
     assert wait_for(lambda: proxy_metric(proxy, "perg_monitor_dropped_total", 'reason="redis_unavailable"') == 20, timeout=10)
     assert proxy_metric(proxy, "perg_monitor_published_total") == 0
     assert httpx2.get(proxy.url + "/readyz", timeout=5).status_code == 200  # the judges' queue is not the request path
+
+
+@needs_redis
+def test_a_job_delivered_twice_is_stored_and_counted_once(tmp_path, fake_upstream: FakeUpstream, stream, processes):
+    """The same job twice on the stream (as when a worker stored its verdicts and died before
+    acknowledging): one sample, counted once; the stream ends empty."""
+    from proxy.monitor.job import Job
+    from proxy.monitor.queue import encode_job
+
+    fake_upstream.scripts["judge"] = judge_script()
+    config = write_config(tmp_path, 0, fake_upstream.url, monitor_yaml(tmp_path, stream), name="worker.yaml")  # type: ignore[attr-defined]
+    worker = Worker(config, "worker")
+    processes.append(worker)
+    job = Job(
+        request_id="twice-1", user_id=None, model="echo", strategy="off", body={"model": "echo"}, query="What is the capital of France?",
+        preferences=(STYLE,), answer="Paris.", reference="Paris.", judge_served=True, shadow=False,
+    )  # fmt: skip
+    client = redis_sync()
+    try:
+        client.xadd(stream, {"job": encode_job(job)})
+        assert wait_for(lambda: [s for s in stored(tmp_path) if s.request_id == "twice-1"], timeout=20)
+        client.xadd(stream, {"job": encode_job(job)})
+        assert wait_for(lambda: worker.metric("perg_monitor_worker_jobs_total", 'outcome="acknowledged"') == 2, timeout=20)
+        assert len([s for s in stored(tmp_path) if s.request_id == "twice-1"]) == 1
+        assert worker.metric("perg_monitor_judged_total", 'model="echo",relevance="relevant",role="served",strategy="off"') == 1
+        assert client.xlen(stream) == 0
+    finally:
+        client.close()
+
+
+@needs_redis
+def test_a_worker_drains_on_sigterm(tmp_path, fake_upstream: FakeUpstream, stream, processes):
+    """SIGTERM mid-job: /readyz fails, the job in progress finishes and is stored, exit 0."""
+    fake_upstream.scripts["judge"] = judge_script(delay=0.5)
+    extra = monitor_yaml(tmp_path, stream, drain_seconds=10)
+    port = free_port()
+    proxy = Proxy(write_config(tmp_path, port, fake_upstream.url, extra, name="proxy.yaml"), port)  # type: ignore[attr-defined]
+    processes.append(proxy)
+    worker = Worker(write_config(tmp_path, 0, fake_upstream.url, extra, name="worker.yaml"), "worker")  # type: ignore[attr-defined]
+    assert chat(proxy, "drained-1").status_code == 200
+    assert wait_for(lambda: fake_upstream.chat_bodies("judge_relevance") or fake_upstream.chat_bodies("judge_consistency"), timeout=20)
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.stop() == 0
+    assert [s.request_id for s in stored(tmp_path)] == ["drained-1"]

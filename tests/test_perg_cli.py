@@ -214,7 +214,8 @@ async def _store_labelled_samples(path: Path) -> list[Any]:
 
     common = {"request_id": "r", "model": "m", "strategy": "pref_aligner", "role": "served", "relevance": "relevant"}
     texts = SampleTexts(query="How far is Lyon?", preferences=("Use km", "Be brief"), reference="About 290 miles.", answer="About 465 km.")
-    with_texts, without_texts = JudgedSample(**common, texts=texts), JudgedSample(**common)
+    judged = {"verdict": "consistent", "follow_score": 4, "fingerprint": "fp", "judges": {"consistency": "c1", "follow": "f1"}}
+    with_texts, without_texts = JudgedSample(**common, texts=texts, **judged), JudgedSample(**common)
     async with SqliteStore(path) as store:
         for sample in (with_texts, without_texts):
             await store.add_sample(sample)
@@ -246,6 +247,10 @@ def test_judge_from_store_reads_the_labels_operators_recorded(tmp_path, fake_ups
     (prompt, _) = [last_user_text(body) for body in fake_upstream.chat_bodies("judge_follow")]
     assert "### Preference\n- Use km; Be brief" in prompt and "About 465 km." in prompt and "About 290 miles." in prompt
     assert labelled.id not in done.stderr
+    # and the verdicts the monitor stored with the samples, against the same labels, per fingerprint
+    stored = {(row["judge"], row["fingerprint"]): row for row in document["stored_verdicts_agreement"]}
+    assert stored[("consistency", "c1")]["labels"] == 2 and stored[("consistency", "c1")]["exact_agreement"] == 0.5
+    assert stored[("follow", "f1")]["labels"] == 2 and stored[("follow", "f1")]["exact_agreement"] == 0
 
 
 def _label(score: int, verdict: str) -> Any:

@@ -191,9 +191,16 @@ def _print_calibration(args: argparse.Namespace, labels: list[Any], calibration:
     markdown = render_calibration(calibration, title=title, labels=source, reference=reference)
     if failures:
         markdown += "\nJudge failures:\n\n" + "\n".join(f"- {line}" for line in failures) + "\n"
+    stored: list[dict[str, Any]] | None = None
+    if getattr(args, "from_store", False):
+        from .stored_labels import render_stored_agreement, stored_agreement
+
+        stored = stored_agreement(args.config)
+        markdown += render_stored_agreement(stored)
     document = {
         "title": title, "model": args.model, "base_url": args.base_url, "labels": source,
         "reference_labels": reference, "failures": failures, **calibration.model_dump(mode="json"),
+        "stored_verdicts_agreement": stored,
     }  # fmt: skip
     if args.out:
         out = Path(args.out)

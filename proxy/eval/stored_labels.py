@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 
 from ..config import ConfigError, ProfileSettings, load_settings
+from ..perg.agreement import agreement_rows
 from ..preferences.models import JudgedSample
 from ..preferences.store import open_store
 from ..preferences.store_errors import StoreError
@@ -77,6 +79,42 @@ def judge_labels_of(samples: list[JudgedSample]) -> tuple[list[JudgeLabel], list
                 )
             )
     return labels, skipped
+
+
+async def read_stored_agreement(settings: ProfileSettings, limit: int = MAX_LABELS) -> list[dict[str, Any]]:
+    """Cohen's κ of the verdicts stored with the labelled samples (what the monitor's judges said
+    at the time), per judge and judge fingerprint (`perg/agreement.py`)."""
+    async with open_store(settings) as store:
+        return agreement_rows(await store.labelled_verdicts(limit))
+
+
+def stored_agreement(config: str | None) -> list[dict[str, Any]]:
+    """`read_stored_agreement` for the store of the configuration file `config`; [] when unreadable."""
+    path = config or os.environ.get("PERG_CONFIG")
+    if not path:
+        return []
+    try:
+        return asyncio.run(read_stored_agreement(load_settings(path).profiles))
+    except (ConfigError, StoreError):
+        return []
+
+
+def render_stored_agreement(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of `read_stored_agreement`'s rows."""
+    lines = [
+        "",
+        "## The monitor's stored verdicts against the same labels, per judge fingerprint",
+        "",
+        "| judge | fingerprint | labels | exact agreement | Cohen's κ |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        exact = f"{row['exact_agreement']:.3f}" if row["exact_agreement"] is not None else "n/a"
+        kappa = f"{row['kappa']:.3f}" if row["kappa"] is not None else "n/a"
+        lines.append(f"| {row['judge']} | {row['fingerprint']} | {row['labels']} | {exact} | {kappa} |")
+    lines.append("")
+    lines.append("κ: consistency unweighted, follow linearly weighted; `unknown`: verdicts stored before fingerprints.")
+    return "\n".join(lines) + "\n"
 
 
 async def read_stored_labels(settings: ProfileSettings, limit: int = MAX_LABELS) -> tuple[list[JudgeLabel], list[str]]:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import functools
 from contextlib import suppress
+from typing import Any
 
 import structlog
 
 from ..config import Retries, Settings
 from ..metrics import Metrics, private_metrics
+from ..perg.agreement import agreement_rows, current_agreement, export
 from ..perg.judges import Judge, ask_upstream
 from ..pipeline.context import PipelineContext
 from ..preferences.handle import StoreHandle
@@ -31,6 +33,8 @@ from .queue import JobPublisher, StreamJudges
 from .sampler import Sampler
 
 log = structlog.get_logger("perg.monitor")
+AGREEMENT_SECONDS = 60.0  # how often the agreement gauge is computed again from the stored labels
+AGREEMENT_LABELS = 10000  # the newest labels it reads
 
 
 class Monitor:
@@ -67,6 +71,7 @@ class Monitor:
         self.canary: Canary | None = None
         self.publisher: JobPublisher | None = None
         self.stream_judges: StreamJudges | None = None
+        self._agreement_task: asyncio.Task[None] | None = None
 
     async def open_judges(self) -> Evaluator:
         """The monitor's own upstream clients and its evaluator (what `start` and `rejudge` use)."""
@@ -102,6 +107,7 @@ class Monitor:
         if self.settings.canary.enabled and not self.judge_worker:
             self.canary = Canary(self._all, pipeline, evaluator, self._metrics)
             self._canary_task = asyncio.create_task(self.canary.run_forever(), name="perg-monitor-canary")
+        self._agreement_task = asyncio.create_task(self._agreement_forever(), name="perg-monitor-agreement")
         self._accepting = True
         log.info(
             "monitor_started",
@@ -169,9 +175,32 @@ class Monitor:
                 self._busy -= 1
                 self._queue.task_done()
 
+    async def agreement(self) -> dict[str, Any]:
+        """Cohen's κ of the judges against the operators' labels (`agreement.py`): per judge and
+        fingerprint, and of the current judges, which also sets `perg_monitor_judge_agreement`."""
+        if self.evaluator is None:
+            return {"fingerprints": [], "current": {}}
+        evaluator = self.evaluator
+        samples = await (await self._store.get()).labelled_verdicts(AGREEMENT_LABELS)
+        current = current_agreement(samples, lambda model: evaluator.fingerprints(model)[0])
+        export(self._metrics, current)
+        return {"fingerprints": agreement_rows(samples), "current": current}
+
+    async def _agreement_forever(self) -> None:
+        while True:
+            try:
+                await self.agreement()
+            except Exception as error:  # noqa: BLE001 - the gauge keeps its last value; tried again later
+                log.info("agreement_not_computed", error=str(error)[:200])
+            await asyncio.sleep(AGREEMENT_SECONDS)
+
     async def stop(self) -> None:
         """Stop accepting, drain for `drain_seconds`, then abandon (and count) the rest."""
         self._accepting = False
+        if self._agreement_task is not None:
+            self._agreement_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._agreement_task
         if self._canary_task is not None:
             self._canary_task.cancel()
             with suppress(asyncio.CancelledError):

@@ -98,6 +98,10 @@ class MemoryStore(Store):
         wanted = set(ids)
         return [sample for sample in self._newest_first() if sample.id in wanted]
 
+    async def _samples_by_request(self, request_ids: Sequence[str]) -> list[JudgedSample]:
+        wanted = set(request_ids)
+        return [sample for sample in self._newest_first() if sample.request_id in wanted]
+
     async def _insert_label(self, label: SampleLabel) -> bool:
         if label.sample_id not in self._samples:
             return False

@@ -228,6 +228,12 @@ class PostgresStore(Store):
             rows = await db.fetch(sql, list(ids))
         return [sample_from_row(row, _same) for row in rows]
 
+    async def _samples_by_request(self, request_ids: Sequence[str]) -> list[JudgedSample]:
+        sql = f"SELECT {SAMPLE_COLUMNS} FROM samples WHERE request_id = ANY($1::text[]) ORDER BY created_at DESC, id DESC"
+        async with self._connection() as db:
+            rows = await db.fetch(sql, list(request_ids))
+        return [sample_from_row(row, _same) for row in rows]
+
     async def _insert_label(self, label: SampleLabel) -> bool:
         sql = f"INSERT INTO sample_labels ({LABEL_COLUMNS}) SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM samples WHERE id = $2)"
         async with self._connection() as db:

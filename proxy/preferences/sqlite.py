@@ -198,6 +198,11 @@ class SqliteStore(Store):
         samples = [sample_from_row(row, from_micros) for row in rows]
         return sorted(samples, key=lambda sample: (sample.created_at, sample.id), reverse=True)
 
+    async def _samples_by_request(self, request_ids: Sequence[str]) -> list[JudgedSample]:
+        rows = await self._in_chunks(f"SELECT {SAMPLE_COLUMNS} FROM samples WHERE request_id IN", request_ids)
+        samples = [sample_from_row(row, from_micros) for row in rows]
+        return sorted(samples, key=lambda sample: (sample.created_at, sample.id), reverse=True)
+
     async def _insert_label(self, label: SampleLabel) -> bool:
         sql = f"INSERT INTO sample_labels ({LABEL_COLUMNS}) SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM samples WHERE id = ?)"
         values = (label.id, label.sample_id, to_micros(label.created_at), label.follow_score, label.consistency, label.sample_id)

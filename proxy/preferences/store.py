@@ -174,6 +174,21 @@ class Store(ABC):
         ids = list(dict.fromkeys(label.sample_id for label in await self._list_labels(limit)))
         return await self._with_labels(await self._samples_by_id(ids))
 
+    async def labelled_verdicts(self, limit: int = 10000) -> list[JudgedSample]:
+        """Every sample of the requests behind the newest `limit` labels, re-judged ones included,
+        each carrying the labels recorded on any sample of its (request, role): a label says what
+        the verdicts on those texts should be, whichever judge made them."""
+        labelled = await self.labelled_samples(limit)
+        by_key: dict[tuple[str, str], list[SampleLabel]] = {}
+        for sample in labelled:
+            by_key.setdefault((sample.request_id, sample.role), []).extend(sample.labels)
+        related = await self._samples_by_request(list(dict.fromkeys(sample.request_id for sample in labelled)))
+        return [
+            sample.model_copy(update={"labels": tuple(by_key[(sample.request_id, sample.role)])})
+            for sample in related
+            if (sample.request_id, sample.role) in by_key
+        ]
+
     async def _with_labels(self, samples: list[JudgedSample]) -> list[JudgedSample]:
         if not samples:
             return samples
@@ -252,6 +267,10 @@ class Store(ABC):
     @abstractmethod
     async def _samples_by_id(self, ids: Sequence[str]) -> list[JudgedSample]:
         """The samples with these ids that exist, newest first."""
+
+    @abstractmethod
+    async def _samples_by_request(self, request_ids: Sequence[str]) -> list[JudgedSample]:
+        """The samples of these request ids, newest first."""
 
     @abstractmethod
     async def _insert_label(self, label: SampleLabel) -> bool:

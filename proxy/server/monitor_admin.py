@@ -19,7 +19,7 @@ from ..errors import InvalidRequest
 from ..monitor.canary_history import CANARY_COUNTS
 from ..monitor.figures import canary_figures, canary_groups, process_figures, rate_intervals
 from ..preferences.models import JudgedSample, SampleCounts, SampleSeries, Verdict
-from ..preferences.store_errors import SampleNotFound
+from ..preferences.store_errors import SampleNotFound, StoreError
 from .admin import json_response, only_query, ratios, store_of
 from .middleware import read_body
 from .protocol import parse_json_object
@@ -109,6 +109,10 @@ async def monitor_process(request: web.Request) -> web.Response:
     settings, monitor = services.settings.monitor, services.monitor
     registry = services.metrics.registry
     groups, overall = canary_groups(registry)
+    try:
+        agreement: dict[str, Any] | None = await monitor.agreement()
+    except StoreError:
+        agreement = None
     return json_response(
         {
             "object": "monitor.process",
@@ -122,9 +126,12 @@ async def monitor_process(request: web.Request) -> web.Response:
                 "sample_rate": settings.sample_rate,
                 "shadow_rate": settings.shadow_rate,
                 "store_samples": settings.store_samples,
+                "queue": settings.queue,
+                "judges_here": settings.judges_here,
             },
             **process_figures(registry),
             "canary": {"enabled": monitor.canary is not None, "groups": groups, "total": overall},
+            "agreement": agreement,
         }
     )
 
@@ -162,6 +169,10 @@ async def label_sample(request: web.Request) -> web.Response:
     if consistency not in VERDICTS:
         raise InvalidRequest(f"'consistency' must be one of {', '.join(VERDICTS)}.", param="consistency", code="invalid_value")
     label = await (await store_of(request)).add_label(sample_id, score, consistency)
+    try:
+        await request.app[SERVICES].monitor.agreement()  # the gauge follows each new label
+    except StoreError:
+        pass
     return json_response({"object": "monitor.sample.label", **label.model_dump(mode="json")})
 
 

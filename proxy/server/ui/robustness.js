@@ -18,8 +18,10 @@ const CANARY_LINES = [
   ["performance_variation", "PVR"],
 ];
 
+// A judge change (a re-judge, a new prompt or judge model) is a group of its own: its fingerprint
+// is part of the name, so old and new verdicts are never added up.
 function groupName(group) {
-  return `${group.strategy} · ${group.role}`;
+  return group.fingerprint ? `${group.strategy} · ${group.role} · judges ${group.fingerprint}` : `${group.strategy} · ${group.role}`;
 }
 
 // One colour per (strategy, role), the same in the table and in the charts.
@@ -69,7 +71,7 @@ function ratesTable(groups) {
       "tr",
       { dataset: { group: groupName(group) } },
       h("td", { class: "nowrap" }, h("span", { class: "swatch", dataset: { color: colorOf(group) } }), group.strategy),
-      h("td", {}, group.role),
+      h("td", {}, group.role, group.fingerprint ? h("small", { class: "muted", title: "judge fingerprint" }, ` ${group.fingerprint}`) : null),
       h("td", { class: "num" }, count(group.samples)),
       h("td", { class: "num judged" }, count(group.judged)),
       h("td", { class: "num comparable" }, count(group.judged - group.uncomparable)),
@@ -197,9 +199,15 @@ function processPanel(process, summary) {
   const errors = process.judge_errors.map((e) => [`${e.judge}: ${e.reason}`, e.count]);
   const outcomes = process.aligner.map((a) => [`${a.strategy}: ${a.outcome}`, a.count]);
   const fallbacks = Object.entries(process.fallbacks).map(([reason, n]) => [`fallback: ${reason}`, n]);
+  const agreement = (process.agreement ? process.agreement.fingerprints : []).map((row) => [
+    `${row.judge} ${row.fingerprint}: κ ${row.kappa === null ? "n/a" : row.kappa.toFixed(2)} over`,
+    row.labels,
+  ]);
   return [
     h("h3", {}, "Queue"),
     keyValues(queue, ""),
+    h("h3", { title: "Cohen's kappa of the stored verdicts against the labels recorded on samples, per judge fingerprint" }, "Judge agreement with labels"),
+    keyValues(agreement, "no labels yet"),
     h("h3", {}, "Judge errors"),
     keyValues(errors, "none"),
     h("h3", {}, "Aligner outcomes"),

@@ -2,8 +2,9 @@
 judge and judge fingerprint, from the verdicts stored with each sample (nothing is judged again).
 
 A label (operator page, or `POST /perg/monitor/samples/{id}/label`) says what the follow score and
-the consistency verdict should have been. Each label is paired with the stored verdict of the
-sample it is on, under the fingerprint of the judge that made that verdict, so a changed judge's
+the consistency verdict should have been for the sample's texts. Each label is paired with the
+stored verdicts of every sample of the same request and role (`Store.labelled_verdicts`: the
+sample labelled and its re-judged siblings), each under the fingerprint of the judge that made that verdict, so a changed judge's
 agreement is never mixed with the old one's. Consistency κ is unweighted over the three verdicts;
 follow κ is linearly weighted over the 1–5 scores (as `eval judge` reports it). A sample without a
 verdict of that judge (the judge failed, or the preference was judged irrelevant: no follow
@@ -15,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..perg.stats import cohen_kappa
 from ..preferences.models import JudgedSample
+from .stats import cohen_kappa
 
 CONSISTENCY = ("consistent", "contradicts", "cannot_compare")
 LIKERT = (1, 2, 3, 4, 5)
