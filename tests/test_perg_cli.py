@@ -247,10 +247,12 @@ def test_judge_from_store_reads_the_labels_operators_recorded(tmp_path, fake_ups
     (prompt, _) = [last_user_text(body) for body in fake_upstream.chat_bodies("judge_follow")]
     assert "### Preference\n- Use km; Be brief" in prompt and "About 465 km." in prompt and "About 290 miles." in prompt
     assert labelled.id not in done.stderr
-    # and the verdicts the monitor stored with the samples, against the same labels, per fingerprint
+    # and the verdicts the monitor stored, against the labels of their request and role (both samples
+    # here are request "r", served: the three labels), per judge fingerprint
     stored = {(row["judge"], row["fingerprint"]): row for row in document["stored_verdicts_agreement"]}
-    assert stored[("consistency", "c1")]["labels"] == 2 and stored[("consistency", "c1")]["exact_agreement"] == 0.5
-    assert stored[("follow", "f1")]["labels"] == 2 and stored[("follow", "f1")]["exact_agreement"] == 0
+    assert set(stored) == {("consistency", "c1"), ("follow", "f1")}
+    assert stored[("consistency", "c1")]["labels"] == 3 and stored[("consistency", "c1")]["exact_agreement"] == pytest.approx(2 / 3)
+    assert stored[("follow", "f1")]["labels"] == 3 and stored[("follow", "f1")]["exact_agreement"] == 0
 
 
 def _label(score: int, verdict: str) -> Any:
