@@ -412,6 +412,9 @@ def test_recording_rule_names_follow_the_convention():
         "PergMonitorDroppingSamples",
         "PergMonitorNoSamplesJudged",
         "PergGateFailingOpen",
+        "PergMonitorQueueLagHigh",
+        "PergMonitorJobsDeadLettered",
+        "PergMonitorJobsLost",
     }
     for rule in alerts:
         assert rule["for"] and rule["labels"]["severity"] and rule["annotations"]["summary"], rule["alert"]
