@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy import cli, local_model
 from proxy.config import ENV_PATTERN, ConfigError, Settings, expand_env, parse_settings
+from proxy.metrics import Metrics
 from proxy.server import operator_page
 from proxy.server.app import create_app
 from proxy.server.readiness import PROBE_TIMEOUT as READY_TIMEOUT
@@ -814,8 +815,10 @@ def test_kubectl_kustomize_builds():
         built = [d for d in yaml.safe_load_all(result.stdout) if d]
         assert {(d["kind"], d["metadata"]["name"]) for d in built} == {k for k in K8S if (k[0] in operator_kinds) == operator}
         if not operator:
-            (deployment,) = [d for d in built if d["kind"] == "Deployment"]
-            assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == f"perg-proxy:{VERSION}"
+            deployments = [d for d in built if d["kind"] == "Deployment"]
+            assert {d["metadata"]["name"] for d in deployments} == {"perg-proxy", "perg-proxy-judges"}
+            for deployment in deployments:
+                assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == f"perg-proxy:{VERSION}"
 
 
 def test_k8s_config_matches_the_code():
@@ -907,6 +910,37 @@ def test_k8s_prometheus_rule_is_the_repository_rules():
     rule_files = ("perg-recording.yml", "perg-alerts.yml")
     expected = [g for f in rule_files for g in yaml.safe_load((DEPLOY / "prometheus/rules" / f).read_text(encoding="utf-8"))["groups"]]
     assert groups == expected
+
+
+def test_k8s_judge_workers_read_the_proxies_queue(monkeypatch: pytest.MonkeyPatch):
+    """The worker Deployment runs `perg-proxy monitor-worker` on the proxy's ConfigMap and Secret,
+    its probes and port are the worker's, and the configuration sends the judging to it."""
+    workers = K8S[("Deployment", "perg-proxy-judges")]
+    pod = workers["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["command"][0] == "perg-proxy" and container["image"] == CONTAINER["image"]
+    parsed = capture_cli(container["command"][1:], monkeypatch)
+    assert parsed.command == "monitor-worker" and parsed.config == image_config_path()
+    assert container["env"] == CONTAINER["env"] and pod["spec"]["volumes"] == POD["spec"]["volumes"]
+    assert container["volumeMounts"] == CONTAINER["volumeMounts"]
+    monitor = k8s_settings().monitor
+    assert monitor.queue == "redis" and not monitor.judges_here, "the proxies judge nothing"
+    assert k8s_settings().profiles.backend == "postgres", "workers store verdicts where every proxy reads them"
+    (port,) = container["ports"]
+    assert port["containerPort"] == monitor.worker.port and monitor.worker.host == "0.0.0.0"
+    assert {container[p]["httpGet"]["path"] for p in ("livenessProbe", "readinessProbe")} == {"/healthz", "/readyz"}
+    assert pod["spec"]["terminationGracePeriodSeconds"] > monitor.drain_seconds
+    assert pod["spec"]["securityContext"] == POD["spec"]["securityContext"]
+    assert container["securityContext"] == CONTAINER["securityContext"]
+    service = K8S[("Service", "perg-proxy-judges")]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+    scrape = K8S[("ServiceMonitor", "perg-proxy-judges")]["spec"]
+    assert scrape["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    hpa = K8S[("HorizontalPodAutoscaler", "perg-proxy-judges")]["spec"]
+    assert hpa["scaleTargetRef"]["name"] == "perg-proxy-judges"
+    assert [m["external"]["metric"]["name"] for m in hpa["metrics"]] == ["perg_monitor_stream_lag"]
+    assert "perg_monitor_stream_lag" in {item.name for item in Metrics().declared}
 
 
 def test_k8s_secret_holds_only_placeholders():
