@@ -138,7 +138,10 @@ def test_operator_page_end_to_end(monitored_proxy, browser):
     wait.until(lambda d: text("card-judged") == f"Judged samples\n{judged}\n{comparable} comparable · {sampled} sampled")
     assert sampled >= 2 * sent
     rows = driver.find_elements(By.CSS_SELECTOR, "#rates-table tbody tr")
-    assert sorted(row.get_attribute("data-group") for row in rows) == sorted(f"{g['strategy']} · {g['role']}" for g in summary["groups"])
+    # a group is a strategy, a role and the judges' fingerprint (a re-judge is a group of its own)
+    names = [f"{g['strategy']} · {g['role']}" + (f" · judges {g['fingerprint']}" if g["fingerprint"] else "") for g in summary["groups"]]
+    assert sorted(row.get_attribute("data-group") for row in rows) == sorted(names)
+    assert all(g["fingerprint"] for g in summary["groups"])
     for row, group in zip(rows, sorted(summary["groups"], key=lambda g: (g["strategy"], g["role"])), strict=True):
         assert row.find_element(By.CSS_SELECTOR, ".judged").text == str(group["judged"])
         assert row.find_element(By.CSS_SELECTOR, ".comparable").text == str(group["judged"] - group["uncomparable"])
@@ -155,6 +158,7 @@ def test_operator_page_end_to_end(monitored_proxy, browser):
     probed = [int(cell.text) for cell in driver.find_elements(By.CSS_SELECTOR, "#canary-table tbody tr:not(.total) td:nth-child(2)")]
     assert sum(probed) == canary["probes"] > 0
     assert "depth" in text("process") and "enqueued (served)" in text("process")
+    assert "Judge agreement with labels" in text("process")
     driver.execute_script("document.activeElement.blur()")
     time.sleep(0.5)  # let the charts settle before the picture
     driver.save_screenshot(str(SCREENSHOT))
