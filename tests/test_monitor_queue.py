@@ -338,3 +338,41 @@ def test_a_worker_drains_on_sigterm(tmp_path, fake_upstream: FakeUpstream, strea
     worker.process.send_signal(signal.SIGTERM)
     assert worker.stop() == 0
     assert [s.request_id for s in stored(tmp_path)] == ["drained-1"]
+
+
+@needs_redis
+def test_a_full_stream_refuses_and_counts_and_never_trims_a_pending_job(tmp_path, fake_upstream: FakeUpstream, stream, processes):
+    """`queue_size` bounds the stream: past it new jobs are dropped (queue_full), the ones on it stay."""
+    extra = monitor_yaml(tmp_path, stream, queue_size=3)
+    port = free_port()
+    proxy = Proxy(write_config(tmp_path, port, fake_upstream.url, extra, name="proxy.yaml"), port)  # type: ignore[attr-defined]
+    processes.append(proxy)
+    client = redis_sync()
+    try:
+        client.xgroup_create(stream, "perg-judges", id="0", mkstream=True)
+        client.xreadgroup("perg-judges", "someone", {stream: ">"}, count=10)  # nothing yet
+        for index in range(3):
+            assert chat(proxy, f"full-{index}").status_code == 200
+        assert wait_for(lambda: client.xlen(stream) == 3)
+        [(_, [(first, _)])] = client.xreadgroup("perg-judges", "someone", {stream: ">"}, count=1)  # now pending
+        for index in range(3, 6):
+            assert chat(proxy, f"full-{index}").status_code == 200
+        assert wait_for(lambda: proxy_metric(proxy, "perg_monitor_dropped_total", 'reason="queue_full"') == 3)
+        assert proxy_metric(proxy, "perg_monitor_published_total") == 3 and client.xlen(stream) == 3
+        assert client.xrange(stream, first, first), "the pending entry is still there"
+    finally:
+        client.close()
+
+
+@needs_redis
+def test_judge_in_process_reads_the_stream_in_the_serving_process(tmp_path, start_proxy, fake_upstream: FakeUpstream, stream):
+    fake_upstream.scripts["judge"] = judge_script()
+    monitor = orjson.loads(monitor_yaml(tmp_path, stream).split("monitor: ", 1)[1].split("\n", 1)[0])
+    proxy = start_proxy(profiles={"backend": "sqlite", "path": str(tmp_path / "shared.db")}, monitor={**monitor, "judge_in_process": True})
+    body = {"model": "echo", "messages": [{"role": "user", "content": "Hi"}], "personalization": {"preferences": [STYLE]}}
+    headers = {"Authorization": f"Bearer {CLIENT_KEY}", "X-Request-ID": "here-1"}
+    assert httpx2.post(f"{proxy.base_url}/chat/completions", json=body, headers=headers, timeout=30).status_code == 200
+    labels = {"model": "echo", "strategy": "off", "role": "served", "relevance": "relevant"}
+    assert wait_for(lambda: proxy.metric("perg_monitor_judged_total", labels) == 1, timeout=20)
+    assert [s.request_id for s in stored(tmp_path)] == ["here-1"]
+    assert proxy.metric("perg_monitor_published_total") == 1
