@@ -376,3 +376,21 @@ def test_judge_in_process_reads_the_stream_in_the_serving_process(tmp_path, star
     assert wait_for(lambda: proxy.metric("perg_monitor_judged_total", labels) == 1, timeout=20)
     assert [s.request_id for s in stored(tmp_path)] == ["here-1"]
     assert proxy.metric("perg_monitor_published_total") == 1
+
+
+@needs_redis
+def test_a_slow_job_of_a_live_worker_is_not_claimed(tmp_path, fake_upstream: FakeUpstream, stream, processes):
+    """Judging takes 3 x 0.8 s, past claim_after_seconds (1 s): its worker keeps it claimed, so the
+    other worker never takes it, and it is delivered once."""
+    fake_upstream.scripts["judge"] = judge_script(delay=0.8)
+    extra = monitor_yaml(tmp_path, stream)
+    port = free_port()
+    proxy = Proxy(write_config(tmp_path, port, fake_upstream.url, extra, name="proxy.yaml"), port)  # type: ignore[attr-defined]
+    processes.append(proxy)
+    config = write_config(tmp_path, 0, fake_upstream.url, extra, name="worker.yaml")  # type: ignore[attr-defined]
+    workers = [Worker(config, "worker-a"), Worker(config, "worker-b")]
+    processes.extend(workers)
+    assert chat(proxy, "slow-1").status_code == 200
+    assert wait_for(lambda: [s for s in stored(tmp_path) if s.request_id == "slow-1"], timeout=30)
+    assert sum(worker.metric("perg_monitor_claimed_total") for worker in workers) == 0
+    assert len(fake_upstream.chat_bodies("judge_relevance")) == 1  # judged by one worker only

@@ -17,7 +17,8 @@ when claimed (XAUTOCLAIM reports deleted ids) is counted in `perg_monitor_stream
 
 Worker side, `StreamJudges`: `monitor.workers` consumers read new entries (XREADGROUP `>`); each
 job is judged and its verdicts stored (`Evaluator(exactly_once=True)`), and only then acknowledged.
-A job that raises stays pending. Every `reclaim_interval_seconds` the worker claims entries idle
+A job that raises stays pending. While a job is judged its worker keeps it claimed (XCLAIM JUSTID
+every third of `claim_after_seconds`), so only the jobs of a dead or frozen worker go idle. Every `reclaim_interval_seconds` the worker claims entries idle
 for `claim_after_seconds` (XAUTOCLAIM), from any consumer, a dead one included; an entry delivered
 more than `max_deliveries` times (its count read with XPENDING) is moved to the dead-letter stream
 `<stream>:dead` with its delivery count, and counted. Verdicts are unique per (request id, role,
@@ -266,6 +267,7 @@ class StreamJudges:
         m = self._metrics
         started = time.perf_counter()
         self.busy += 1
+        keepalive = asyncio.ensure_future(self._keep_claimed(entry_id))
         try:
             await self._handle(decode_job(fields.get(b"job", b"")))
             await self._ack(entry_id)
@@ -274,9 +276,20 @@ class StreamJudges:
             log.warning("judge_job_failed", entry=entry_id.decode(), error=f"{type(error).__name__}: {str(error)[:200]}")
             return
         finally:
+            keepalive.cancel()
             self.busy -= 1
             m.monitor_worker_job_duration.observe(time.perf_counter() - started)
         m.monitor_worker_jobs.labels("acknowledged").inc()
+
+    async def _keep_claimed(self, entry_id: bytes) -> None:
+        """While a job is being judged, reset its idle time every third of `claim_after_seconds`
+        (XCLAIM to itself with JUSTID, which does not count as a delivery), so a slow job of a
+        live worker is never claimed by another; a dead worker stops, and its jobs are claimed."""
+        s = self.settings
+        while True:
+            await asyncio.sleep(s.claim_after_seconds / 3)
+            with suppress(Exception):
+                await self._redis.xclaim(s.stream, s.consumer_group, self.name, 0, [entry_id], justid=True)
 
     async def _ack(self, entry_id: bytes) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
