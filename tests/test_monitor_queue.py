@@ -394,3 +394,35 @@ def test_a_slow_job_of_a_live_worker_is_not_claimed(tmp_path, fake_upstream: Fak
     assert wait_for(lambda: [s for s in stored(tmp_path) if s.request_id == "slow-1"], timeout=30)
     assert sum(worker.metric("perg_monitor_claimed_total") for worker in workers) == 0
     assert len(fake_upstream.chat_bodies("judge_relevance")) == 1  # judged by one worker only
+
+
+@needs_redis
+def test_consumers_of_gone_workers_are_forgotten(tmp_path, fake_upstream: FakeUpstream, stream, processes):
+    """Every worker pod has its own consumer name; one idle with nothing pending for 10 x
+    claim_after_seconds is deleted from the group, the live worker's own never."""
+    from proxy.monitor.job import Job
+    from proxy.monitor.queue import encode_job
+
+    fake_upstream.scripts["judge"] = judge_script()
+    config = write_config(tmp_path, 0, fake_upstream.url, monitor_yaml(tmp_path, stream, claim_after_seconds=0.1), name="worker.yaml")  # type: ignore[attr-defined]
+    worker = Worker(config, "worker")
+    processes.append(worker)
+    client = redis_sync()
+    try:
+        client.xgroup_createconsumer(stream, "perg-judges", "ghost")  # a worker that then died
+        assert "ghost" in {c["name"].decode() for c in client.xinfo_consumers(stream, "perg-judges")}
+        job = Job(
+            request_id="forget-1", user_id=None, model="echo", strategy="off", body={"model": "echo"}, query="Hi?",
+            preferences=(STYLE,), answer="Hello.", reference="Hello.", judge_served=True, shadow=False,
+        )  # fmt: skip
+        client.xadd(stream, {"job": encode_job(job)})  # the worker's consumer exists once it got a job
+
+        def names() -> set[str]:
+            return {c["name"].decode() for c in client.xinfo_consumers(stream, "perg-judges")}
+
+        assert wait_for(lambda: worker.consumer in names(), timeout=10)
+        assert wait_for(lambda: "ghost" not in names(), timeout=10)
+        time.sleep(1.5)  # past 10 x claim_after_seconds for the worker too
+        assert worker.consumer in names()
+    finally:
+        client.close()

@@ -51,6 +51,7 @@ PUBLISH_BATCH = 64
 PUBLISH_LINGER = 0.02  # seconds the publisher waits for a batch to fill: one Redis call per batch, not per job
 DOWN_SECONDS = 1.0  # after a failed write, drop at once for this long
 DEAD_LETTER_MAXLEN = 10_000
+FORGET_AFTER = 10  # a consumer with nothing pending, idle this many claim_after_seconds, is deleted
 ADD_UNLESS_FULL = """
 local length = redis.call('XLEN', KEYS[1])
 local bound = tonumber(ARGV[1])
@@ -307,6 +308,7 @@ class StreamJudges:
                 return
             try:
                 await self.reclaim()
+                await self.forget_idle_consumers()
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 - retried on the next round
@@ -331,6 +333,19 @@ class StreamJudges:
             else:
                 await self._job(entry_id, fields)
         return len(entries)
+
+    async def forget_idle_consumers(self) -> int:
+        """Delete the group's consumers (workers gone: every pod has its own name) that hold no
+        pending entry and were idle for `FORGET_AFTER` × `claim_after_seconds`; the number deleted."""
+        s = self.settings
+        idle_ms = FORGET_AFTER * s.claim_after_seconds * 1000
+        gone = 0
+        for consumer in await self._redis.xinfo_consumers(s.stream, s.consumer_group):
+            name = _text(consumer["name"])
+            if name != self.name and int(consumer["pending"]) == 0 and int(consumer["idle"]) > idle_ms:
+                await self._redis.xgroup_delconsumer(s.stream, s.consumer_group, name)
+                gone += 1
+        return gone
 
     async def deliveries(self, entry_id: bytes) -> int:
         """How many times the group delivered the entry (XPENDING), 0 when it is not pending."""
