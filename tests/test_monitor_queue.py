@@ -333,10 +333,11 @@ def test_a_worker_drains_on_sigterm(tmp_path, fake_upstream: FakeUpstream, strea
     proxy = Proxy(write_config(tmp_path, port, fake_upstream.url, extra, name="proxy.yaml"), port)  # type: ignore[attr-defined]
     processes.append(proxy)
     worker = Worker(write_config(tmp_path, 0, fake_upstream.url, extra, name="worker.yaml"), "worker")  # type: ignore[attr-defined]
+    processes.append(worker)  # stopped by its PID at the end if it is still running
     assert chat(proxy, "drained-1").status_code == 200
     assert wait_for(lambda: fake_upstream.chat_bodies("judge_relevance") or fake_upstream.chat_bodies("judge_consistency"), timeout=20)
-    worker.process.send_signal(signal.SIGTERM)
-    assert worker.stop() == 0
+    worker.process.send_signal(signal.SIGTERM)  # once: a second SIGTERM during the drain kills, as for the proxy
+    assert worker.process.wait(30) == 0
     assert [s.request_id for s in stored(tmp_path)] == ["drained-1"]
 
 
