@@ -84,6 +84,9 @@ class UpstreamSettings(Section):
     # the output-token bound the upstream honours: a client's max_completion_tokens is sent as
     # max_tokens where only that is (llama_cpp.server); docs/configuration.md
     max_tokens_parameter: MaxTokensParameter = "max_completion_tokens"
+    # How /v1/responses reaches this upstream: its own Responses API, or translated to chat
+    # completions; None = probed at start (docs/configuration.md)
+    responses_api: Literal["native", "via_chat"] | None = None
     max_connections: int = Field(256, ge=1)
     # HTTP(S)_PROXY / NO_PROXY (and ~/.netrc) from the environment
     trust_env: bool = True

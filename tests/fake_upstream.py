@@ -20,6 +20,12 @@ Behaviour is chosen by the request's `model` (chat) or path:
   script:<name>             answers from `FakeUpstream.scripts[name]` (tests register callables; a
                             message dict with `_finish` sets the finish_reason, e.g. "length")
 
+POST /v1/responses is a native Responses API, scripted by the same model names (echo, tool-call,
+error-<status>, slow-<ms>, stream-break, script:<name> whose callable returns a text, a list of
+output items or a whole response object) plus stream-no-end (events without a terminal one);
+`responses_native = False` makes it answer 404 as llama_cpp.server does (then the proxy must
+translate to chat completions).
+
 Other routes: GET /v1/models, POST /v1/embeddings, GET /v1/files/{id}/content (a large streamed
 body), and any other /v1/* path echoes method, path, query, headers and body as JSON.
 """
@@ -66,10 +72,12 @@ class FakeUpstream:
     record: bool = True
     probes: list[Received] = field(default_factory=list)
     rejected_styles: set[str] = field(default_factory=set)  # structured-output styles answered with a 500
+    responses_native: bool = True  # False: POST /v1/responses is a 404, as on a chat-only server
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[upstream_request_id])
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/responses", self.responses)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_get("/v1/files/{file_id}/content", self.file_content)
@@ -80,8 +88,57 @@ class FakeUpstream:
         self.received.clear()
         self.probes.clear()
         self.rejected_styles.clear()
+        self.responses_native = True
         self.cancelled.clear()
         self.counters.clear()
+
+    def response_bodies(self) -> list[dict[str, Any]]:
+        """Bodies of the POST /v1/responses calls received."""
+        return [item.json for item in self.received if item.path == "/v1/responses" and item.method == "POST"]
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        """A native Responses API (see the module's docstring)."""
+        if not self.responses_native:
+            await self._record(request)
+            return json_body({"detail": "Not Found"}, status=404)
+        body = orjson.loads(await self._record(request) or b"{}")
+        if "model" not in body:
+            return error_response("400")
+        model = str(body["model"])
+        kind, _, arg = model.partition("-")
+        if kind == "error":
+            return error_response(arg)
+        if kind in ("slow", "delay"):
+            await asyncio.sleep(int(arg) / 1000)
+        if model.startswith("script:"):
+            answer = self.scripts[model[len("script:") :]](body)
+            answer = await answer if asyncio.iscoroutine(answer) else answer
+        elif model == "tool-call":
+            answer = [
+                {"id": "fc_1", "type": "function_call", "status": "completed", "call_id": "call_1", "name": "get_weather",
+                 "arguments": '{"city": "Paris"}'},
+            ]  # fmt: skip
+        else:
+            answer = response_input_text(body)
+        response = answer if isinstance(answer, dict) else response_object(body, answer)
+        if body.get("stream"):
+            return await self._stream_response(request, response, model)
+        return json_body(response)
+
+    async def _stream_response(self, request: web.Request, response: dict[str, Any], model: str) -> web.StreamResponse:
+        reply = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await reply.prepare(request)
+        events = response_events(response)
+        if model in ("stream-break", "stream-no-end"):
+            events = events[:4]
+        for event in events:
+            await reply.write(b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n")
+        if model == "stream-break":
+            await asyncio.sleep(0.05)
+            request.transport.abort()
+            return reply
+        await reply.write_eof()
+        return reply
 
     def chat_bodies(self, role: str | None = None) -> list[dict[str, Any]]:
         """Bodies of the chat calls received, optionally only one role (chat, gate, aligner)."""
@@ -396,6 +453,68 @@ def stream_chunks(body: dict[str, Any], message: dict[str, Any]) -> list[dict[st
     if (body.get("stream_options") or {}).get("include_usage"):
         chunks.append({**base, "choices": [], "usage": usage(body, message)})
     return chunks
+
+
+def response_input_text(body: dict[str, Any]) -> str:
+    """The last user text of a Responses request (what the echo model says back)."""
+    given = body.get("input")
+    if isinstance(given, str):
+        return given
+    for item in reversed(given or []):
+        if item.get("role") == "user":
+            content = item.get("content")
+            return content if isinstance(content, str) else " ".join(part.get("text", "") for part in content)
+    return ""
+
+
+def response_object(body: dict[str, Any], answer: str | list[dict[str, Any]]) -> dict[str, Any]:
+    """A completed response: a text answer as one message item, or the output items given."""
+    if isinstance(answer, str):
+        output = [{"id": "msg_fake", "type": "message", "status": "completed", "role": "assistant",
+                   "content": [{"type": "output_text", "text": answer, "annotations": []}]}]  # fmt: skip
+    else:
+        output = answer
+    words = len(str(body.get("input")).split()) + len(str(body.get("instructions") or "").split())
+    out_words = sum(len(str(part.get("text", "")).split()) for item in output for part in item.get("content") or []) or 1
+    return {
+        "id": "resp_fake", "object": "response", "created_at": int(time.time()), "status": "completed", "error": None,
+        "incomplete_details": None, "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
+        "model": body.get("model"), "output": output, "parallel_tool_calls": True, "previous_response_id": body.get("previous_response_id"),
+        "reasoning": {"effort": None, "summary": None}, "store": body.get("store", True), "temperature": 1.0,
+        "text": body.get("text") or {"format": {"type": "text"}}, "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools") or [], "top_p": 1.0, "truncation": "disabled", "user": None, "metadata": {},
+        "usage": {"input_tokens": words, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": out_words,
+                  "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": words + out_words},
+    }  # fmt: skip
+
+
+def response_events(response: dict[str, Any]) -> list[dict[str, Any]]:
+    """The event stream OpenAI sends for `response` (text in two deltas, arguments in one)."""
+    shell = {**response, "status": "in_progress", "output": [], "usage": None}
+    events: list[dict[str, Any]] = [{"type": "response.created", "response": shell}, {"type": "response.in_progress", "response": shell}]
+    for index, item in enumerate(response["output"]):
+        empty = {
+            **item,
+            "status": "in_progress",
+            **({"content": []} if item["type"] == "message" else {}),
+            **({"arguments": ""} if item["type"] == "function_call" else {}),
+        }
+        events.append({"type": "response.output_item.added", "output_index": index, "item": empty})
+        for position, part in enumerate(item.get("content") or []):
+            where = {"item_id": item["id"], "output_index": index, "content_index": position}
+            text = part.get("text", "")
+            events.append({"type": "response.content_part.added", **where, "part": {**part, "text": ""}})
+            for delta in (text[: len(text) // 2], text[len(text) // 2 :]):
+                events.append({"type": "response.output_text.delta", **where, "delta": delta, "logprobs": []})
+            events.append({"type": "response.output_text.done", **where, "text": text, "logprobs": []})
+            events.append({"type": "response.content_part.done", **where, "part": part})
+        if item["type"] == "function_call":
+            where = {"item_id": item["id"], "output_index": index}
+            events.append({"type": "response.function_call_arguments.delta", **where, "delta": item["arguments"]})
+            events.append({"type": "response.function_call_arguments.done", **where, "arguments": item["arguments"]})
+        events.append({"type": "response.output_item.done", "output_index": index, "item": item})
+    events.append({"type": "response.completed", "response": response})
+    return [{**event, "sequence_number": number} for number, event in enumerate(events)]
 
 
 def sse(payload: Any) -> bytes:

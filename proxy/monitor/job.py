@@ -33,21 +33,23 @@ class Job:
     traceparent: str | None = None  # the request span's, when traced: judging joins its trace
 
 
-def job_of(turn: Turn, reply: Reply | StreamReply) -> Job:
-    """The job for a served turn: the answer served (choice 0) and, for Pref-Aligner, its draft."""
+def job_of(turn: Turn, reply: Reply | StreamReply, chat_body: dict[str, Any] | None = None) -> Job:
+    """The job for a served turn: the answer served (choice 0) and, for Pref-Aligner, its draft.
+    `chat_body`: the chat request the turn amounts to, when it is not one (a Responses request)."""
     assert turn.body is not None
+    request = chat_body if chat_body is not None else turn.body
     answer = turn.answer
     if answer is None and isinstance(reply, Reply):
         answer = _completion_text(reply.body)
     elif answer is None and turn.captured is not None:
         answer = streamed_text(bytes(turn.captured))
-    query = last_user_query(turn.body.get("messages") or [])
+    query = last_user_query(request.get("messages") or [])
     reference = turn.draft or None
     needs_body = reference is None or turn.shadow
-    body = turn.body if needs_body else {"model": turn.model}
+    body = request if needs_body else {"model": turn.model}
     size = sum(len(text.encode("utf-8", "surrogatepass")) for text in (query, answer or "", reference or "", *turn.preferences))
     if needs_body:
-        size += len(turn.raw_body) if turn.raw_body is not None else len(orjson.dumps(turn.body))
+        size += len(turn.raw_body) if turn.raw_body is not None and chat_body is None else len(orjson.dumps(request))
     return Job(
         request_id=turn.request_id,
         user_id=turn.user_id,

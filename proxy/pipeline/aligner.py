@@ -114,7 +114,10 @@ def aligner_body(turn: Turn, ctx: PipelineContext, model: str, query: str, draft
             {"role": "user", "content": prompt.render_user(query=query, answer=draft, preferences=preference_lines(relevant))},
         ],
     }
-    limit = ctx.settings.aligner.max_tokens or (turn.body or {}).get("max_completion_tokens") or (turn.body or {}).get("max_tokens")
+    asked = turn.body or {}
+    limit = (
+        ctx.settings.aligner.max_tokens or asked.get("max_completion_tokens") or asked.get("max_tokens") or asked.get("max_output_tokens")
+    )
     if limit:
         body["max_tokens"] = limit
     for key in ("temperature", "seed"):

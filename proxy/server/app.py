@@ -18,6 +18,7 @@ from ..pipeline.context import PipelineContext
 from ..preferences.handle import StoreHandle
 from ..prompts.loader import Prompts
 from ..upstream.client import Upstreams
+from ..upstream.responses_probe import probe_all
 from . import admin, handlers, monitor_admin, operator_page
 from .auth import Authenticator
 from .heavy_bodies import BodyChecker
@@ -65,6 +66,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     operator_page.add_routes(app)
     # Every route's name is "<metrics label>[:<detail>]": the router is the one route table.
     app.router.add_post("/v1/chat/completions", handlers.chat_completions, name="chat_completions")
+    app.router.add_post("/v1/responses", handlers.responses, name="responses")
+    app.router.add_route("*", "/v1/responses/{tail:.+}", handlers.response_item, name="responses:item")
     app.router.add_get("/v1/models", handlers.list_models, name="models:list")
     app.router.add_route("*", "/v1/models/{model}", handlers.passthrough, name="models:item")
     app.router.add_route("*", "/v1/{tail:.*}", handlers.passthrough, name="passthrough")
@@ -87,11 +90,15 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     if services.auth.open:
         log.warning("auth_open", detail="auth.client_keys is empty: any client may use the proxy")
     await services.upstreams.start()
-    probe = asyncio.create_task(services.probes.run(services.upstreams), name="perg-style-probe")
+    probes = [
+        asyncio.create_task(services.probes.run(services.upstreams), name="perg-style-probe"),
+        asyncio.create_task(probe_all(services.upstreams), name="perg-responses-probe"),
+    ]
     yield
-    probe.cancel()
-    with suppress(asyncio.CancelledError):
-        await probe
+    for probe in probes:
+        probe.cancel()
+        with suppress(asyncio.CancelledError):
+            await probe
     await services.upstreams.close()
     await services.limiter.close()
     services.bodies.close()

@@ -20,13 +20,16 @@ from ..errors import InvalidRequest, NotFound, ProxyError
 from ..metrics import exposition
 from ..monitor.job import job_of
 from ..pipeline.forward import forward
+from ..pipeline.responses import serve_responses
 from ..pipeline.strategies import serve_chat
 from ..preferences.resolve import personalization_headers, resolve, take_extension, unhonoured_source
 from ..turn import Reply, StreamReply, Turn
 from ..upstream.client import UpstreamClient
 from ..upstream.headers import upstream_request_headers
+from ..upstream.responses_chat import served_text, to_chat
+from ..upstream.responses_probe import responses_mode
 from .middleware import TURN, read_body
-from .protocol import check_chat_request
+from .protocol import check_chat_request, check_responses_request
 from .responses import send_reply, send_stream
 from .services import SERVICES, Services
 
@@ -53,9 +56,55 @@ def json_response(payload: Any, status: int = 200) -> web.Response:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     turn = request[TURN]
     services = request.app[SERVICES]
+    data = await _take_request(request, turn, services, "chat")
+    if services.settings.logging.log_content:
+        log.info("chat_content", messages=data.get("messages"), preferences=list(turn.preferences))
+    monitored = _sample(turn, services)
+    reply = await serve_chat(turn, services.pipeline)
+    response = await respond(request, turn, reply)
+    if monitored:
+        _submit(turn, reply, services)
+    await services.limiter.spend_tokens(turn.client, turn.usage)
+    return response
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    """`POST /v1/responses`: the same pipeline as chat (`pipeline/responses.py`)."""
+    turn = request[TURN]
+    services = request.app[SERVICES]
+    data = await _take_request(request, turn, services, "responses")
+    if services.settings.logging.log_content:
+        log.info("responses_content", input=data.get("input"), instructions=data.get("instructions"), preferences=list(turn.preferences))
+    monitored = _sample(turn, services)
+    reply = await serve_responses(turn, services.pipeline)
+    response = await respond(request, turn, reply)
+    if monitored:
+        _submit_response(turn, reply, services)
+    await services.limiter.spend_tokens(turn.client, turn.usage)
+    return response
+
+
+async def response_item(request: web.Request) -> web.StreamResponse:
+    """`/v1/responses/{id}…` (retrieve, delete, cancel, input items): passed through to a native
+    upstream; an upstream served `via_chat` has nothing stored, so nothing to find."""
+    body = await read_body(request) if request.body_exists else None
+    upstream = _route(request, body)
+    if await responses_mode(upstream) == "via_chat":
+        raise NotFound(
+            f"No stored response at {request.path}: upstream {upstream.name} serves the Responses API through chat completions "
+            "(responses_api: via_chat), and the proxy stores nothing (`store: true` is accepted, nothing is retrievable)."
+        )
+    return await passthrough(request)
+
+
+async def _take_request(request: web.Request, turn: Turn, services: Services, kind: str) -> dict[str, Any]:
+    """The checked body, its preferences resolved (the extension taken out), the turn filled."""
     payload = await read_body(request)
-    data = await services.bodies.parse(payload)
-    check_chat_request(data)
+    data = await services.bodies.parse(payload, kind)
+    if kind == "responses":
+        check_responses_request(data)
+    else:
+        check_chat_request(data)
     had_extension = "personalization" in data
     wanted = await resolve(data, request.headers, turn.client, services.settings.personalization, services.store, services.metrics)
     turn.body = data
@@ -67,15 +116,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     turn.preference_source = wanted.source
     turn.user_id = wanted.user_id
     turn.return_draft = wanted.return_draft
-    if services.settings.logging.log_content:
-        log.info("chat_content", messages=data.get("messages"), preferences=list(wanted.preferences))
-    monitored = _sample(turn, services)
-    reply = await serve_chat(turn, services.pipeline)
-    response = await respond(request, turn, reply)
-    if monitored:
-        _submit(turn, reply, services)
-    await services.limiter.spend_tokens(turn.client, turn.usage)
-    return response
+    return data
 
 
 def _sample(turn: Turn, services: Services) -> bool:
@@ -97,6 +138,22 @@ def _submit(turn: Turn, reply: Reply | StreamReply, services: Services) -> None:
         return
     try:
         services.monitor.submit(job_of(turn, reply))
+    except Exception:  # monitoring never fails a request
+        log.exception("monitor_submit_failed")
+
+
+def _submit_response(turn: Turn, reply: Reply | StreamReply, services: Services) -> None:
+    """A sampled Responses request goes to the monitor as the chat request it amounts to (the
+    judges and shadow runs speak chat); one that needs stored state to mean anything is skipped."""
+    if turn.error_code is not None or reply.status != 200 or turn.body is None:
+        return
+    try:
+        body = to_chat({key: value for key, value in turn.body.items() if key != "stream"})
+        if turn.answer is None:
+            turn.answer = served_text(reply.body if isinstance(reply, Reply) else None, turn.captured)
+        services.monitor.submit(job_of(turn, reply, body))
+    except InvalidRequest:
+        return
     except Exception:  # monitoring never fails a request
         log.exception("monitor_submit_failed")
 

@@ -31,20 +31,21 @@ class BodyChecker:
         self.limits = limits
         self._pool: ProcessPoolExecutor | None = None
 
-    async def parse(self, payload: bytes) -> dict[str, Any]:
-        """The chat body as a JSON object within the limits, or a 400 naming what is past them."""
+    async def parse(self, payload: bytes, kind: str = "chat") -> dict[str, Any]:
+        """The chat (or Responses, `kind`) body as a JSON object within the limits, or a 400
+        naming what is past them."""
         if looks_heavy(payload):
-            verdict = await self._inspect(payload)
+            verdict = await self._inspect(payload, kind)
             if verdict is not None:
                 message, param, code = verdict
                 raise InvalidRequest(message, param=param, code=code)
-        return parse_chat_body(payload, self.limits)
+        return parse_chat_body(payload, self.limits, kind)
 
-    async def _inspect(self, payload: bytes) -> tuple[str, str | None, str | None] | None:
+    async def _inspect(self, payload: bytes, kind: str) -> tuple[str, str | None, str | None] | None:
         if self._pool is None:  # started on the first heavy body: most deployments never need it
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, inspect_chat_body, payload, self.limits)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, inspect_chat_body, payload, self.limits, kind)
         except BrokenProcessPool:
             self.close()
             raise ServiceUnavailable("The request body could not be checked (the checking process died); retry.") from None

@@ -67,6 +67,57 @@ class ChatCompletionRequest(Lenient):
     response_format: dict[str, Any] | None = None
 
 
+class ResponsesRequest(Lenient):
+    """`POST /v1/responses`: the fields the proxy reads or translates (`upstream/responses_chat.py`)."""
+
+    model: StrictStr = Field(min_length=1)
+    input: StrictStr | list[dict[str, Any]] | None = None
+    instructions: StrictStr | None = None
+    stream: StrictBool | None = None
+    temperature: Number | None = None
+    top_p: Number | None = None
+    max_output_tokens: Integer | None = None
+    user: StrictStr | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None
+    text: dict[str, Any] | None = None
+    store: StrictBool | None = None
+    background: StrictBool | None = None
+    previous_response_id: StrictStr | None = None
+    metadata: dict[str, Any] | None = None
+
+
+INPUT_ROLES = ("user", "assistant", "system", "developer")
+
+
+def check_responses_request(data: dict[str, Any]) -> ResponsesRequest:
+    try:
+        request = ResponsesRequest.model_validate(data)
+    except ValidationError as error:
+        raise validation_error(error) from None
+    for index, item in enumerate(request.input if isinstance(request.input, list) else []):
+        param = f"input[{index}]"
+        if item.get("type", "message") != "message":
+            continue
+        if item.get("role") not in INPUT_ROLES:
+            raise InvalidRequest(
+                f"Invalid value for '{param}.role': one of {', '.join(INPUT_ROLES)} is expected.",
+                param=f"{param}.role",
+                code="invalid_value",
+            )
+        content = item.get("content")
+        if not isinstance(content, str | list):
+            raise InvalidRequest(
+                f"Invalid type for '{param}.content': a string or a list of parts is expected.",
+                param=f"{param}.content",
+                code="invalid_type",
+            )
+        if isinstance(content, list):
+            check_parts(content, f"{param}.content")
+    return request
+
+
 def parse_json_object(payload: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 that says what is wrong with it."""
     if not payload:
@@ -118,11 +169,12 @@ class BodyLimits:
     depth: int
 
 
-def parse_chat_body(payload: bytes, limits: BodyLimits) -> dict[str, Any]:
-    """The chat request body as a JSON object within the entry and depth limits, or a 400 naming
-    the field past them."""
+def parse_chat_body(payload: bytes, limits: BodyLimits, kind: str = "chat") -> dict[str, Any]:
+    """The chat (or Responses, `kind`) request body as a JSON object within the entry and depth
+    limits, or a 400 naming the field past them. A Responses body's `input` counts as messages."""
     data = parse_json_object(payload)
-    for name, most in (("messages", limits.messages), ("tools", limits.tools), ("logit_bias", limits.logit_bias)):
+    entries = "input" if kind == "responses" else "messages"
+    for name, most in ((entries, limits.messages), ("tools", limits.tools), ("logit_bias", limits.logit_bias)):
         value = data.get(name)
         if isinstance(value, list | dict) and len(value) > most:
             raise InvalidRequest(f"'{name}' has {len(value)} entries; at most {most} are allowed.", param=name, code="too_many_entries")
@@ -156,13 +208,13 @@ def count_values(data: dict[str, Any], limit: int) -> None:
         stack.extend(child for child in children if isinstance(child, dict | list))
 
 
-def inspect_chat_body(payload: bytes, limits: BodyLimits) -> tuple[str, str | None, str | None] | None:
-    """Every check of a chat body, in a worker process (`server/heavy_bodies.py`): None when it
-    passes, else the 400's (message, param, code)."""
+def inspect_chat_body(payload: bytes, limits: BodyLimits, kind: str = "chat") -> tuple[str, str | None, str | None] | None:
+    """Every check of a chat (or Responses) body, in a worker process (`server/heavy_bodies.py`):
+    None when it passes, else the 400's (message, param, code)."""
     try:
-        data = parse_chat_body(payload, limits)
+        data = parse_chat_body(payload, limits, kind)
         count_values(data, limits.values)
-        check_chat_request(data)
+        (check_responses_request if kind == "responses" else check_chat_request)(data)
     except InvalidRequest as error:
         return error.message, error.param, error.code
     return None
@@ -180,9 +232,13 @@ def check_chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
 
 
 def check_parts(parts: list[dict[str, Any]], param: str) -> None:
-    """A text part's `text` is a string (the pipeline joins them)."""
+    """Every part an object, a text part's `text` a string (the pipeline joins them)."""
     for index, part in enumerate(parts):
-        if part.get("type") == "text" and not isinstance(part.get("text"), str):
+        if not isinstance(part, dict):
+            raise InvalidRequest(
+                f"Invalid type for '{param}[{index}]': an object is expected.", param=f"{param}[{index}]", code="invalid_type"
+            )
+        if part.get("type") in ("text", "input_text", "output_text") and not isinstance(part.get("text"), str):
             raise InvalidRequest(
                 f"Invalid type for '{param}[{index}].text': a string is expected.", param=f"{param}[{index}].text", code="invalid_type"
             )

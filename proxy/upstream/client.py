@@ -74,6 +74,9 @@ class UpstreamClient:
         self._call_headers = fixed
         self._proxy, self._proxy_auth = env_proxy(settings)
         self._dialect = ChatDialect(settings.structured_output, settings.max_tokens_parameter)
+        # native | via_chat: configured, else found by `responses_probe` (None until then)
+        self.responses_api: str | None = settings.responses_api
+        self.responses_probing = asyncio.Lock()
 
     @property
     def dialect(self) -> ChatDialect:
@@ -111,8 +114,8 @@ class UpstreamClient:
             return
         metrics = self._metrics
         label = metrics.model_label(model)
-        for kind, key in (("input", "prompt_tokens"), ("output", "completion_tokens")):
-            value = usage.get(key)
+        for kind, key, other in (("input", "prompt_tokens", "input_tokens"), ("output", "completion_tokens", "output_tokens")):
+            value = usage.get(key, usage.get(other))  # chat's names, else the Responses API's
             if isinstance(value, int) and value >= 0:
                 metrics.child(metrics.tokens, label, stage, kind).inc(value)
 
@@ -229,18 +232,27 @@ class UpstreamClient:
             )  # fmt: skip
         return error
 
-    def _post_attempt(self, body: bytes, request_id: str) -> Callable[[], Awaitable[aiohttp.ClientResponse]]:
+    def _post_attempt(self, body: bytes, request_id: str, path: str = CHAT_PATH) -> Callable[[], Awaitable[aiohttp.ClientResponse]]:
         headers = telemetry.outgoing({**self._call_headers, CLIENT_REQUEST_ID: request_id})
-        return functools.partial(self._attempt, "POST", self._chat_url, headers, body, True)
+        url = self._chat_url if path == CHAT_PATH else self.url(path)
+        return functools.partial(self._attempt, "POST", url, headers, body, True)
 
     async def chat(
-        self, body: dict[str, Any], *, request_id: str, timeout: float, stage: str, retries: Retries | None = None
+        self,
+        body: dict[str, Any],
+        *,
+        request_id: str,
+        timeout: float,
+        stage: str,
+        retries: Retries | None = None,
+        path: str = CHAT_PATH,
     ) -> ChatResult:
-        """One non-streaming chat completion: the upstream's JSON object, untouched, and its
-        response headers (as a client would get them). `timeout` bounds each attempt, body
-        included; attempts follow the upstream's retry policy (or `retries`)."""
+        """One non-streaming chat completion (or another JSON call, `path` /responses say): the
+        upstream's JSON object, untouched, and its response headers (as a client would get them).
+        `timeout` bounds each attempt, body included; attempts follow the upstream's retry policy
+        (or `retries`)."""
         with telemetry.upstream_call(self.name, self.settings.base_url, stage, body) as traced, traced.current():
-            attempt = self._post_attempt(orjson.dumps(body), request_id)
+            attempt = self._post_attempt(orjson.dumps(body), request_id, path)
             with Timed(self, stage):
                 payload, headers = await with_retries(
                     functools.partial(self._chat_once, attempt, timeout, stage), retries or self.settings.retries

@@ -1,0 +1,366 @@
+"""The Responses API over chat completions (`upstreams[].responses_api: via_chat`), statelessly.
+
+`to_chat` turns a Responses request into a chat completion request: `input` (a string, or
+message, `function_call` and `function_call_output` items) and `instructions` become messages,
+function tools are flattened to chat's shape, `text.format` becomes `response_format`,
+`max_output_tokens` `max_completion_tokens`. What only stored state could answer
+(`previous_response_id`, `conversation`, `background`, `prompt`, `item_reference` items) and
+what chat cannot express (hosted tools) is a 400 naming the field, never dropped. `store` is
+accepted and nothing is stored. Fields this module does not know travel on untouched.
+
+`from_chat` turns the completion back into a response object; `ChatStreamTranslator` turns
+streamed chunks into Responses events (`responses_events.py`).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+import orjson
+
+from ..errors import InvalidRequest
+from .events import EventParser
+from .responses_events import ResponseEvents
+
+STATEFUL = {
+    "previous_response_id": "it names a stored response",
+    "conversation": "it names a stored conversation",
+    "prompt": "it names a stored prompt template",
+}
+# Request fields that only shape the stored response object or the proxy's own reply.
+NOT_FORWARDED = frozenset(
+    {"input", "instructions", "tools", "tool_choice", "text", "max_output_tokens", "reasoning", "store", "metadata", "include",
+     "truncation", "stream_options", "background", "top_logprobs", "max_tool_calls", "personalization"}
+)  # fmt: skip
+
+
+def unsupported(param: str, why: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"'{param}' is not supported by this upstream, which serves the Responses API through chat completions "
+        f"(responses_api: via_chat) and keeps no state: {why}.",
+        param=param,
+        code="unsupported_parameter",
+    )
+
+
+def check_stateless(body: dict[str, Any]) -> None:
+    """A 400 naming the first field that needs stored state."""
+    for key, why in STATEFUL.items():
+        if body.get(key) is not None:
+            raise unsupported(key, why)
+    if body.get("background") is True:
+        raise unsupported("background", "a background response is fetched later from storage")
+
+
+def to_chat(body: dict[str, Any]) -> dict[str, Any]:
+    """The chat completion request for a Responses request (a 400 for what cannot be expressed)."""
+    check_stateless(body)
+    chat: dict[str, Any] = {key: value for key, value in body.items() if key not in NOT_FORWARDED}
+    chat["messages"] = messages_of(body)
+    if body.get("tools"):
+        chat["tools"] = [chat_tool(tool, index) for index, tool in enumerate(body["tools"])]
+    if body.get("tool_choice") is not None:
+        chat["tool_choice"] = chat_tool_choice(body["tool_choice"])
+    response_format = chat_response_format((body.get("text") or {}).get("format"))
+    if response_format is not None:
+        chat["response_format"] = response_format
+    if isinstance((body.get("text") or {}).get("verbosity"), str):
+        chat["verbosity"] = body["text"]["verbosity"]
+    if body.get("max_output_tokens") is not None:
+        chat["max_completion_tokens"] = body["max_output_tokens"]
+    if isinstance((body.get("reasoning") or {}).get("effort"), str):
+        chat["reasoning_effort"] = body["reasoning"]["effort"]
+    if body.get("top_logprobs"):
+        chat["logprobs"], chat["top_logprobs"] = True, body["top_logprobs"]
+    if body.get("stream") is True:
+        chat["stream_options"] = {"include_usage": True}
+    return chat
+
+
+def messages_of(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """`instructions` as the system message, then `input` as chat messages."""
+    messages: list[dict[str, Any]] = []
+    if isinstance(body.get("instructions"), str) and body["instructions"]:
+        messages.append({"role": "system", "content": body["instructions"]})
+    given = body.get("input")
+    if isinstance(given, str):
+        messages.append({"role": "user", "content": given})
+        return messages
+    for index, item in enumerate(given or []):
+        add_item(messages, item, f"input[{index}]")
+    return messages
+
+
+def add_item(messages: list[dict[str, Any]], item: dict[str, Any], param: str) -> None:
+    kind = item.get("type", "message")
+    if kind == "message":
+        role = item.get("role")
+        content = chat_content(item.get("content"), param, assistant=role == "assistant")
+        messages.append({"role": role, "content": content})
+    elif kind == "function_call":
+        call = {
+            "id": item.get("call_id"),
+            "type": "function",
+            "function": {"name": item.get("name"), "arguments": item.get("arguments", "")},
+        }
+        last = messages[-1] if messages else None
+        if last is not None and last.get("role") == "assistant" and "tool_call_id" not in last:
+            last.setdefault("tool_calls", []).append(call)  # one assistant turn: its text and its calls
+        else:  # content "" rather than null: some servers (llama_cpp) reject null content
+            messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+    elif kind == "function_call_output":
+        output = item.get("output")
+        content = output if isinstance(output, str) else chat_content(output, f"{param}.output", assistant=False)
+        messages.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": content})
+    elif kind == "reasoning":
+        return  # the model's own reasoning, replayed: chat completions have no place for it
+    elif kind == "item_reference":
+        raise unsupported(f"{param}.type", "an item_reference names a stored item")
+    else:
+        raise unsupported(f"{param}.type", f"chat completions have no '{kind}' items")
+
+
+def chat_content(content: Any, param: str, *, assistant: bool) -> Any:
+    """A message's content as chat takes it: text parts joined for the assistant, parts mapped else."""
+    if isinstance(content, str) or content is None:
+        return content or ""
+    if assistant:
+        return "".join(str(part.get("text") or part.get("refusal") or "") for part in content if isinstance(part, dict))
+    return [chat_part(part, f"{param}.content[{index}]") for index, part in enumerate(content)]
+
+
+def chat_part(part: dict[str, Any], param: str) -> dict[str, Any]:
+    kind = part.get("type")
+    if kind in ("input_text", "output_text", "text"):
+        return {"type": "text", "text": part.get("text", "")}
+    if kind == "input_image" and isinstance(part.get("image_url"), str):
+        image = {"url": part["image_url"], **({"detail": part["detail"]} if part.get("detail") else {})}
+        return {"type": "image_url", "image_url": image}
+    if kind == "input_file":
+        fields = {key: part[key] for key in ("file_data", "file_id", "filename") if key in part}
+        return {"type": "file", "file": fields}
+    if kind == "input_audio":
+        return {"type": "input_audio", "input_audio": part.get("input_audio") or {}}
+    raise unsupported(f"{param}.type", f"a '{kind}' part cannot be expressed in a chat message")
+
+
+def chat_tool(tool: dict[str, Any], index: int) -> dict[str, Any]:
+    if tool.get("type") != "function":
+        raise unsupported(f"tools[{index}].type", f"'{tool.get('type')}' is a hosted tool; only function tools exist in chat completions")
+    function = {key: tool[key] for key in ("name", "description", "parameters", "strict") if tool.get(key) is not None}
+    return {"type": "function", "function": function}
+
+
+def chat_tool_choice(choice: Any) -> Any:
+    if isinstance(choice, str):
+        return choice
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        return {"type": "function", "function": {"name": choice.get("name")}}
+    raise unsupported("tool_choice", "only 'auto', 'none', 'required' or a function can be chosen in chat completions")
+
+
+def chat_response_format(format_: Any) -> dict[str, Any] | None:
+    if not isinstance(format_, dict) or format_.get("type") in (None, "text"):
+        return None
+    if format_.get("type") == "json_schema":
+        spec = {key: format_[key] for key in ("name", "schema", "strict", "description") if key in format_}
+        return {"type": "json_schema", "json_schema": spec}
+    return {"type": format_["type"]}
+
+
+def wants_json(body: dict[str, Any]) -> bool:
+    """The request asks for JSON (`text.format` json_schema / json_object)."""
+    format_ = (body.get("text") or {}).get("format")
+    return isinstance(format_, dict) and format_.get("type") in ("json_object", "json_schema")
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    """The text of the request's last user message (no stored state needed)."""
+    given = body.get("input")
+    if isinstance(given, str):
+        return given
+    for item in reversed(given if isinstance(given, list) else []):
+        if isinstance(item, dict) and item.get("type", "message") == "message" and item.get("role") == "user":
+            content = item.get("content")
+            if isinstance(content, str):
+                return content
+            parts = content if isinstance(content, list) else []
+            return "\n".join(str(p.get("text", "")) for p in parts if isinstance(p, dict) and p.get("type") in ("input_text", "text"))
+    return ""
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def response_shell(body: dict[str, Any], model: str | None, response_id: str | None = None) -> dict[str, Any]:
+    """A response object with the request's settings echoed, as OpenAI's are, and no output yet."""
+    return {
+        "id": response_id or new_id("resp"),
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "in_progress",
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": model or body.get("model"),
+        "output": [],
+        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "previous_response_id": None,
+        "reasoning": body.get("reasoning") or {"effort": None, "summary": None},
+        "store": False,  # nothing is stored: nothing is retrievable later
+        "temperature": body.get("temperature"),
+        "text": body.get("text") or {"format": {"type": "text"}},
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools") or [],
+        "top_p": body.get("top_p"),
+        "truncation": body.get("truncation", "disabled"),
+        "usage": None,
+        "user": body.get("user"),
+        "metadata": body.get("metadata") or {},
+    }
+
+
+def responses_usage(usage: Any) -> dict[str, Any] | None:
+    """Chat's `usage` in the Responses API's names."""
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": usage.get("total_tokens") or prompt + completion,
+    }
+
+
+INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def from_chat(completion: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """The response object for a chat completion (its first choice)."""
+    response = response_shell(body, completion.get("model"), "resp_" + str(completion.get("id") or secrets.token_hex(12)))
+    choices = completion.get("choices") or [{}]
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    message = choice.get("message") or {}
+    output: list[dict[str, Any]] = []
+    content, refusal = message.get("content"), message.get("refusal")
+    if (isinstance(content, str) and content) or refusal:
+        parts: list[dict[str, Any]] = []
+        if isinstance(content, str) and content:
+            parts.append({"type": "output_text", "text": content, "annotations": [], "logprobs": []})
+        if refusal:
+            parts.append({"type": "refusal", "refusal": refusal})
+        output.append({"id": new_id("msg"), "type": "message", "status": "completed", "role": "assistant", "content": parts})
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        call_id = str(call.get("id") or new_id("call"))
+        output.append(
+            {"id": "fc_" + call_id, "type": "function_call", "status": "completed", "call_id": call_id,
+             "name": function.get("name"), "arguments": function.get("arguments") or ""}
+        )  # fmt: skip
+    response["output"] = output
+    reason = INCOMPLETE.get(choice.get("finish_reason") or "")
+    response["status"] = "incomplete" if reason else "completed"
+    response["incomplete_details"] = {"reason": reason} if reason else None
+    response["usage"] = responses_usage(completion.get("usage"))
+    return response
+
+
+class ChatStreamTranslator:
+    """Chat completion chunks in, Responses events out (choice 0; usage from the last chunk)."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self._body = body
+        self.events: ResponseEvents | None = None
+        self._message_id = new_id("msg")
+        self._calls: dict[int, int] = {}  # chat tool-call index -> output index
+        self._finish: str | None = None
+        self._usage: Any = None
+
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        out = b""
+        if self.events is None:
+            self.events = ResponseEvents(response_shell(self._body, chunk.get("model"), "resp_" + str(chunk.get("id") or new_id("chat"))))
+            out += self.events.start()
+        if chunk.get("usage"):
+            self._usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                out += self._choice(choice)
+        return out
+
+    def _choice(self, choice: dict[str, Any]) -> bytes:
+        assert self.events is not None
+        delta = choice.get("delta") or {}
+        self._finish = choice.get("finish_reason") or self._finish
+        out = b""
+        if isinstance(delta.get("content"), str) and delta["content"]:
+            out += self.events.text(delta["content"], self._message_id)
+        if isinstance(delta.get("refusal"), str) and delta["refusal"]:
+            out += self.events.refusal(delta["refusal"], self._message_id)
+        for call in delta.get("tool_calls") or []:
+            out += self._call(call)
+        return out
+
+    def _call(self, call: dict[str, Any]) -> bytes:
+        assert self.events is not None
+        function = call.get("function") or {}
+        position = call.get("index", 0)
+        out = b""
+        if position not in self._calls:
+            call_id = str(call.get("id") or new_id("call"))
+            self._calls[position], out = self.events.open_call("fc_" + call_id, call_id, str(function.get("name") or ""))
+        return out + self.events.arguments(self._calls[position], str(function.get("arguments") or ""))
+
+    def finish(self) -> bytes:
+        """The end of the chat stream: every item closed, then the terminal event."""
+        if self.events is None:
+            self.events = ResponseEvents(response_shell(self._body, None))
+            out = self.events.start()
+        else:
+            out = b""
+        return out + self.events.finish(responses_usage(self._usage), INCOMPLETE.get(self._finish or ""))
+
+
+def output_text(response: Any) -> str:
+    """The text of a response's message items (what the SDKs call `output_text`)."""
+    parts: list[str] = []
+    for item in (response.get("output") if isinstance(response, dict) else None) or []:
+        if isinstance(item, dict) and item.get("type") == "message":
+            parts.extend(
+                str(p.get("text") or "") for p in item.get("content") or [] if isinstance(p, dict) and p.get("type") == "output_text"
+            )
+    return "".join(parts)
+
+
+def served_text(body: bytes | None, captured: bytearray | None) -> str | None:
+    """The answer text of a served response: its JSON body, else its captured event stream (the
+    terminal event's response, else the text deltas)."""
+    if body is not None:
+        try:
+            return output_text(orjson.loads(body))
+        except orjson.JSONDecodeError:
+            return None
+    if captured is None:
+        return None
+    deltas = []
+    for event in EventParser().feed(bytes(captured)):
+        try:
+            data = orjson.loads(event.data) if event.data else None
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(data, dict):
+            continue
+        if data.get("type") in ("response.completed", "response.incomplete"):
+            return output_text(data.get("response"))
+        if data.get("type") == "response.output_text.delta":
+            deltas.append(str(data.get("delta") or ""))
+    return "".join(deltas)
