@@ -53,8 +53,21 @@ def post(proxy, body: dict[str, Any], headers: dict[str, str] | None = None) -> 
     )
 
 
+OPEN_CLIENTS: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients():
+    yield
+    while OPEN_CLIENTS:
+        OPEN_CLIENTS.pop().close()
+
+
 def client(proxy, **headers: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=proxy.base_url, api_key=CLIENT_KEY, default_headers=headers or None, max_retries=0)
+    """An SDK client on the proxy (closed after the test)."""
+    sdk = openai.OpenAI(base_url=proxy.base_url, api_key=CLIENT_KEY, default_headers=headers or None, max_retries=0, timeout=60)
+    OPEN_CLIENTS.append(sdk)
+    return sdk
 
 
 def prefs_header(*preferences: str) -> dict[str, str]:
@@ -171,7 +184,9 @@ def test_via_chat_translates_tools_and_the_tool_loop(start, fake_upstream):
     history += [{"type": "function_call_output", "call_id": c.call_id, "output": f"result {c.call_id}"} for c in calls]
     fake_upstream.clear()
     fake_upstream.responses_native = False
-    second = sdk.responses.create(model="echo", input=history, tools=[WEATHER_TOOL], tool_choice={"type": "function", "name": "get_weather"})
+    second = sdk.responses.create(
+        model="echo", input=history, tools=[WEATHER_TOOL], tool_choice={"type": "function", "name": "get_weather"}
+    )
     (chat,) = fake_upstream.chat_bodies()
     assert chat["messages"][1] == {
         "role": "assistant",
@@ -255,3 +270,220 @@ def test_an_unset_mode_is_probed(start_proxy, fake_upstream, native, expected):
     assert [(probe.path, probe.body) for probe in fake_upstream.probes if probe.path == "/v1/responses"] == [("/v1/responses", b"{}")]
     response = post(proxy, {"model": "echo", "input": QUESTION})
     assert output_texts(response.json()) == [QUESTION]
+
+
+# --- naive and pref_aligner ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_naive_puts_the_preferences_after_the_clients_instructions(start, fake_upstream, mode):
+    proxy = start(mode, "naive")
+    response = post(
+        proxy, {"model": "echo", "input": QUESTION, "instructions": "OWN-INSTRUCTIONS", "personalization": {"preferences": [STYLE]}}
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["x-perg-strategy"] == "naive" and response.headers["x-perg-aligned"] == "true"
+    if mode == "native":
+        (sent,) = fake_upstream.response_bodies()
+        instructions = sent["instructions"]
+        assert "personalization" not in sent
+    else:
+        (sent,) = fake_upstream.chat_bodies()
+        assert [m["role"] for m in sent["messages"]] == ["system", "user"]
+        instructions = sent["messages"][0]["content"]
+        assert "personalization" not in sent
+    assert instructions.startswith("OWN-INSTRUCTIONS\n\n") and STYLE in instructions
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pref_aligner_rewrites_the_message_text(start, fake_upstream, mode):
+    proxy = start(mode, "pref_aligner")
+    answer = client(proxy, **prefs_header(STYLE)).responses.with_raw_response.create(
+        model="echo", input=QUESTION, instructions="SYSTEM-SECRET", temperature=0.3
+    )
+    assert answer.headers["x-perg-strategy"] == "pref_aligner" and answer.headers["x-perg-aligned"] == "true"
+    parsed = answer.parse()
+    assert parsed.output_text == f"Personalized: {QUESTION}"
+    stage1 = fake_upstream.response_bodies() if mode == "native" else fake_upstream.chat_bodies("chat")
+    assert len(stage1) == 1 and STYLE not in orjson.dumps(stage1).decode()  # stage 1 never sees a preference
+    (stage2,) = fake_upstream.chat_bodies("aligner")
+    assert f"### Answer to rewrite\n{QUESTION}" in stage2["messages"][1]["content"]
+    assert "SYSTEM-SECRET" not in orjson.dumps(stage2).decode()
+    extra = parsed.model_extra or {}
+    assert extra["personalization"]["aligned"] == "true"
+    usage = parsed.usage
+    assert usage is not None and usage.total_tokens == usage.input_tokens + usage.output_tokens
+    stage1_usage = extra["personalization"]["usage"]["stage1"]["total_tokens"]
+    assert usage.total_tokens > stage1_usage  # stage 2 and the gate counted too
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pref_aligner_streams_the_rewritten_answer(start, fake_upstream, mode):
+    proxy = start(mode, "pref_aligner")
+    with client(proxy, **prefs_header(STYLE)).responses.stream(model="echo", input=QUESTION) as events:
+        kinds = [event.type for event in events]
+        final = events.get_final_response()
+    assert final.output_text == f"Personalized: {QUESTION}"
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "response.output_text.delta" in kinds and "response.content_part.done" in kinds
+    assert all(body.get("stream") is not True for body in fake_upstream.response_bodies())  # stage 1 is read whole
+
+
+def test_pref_aligner_stream_sends_heartbeats_while_stage_one_runs(start, fake_upstream):
+    proxy = start("native", "pref_aligner", server={"heartbeat_seconds": 0.05})
+    response = post(proxy, {"model": "slow-400", "input": QUESTION, "stream": True}, prefs_header(STYLE))
+    assert response.status_code == 200
+    assert response.content.startswith(b": keep-alive\n\n")
+    assert response.headers["x-perg-aligned"] == "pending"
+    events = events_of(response.content)
+    final = events[-1][1]["response"]
+    assert events[-1][0] == "response.completed" and final["personalization"]["aligned"] == "true"
+    assert output_texts(final) == [f"Personalized: {QUESTION}"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_structured_output_is_served_unchanged(start, fake_upstream, mode):
+    proxy = start(mode, "pref_aligner")
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": False}
+    text = {"format": {"type": "json_schema", "name": "city", "schema": schema, "strict": True}}
+    response = post(proxy, {"model": "echo", "input": '{"city": "Paris"}', "text": text}, prefs_header(STYLE))
+    assert response.status_code == 200, response.text
+    assert output_texts(response.json()) == ['{"city": "Paris"}']
+    assert response.headers["x-perg-aligned"] == "false"
+    assert fake_upstream.chat_bodies("aligner") == [] and fake_upstream.chat_bodies("gate") == []
+    if mode == "via_chat":
+        (chat,) = fake_upstream.chat_bodies()
+        assert chat["response_format"]["type"] in ("json_schema", "json_object")
+
+
+def test_refusals_and_reasoning_items_are_served_unchanged(start, fake_upstream):
+    proxy = start("native", "pref_aligner", personalization={"aligner": {"model": "echo"}, "relevance_gate": {"model": "echo"}})
+    items = [
+        {"id": "rs_1", "type": "reasoning", "summary": [{"type": "summary_text", "text": "thinking"}]},
+        {"id": "msg_r", "type": "message", "status": "completed", "role": "assistant", "content": [{"type": "refusal", "refusal": "No."}]},
+        {"id": "msg_t", "type": "message", "status": "completed", "role": "assistant",
+         "content": [{"type": "output_text", "text": "The capital is Paris.", "annotations": []}]},
+    ]  # fmt: skip
+    fake_upstream.scripts["mixed"] = lambda body: items
+    response = post(proxy, {"model": "script:mixed", "input": QUESTION}, prefs_header(STYLE))
+    output = response.json()["output"]
+    assert output[:2] == items[:2]
+    assert output_texts(response.json()) == ["Personalized: The capital is Paris."]
+    _, events = stream(proxy, {"model": "script:mixed", "input": QUESTION}, prefs_header(STYLE))
+    final = events[-1][1]["response"]
+    assert final["output"][0] == items[0] and final["output"][1]["content"] == items[1]["content"]
+    assert [n for n, _ in events].count("response.output_item.done") == 3
+
+
+def test_the_extension_and_headers_never_reach_the_upstream(start, fake_upstream):
+    proxy = start("native", "naive")
+    body = {"model": "echo", "input": QUESTION, "personalization": {"preferences": [STYLE], "strategy": "off"}}
+    response = post(proxy, body, {"X-Perg-User": "bob"})
+    assert response.status_code == 200
+    assert response.headers["x-perg-strategy"] == "off"
+    (received,) = [item for item in fake_upstream.received if item.path == "/v1/responses"]
+    assert b"personalization" not in received.body and STYLE.encode() not in received.body
+    assert not any(name.lower().startswith("x-perg") for name in received.headers)
+
+
+@pytest.mark.parametrize("source", ["header", "user"])
+def test_stored_profiles_personalize(start, fake_upstream, source):
+    proxy = start("via_chat", "pref_aligner")
+    admin = {"Authorization": "Bearer admin-secret"}
+    put = httpx2.put(f"{proxy.url}/perg/profiles/alice", json={"preferences": [STYLE]}, headers=admin)
+    assert put.status_code == 200, put.text
+    body: dict[str, Any] = {"model": "echo", "input": QUESTION}
+    headers = {"X-Perg-User": "alice"} if source == "header" else {}
+    if source == "user":
+        body["user"] = "alice"
+    response = post(proxy, body, headers)
+    assert response.headers["x-perg-aligned"] == "true"
+    assert output_texts(response.json()) == [f"Personalized: {QUESTION}"]
+
+
+def test_without_preferences_pref_aligner_is_a_pass_through(start, fake_upstream):
+    proxy = start("native", "pref_aligner")
+    response = post(proxy, {"model": "echo", "input": QUESTION})
+    assert response.headers["x-perg-aligned"] == "false"
+    assert fake_upstream.chat_bodies() == []
+    assert proxy.metric("perg_aligner_outcomes_total", {"strategy": "pref_aligner", "outcome": "no_preferences"}) == 1
+
+
+# --- failures -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["stream-break", "stream-no-end"])
+def test_a_native_stream_that_breaks_ends_in_an_error_event(start, model):
+    proxy = start("native")
+    response, events = stream(proxy, {"model": model, "input": QUESTION})
+    assert response.status_code == 200
+    assert events[-1][0] == "error" and events[-1][1]["type"] == "error"
+    assert "response.completed" not in [name for name, _ in events]
+    with client(proxy).responses.stream(model=model, input=QUESTION) as sdk_events:
+        kinds = [event.type for event in sdk_events]
+        assert kinds[-1] == "error"
+        with pytest.raises(RuntimeError):
+            sdk_events.get_final_response()
+
+
+def test_a_via_chat_stream_that_breaks_ends_in_response_failed(start):
+    proxy = start("via_chat")
+    response, events = stream(proxy, {"model": "stream-break", "input": QUESTION})
+    assert response.status_code == 200
+    name, data = events[-1]
+    assert name == "response.failed" and data["response"]["status"] == "failed"
+    assert data["response"]["error"]["code"]
+    assert "response.completed" not in [n for n, _ in events]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_upstream_errors_keep_their_status(start, mode):
+    proxy = start(mode, "pref_aligner")
+    with pytest.raises(openai.RateLimitError):
+        client(proxy, **prefs_header(STYLE)).responses.create(model="error-429", input=QUESTION)
+    response = post(proxy, {"model": "error-503", "input": QUESTION, "stream": True})
+    assert response.status_code == 503 and response.json()["error"]["type"]
+
+
+def test_a_stage_one_failure_after_a_heartbeat_is_an_error_event(start, fake_upstream):
+    proxy = start("native", "pref_aligner", server={"heartbeat_seconds": 0.05})
+
+    async def late_failure(body):
+        import asyncio
+
+        await asyncio.sleep(0.3)
+        from aiohttp import web
+
+        return web.Response(status=500, text='{"error": {"message": "boom", "type": "server_error"}}', content_type="application/json")
+
+    fake_upstream.scripts["late"] = late_failure
+    response, events = stream(proxy, {"model": "script:late", "input": QUESTION}, prefs_header(STYLE))
+    assert response.status_code == 200 and response.content.startswith(b": keep-alive")
+    assert [name for name, _ in events] == ["error"]
+    assert events[0][1]["message"]
+
+
+def test_bad_requests_are_openai_shaped_400s(start):
+    proxy = start("native")
+    for body, param in [({"input": QUESTION}, "model"), ({"model": "echo", "input": 3}, "input"),
+                        ({"model": "echo", "input": [{"role": "robot", "content": "x"}]}, "input[0].role")]:  # fmt: skip
+        response = post(proxy, body)
+        assert response.status_code == 400
+        assert response.json()["error"]["param"] == param
+
+
+# --- the monitor ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_sampled_requests_reach_the_monitor(start, fake_upstream, streamed):
+    proxy = start("via_chat", "pref_aligner", monitor={"enabled": True, "sample_rate": 1.0})
+    body = {"model": "echo", "input": QUESTION, "stream": streamed}
+    response = post(proxy, body, prefs_header(STYLE))
+    assert response.status_code == 200
+    assert wait_for(
+        lambda: proxy.metric(
+            "perg_monitor_judged_total", {"model": "echo", "strategy": "pref_aligner", "role": "served", "relevance": "relevant"}
+        )
+    )
+    assert fake_upstream.chat_bodies("judge_follow")
