@@ -124,7 +124,7 @@ def test_route_labels_come_from_the_router():
     assert None not in names
     labels = {name.partition(":")[0] for name in names}
     assert labels == {
-        "chat_completions", "models", "passthrough", "healthz", "readyz", "metrics", "openapi.json", "profiles", "monitor", "ui",
+        "chat_completions", "responses", "models", "passthrough", "healthz", "readyz", "metrics", "openapi.json", "profiles", "monitor", "ui",
     }  # fmt: skip
     source = (PACKAGE / "server" / "middleware.py").read_text()
     assert '"/v1/chat/completions"' not in source and 'startswith("/perg/profiles")' not in source

@@ -206,7 +206,7 @@ def test_via_chat_translates_tools_and_the_tool_loop(start, fake_upstream):
 
 def test_via_chat_streams_function_call_arguments(start):
     proxy = start("via_chat")
-    response, events = stream(proxy, {"model": "tool-call", "input": "Weather?", "tools": [WEATHER_TOOL]})
+    _, events = stream(proxy, {"model": "tool-call", "input": "Weather?", "tools": [WEATHER_TOOL]})
     names = [name for name, _ in events]
     assert names.count("response.function_call_arguments.done") == 2
     done = [data for name, data in events if name == "response.function_call_arguments.done"]

@@ -20,7 +20,7 @@ from ..errors import InvalidRequest, NotFound, ProxyError
 from ..metrics import exposition
 from ..monitor.job import job_of
 from ..pipeline.forward import forward
-from ..pipeline.responses import serve_responses
+from ..pipeline.responses_strategies import serve_responses
 from ..pipeline.strategies import serve_chat
 from ..preferences.resolve import personalization_headers, resolve, take_extension, unhonoured_source
 from ..turn import Reply, StreamReply, Turn
