@@ -126,8 +126,9 @@ async def aligned_response(
             output[index]["content"] = [{"type": "output_text", "text": outcome.text, "annotations": [], "logprobs": []}]
     served = {**response, "output": output, "personalization": personalization_field(turn, p, outcomes)}
     if usage is not None:
+        given = response.get("usage")
         served["usage"] = {
-            **(response.get("usage") or {}),
+            **(given if isinstance(given, dict) else {}),
             "input_tokens": usage.get("prompt_tokens", 0),
             "output_tokens": usage.get("completion_tokens", 0),
             "total_tokens": usage.get("total_tokens", 0),

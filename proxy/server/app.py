@@ -67,6 +67,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     # Every route's name is "<metrics label>[:<detail>]": the router is the one route table.
     app.router.add_post("/v1/chat/completions", handlers.chat_completions, name="chat_completions")
     app.router.add_post("/v1/responses", handlers.responses, name="responses")
+    app.router.add_route("*", "/v1/responses", handlers.post_only, name="responses:other")
     app.router.add_route("*", "/v1/responses/{tail:.+}", handlers.response_item, name="responses:item")
     app.router.add_get("/v1/models", handlers.list_models, name="models:list")
     app.router.add_route("*", "/v1/models/{model}", handlers.passthrough, name="models:item")

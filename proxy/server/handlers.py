@@ -16,7 +16,7 @@ import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..errors import InvalidRequest, NotFound, ProxyError
+from ..errors import InvalidRequest, MethodNotAllowed, NotFound, ProxyError
 from ..metrics import exposition
 from ..monitor.job import job_of
 from ..pipeline.forward import forward
@@ -95,6 +95,10 @@ async def response_item(request: web.Request) -> web.StreamResponse:
             "(responses_api: via_chat), and the proxy stores nothing (`store: true` is accepted, nothing is retrievable)."
         )
     return await passthrough(request)
+
+
+async def post_only(request: web.Request) -> web.StreamResponse:
+    raise MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}", headers={"Allow": "POST"})
 
 
 async def _take_request(request: web.Request, turn: Turn, services: Services, kind: str) -> dict[str, Any]:

@@ -36,6 +36,15 @@ NOT_FORWARDED = frozenset(
 )  # fmt: skip
 
 
+def obj(value: Any) -> dict[str, Any]:
+    """`value` when it is a JSON object, else an empty one (a field of the wrong type reads as absent)."""
+    return value if isinstance(value, dict) else {}
+
+
+def listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def unsupported(param: str, why: str) -> InvalidRequest:
     return InvalidRequest(
         f"'{param}' is not supported by this upstream, which serves the Responses API through chat completions "
@@ -60,17 +69,17 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
     chat: dict[str, Any] = {key: value for key, value in body.items() if key not in NOT_FORWARDED}
     chat["messages"] = messages_of(body)
     if body.get("tools"):
-        chat["tools"] = [chat_tool(tool, index) for index, tool in enumerate(body["tools"])]
+        chat["tools"] = [chat_tool(obj(tool), index) for index, tool in enumerate(body["tools"])]
     if body.get("tool_choice") is not None:
         chat["tool_choice"] = chat_tool_choice(body["tool_choice"])
-    response_format = chat_response_format((body.get("text") or {}).get("format"))
+    response_format = chat_response_format(obj(body.get("text")).get("format"))
     if response_format is not None:
         chat["response_format"] = response_format
-    if isinstance((body.get("text") or {}).get("verbosity"), str):
+    if isinstance(obj(body.get("text")).get("verbosity"), str):
         chat["verbosity"] = body["text"]["verbosity"]
     if body.get("max_output_tokens") is not None:
         chat["max_completion_tokens"] = body["max_output_tokens"]
-    if isinstance((body.get("reasoning") or {}).get("effort"), str):
+    if isinstance(obj(body.get("reasoning")).get("effort"), str):
         chat["reasoning_effort"] = body["reasoning"]["effort"]
     if body.get("top_logprobs"):
         chat["logprobs"], chat["top_logprobs"] = True, body["top_logprobs"]
@@ -88,8 +97,8 @@ def messages_of(body: dict[str, Any]) -> list[dict[str, Any]]:
     if isinstance(given, str):
         messages.append({"role": "user", "content": given})
         return messages
-    for index, item in enumerate(given or []):
-        add_item(messages, item, f"input[{index}]")
+    for index, item in enumerate(given if isinstance(given, list) else []):
+        add_item(messages, obj(item), f"input[{index}]")
     return messages
 
 
@@ -127,8 +136,13 @@ def chat_content(content: Any, param: str, *, assistant: bool) -> Any:
     if isinstance(content, str) or content is None:
         return content or ""
     if assistant:
-        return "".join(str(part.get("text") or part.get("refusal") or "") for part in content if isinstance(part, dict))
-    return [chat_part(part, f"{param}.content[{index}]") for index, part in enumerate(content)]
+        parts = content if isinstance(content, list) else []
+        return "".join(str(part.get("text") or part.get("refusal") or "") for part in parts if isinstance(part, dict))
+    if not isinstance(content, list):
+        raise InvalidRequest(
+            f"Invalid type for '{param}.content': a string or a list of parts is expected.", param=f"{param}.content", code="invalid_type"
+        )
+    return [chat_part(obj(part), f"{param}.content[{index}]") for index, part in enumerate(content)]
 
 
 def chat_part(part: dict[str, Any], param: str) -> dict[str, Any]:
@@ -172,7 +186,7 @@ def chat_response_format(format_: Any) -> dict[str, Any] | None:
 
 def wants_json(body: dict[str, Any]) -> bool:
     """The request asks for JSON (`text.format` json_schema / json_object)."""
-    format_ = (body.get("text") or {}).get("format")
+    format_ = obj(body.get("text")).get("format")
     return isinstance(format_, dict) and format_.get("type") in ("json_object", "json_schema")
 
 
@@ -230,8 +244,8 @@ def responses_usage(usage: Any) -> dict[str, Any] | None:
     if not isinstance(usage, dict):
         return None
     prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+    cached = obj(usage.get("prompt_tokens_details")).get("cached_tokens") or 0
+    reasoning = obj(usage.get("completion_tokens_details")).get("reasoning_tokens") or 0
     return {
         "input_tokens": prompt,
         "input_tokens_details": {"cached_tokens": cached},
@@ -248,8 +262,8 @@ def from_chat(completion: dict[str, Any], body: dict[str, Any]) -> dict[str, Any
     """The response object for a chat completion (its first choice)."""
     response = response_shell(body, completion.get("model"), "resp_" + str(completion.get("id") or secrets.token_hex(12)))
     choices = completion.get("choices") or [{}]
-    choice = choices[0] if isinstance(choices[0], dict) else {}
-    message = choice.get("message") or {}
+    choice = obj(choices[0]) if isinstance(choices, list) and choices else {}
+    message = obj(choice.get("message"))
     output: list[dict[str, Any]] = []
     content, refusal = message.get("content"), message.get("refusal")
     if (isinstance(content, str) and content) or refusal:
@@ -259,8 +273,8 @@ def from_chat(completion: dict[str, Any], body: dict[str, Any]) -> dict[str, Any
         if refusal:
             parts.append({"type": "refusal", "refusal": refusal})
         output.append({"id": new_id("msg"), "type": "message", "status": "completed", "role": "assistant", "content": parts})
-    for call in message.get("tool_calls") or []:
-        function = call.get("function") or {}
+    for call in listed(message.get("tool_calls")):
+        call, function = obj(call), obj(obj(call).get("function"))
         call_id = str(call.get("id") or new_id("call"))
         output.append(
             {"id": "fc_" + call_id, "type": "function_call", "status": "completed", "call_id": call_id,
@@ -292,28 +306,28 @@ class ChatStreamTranslator:
             out += self.events.start()
         if chunk.get("usage"):
             self._usage = chunk["usage"]
-        for choice in chunk.get("choices") or []:
+        for choice in listed(chunk.get("choices")):
             if isinstance(choice, dict) and choice.get("index", 0) == 0:
                 out += self._choice(choice)
         return out
 
     def _choice(self, choice: dict[str, Any]) -> bytes:
         assert self.events is not None
-        delta = choice.get("delta") or {}
+        delta = obj(choice.get("delta"))
         self._finish = choice.get("finish_reason") or self._finish
         out = b""
         if isinstance(delta.get("content"), str) and delta["content"]:
             out += self.events.text(delta["content"], self._message_id)
         if isinstance(delta.get("refusal"), str) and delta["refusal"]:
             out += self.events.refusal(delta["refusal"], self._message_id)
-        for call in delta.get("tool_calls") or []:
-            out += self._call(call)
+        for call in listed(delta.get("tool_calls")):
+            out += self._call(obj(call))
         return out
 
     def _call(self, call: dict[str, Any]) -> bytes:
         assert self.events is not None
-        function = call.get("function") or {}
-        position = call.get("index", 0)
+        function = obj(call.get("function"))
+        position = call.get("index", 0) if isinstance(call.get("index", 0), int) else 0
         out = b""
         if position not in self._calls:
             call_id = str(call.get("id") or new_id("call"))

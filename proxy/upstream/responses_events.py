@@ -172,8 +172,9 @@ def replay(response: dict[str, Any]) -> list[bytes]:
     events = ResponseEvents({**response, "created_at": response.get("created_at") or int(time.time())})
     out = [events.start()]
     for item in response.get("output") or []:
-        out.append(replay_item(events, item))
-    reason = (response.get("incomplete_details") or {}).get("reason") if response.get("status") == "incomplete" else None
+        out.append(replay_item(events, item))  # stage 1's items, checked to be objects
+    details = response.get("incomplete_details")
+    reason = details.get("reason") if isinstance(details, dict) and response.get("status") == "incomplete" else None
     extra = {key: response[key] for key in ("personalization",) if key in response}
     out.append(events.finish(response.get("usage"), reason, extra))
     return out
