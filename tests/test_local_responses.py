@@ -1,0 +1,106 @@
+"""`POST /v1/responses` end to end on the real local model (llama_cpp.server has no Responses API:
+the proxy probes that and translates to chat completions). Behaviour, not accuracy."""
+
+from __future__ import annotations
+
+import httpx2
+import openai
+import orjson
+import pytest
+
+from proxy.local_model import MODEL_ALIAS
+from proxy.server.services import SERVICES
+from tests.conftest import ADMIN_KEY, CLIENT_KEY, wait_for
+
+pytestmark = pytest.mark.local_model
+QUESTION = "Name the capital of France in one word."
+STYLE = "Answer in one short sentence, like a pirate."
+# llama_cpp.server ignores max_completion_tokens (what max_output_tokens becomes): max_tokens,
+# an extra field, travels to it untouched and bounds the answer.
+OPTIONS = {"temperature": 0, "max_output_tokens": 32, "extra_body": {"max_tokens": 32, "seed": 3}}
+ALIGNED = {"true", "skipped", "fallback"}
+
+
+@pytest.fixture
+def local_proxy(start_proxy, local_model):
+    return start_proxy(
+        upstreams=[{"name": "local", "base_url": local_model.base_url}],  # responses_api unset: probed
+        personalization={"default_strategy": "pref_aligner"},
+        auth={"client_keys": [CLIENT_KEY], "admin_key": ADMIN_KEY},
+        server={"heartbeat_seconds": 300},
+    )
+
+
+def client(proxy, **headers: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=180, default_headers=headers or None)
+
+
+def test_the_probe_finds_no_responses_api(local_proxy):
+    upstream = local_proxy.server.app[SERVICES].upstreams.all[0]
+    assert wait_for(lambda: upstream.responses_api, timeout=30) == "via_chat"
+
+
+@pytest.mark.parametrize("strategy", ["off", "naive", "pref_aligner"])
+def test_each_strategy_answers(local_proxy, strategy):
+    with client(local_proxy, **{"X-Perg-Strategy": strategy, "X-Perg-Preferences": orjson.dumps([STYLE]).decode()}) as sdk:
+        raw = sdk.responses.with_raw_response.create(model=MODEL_ALIAS, input=QUESTION, instructions="Be helpful.", **OPTIONS)
+    response = raw.parse()
+    assert response.status in ("completed", "incomplete")
+    assert response.output_text.strip()
+    assert response.usage is not None and response.usage.output_tokens > 0
+    assert raw.headers["x-perg-strategy"] == strategy
+    expected = {"off": {"false"}, "naive": {"true"}}.get(strategy, ALIGNED)
+    assert raw.headers["x-perg-aligned"] in expected
+
+
+def test_off_equals_the_models_own_chat_answer(local_proxy, local_model):
+    with client(local_proxy, **{"X-Perg-Strategy": "off"}) as sdk:
+        response = sdk.responses.create(model=MODEL_ALIAS, input=QUESTION, **OPTIONS)
+    with openai.OpenAI(base_url=local_model.base_url, api_key="none", max_retries=0, timeout=180) as direct:
+        chat = direct.chat.completions.create(
+            model=MODEL_ALIAS, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=32, seed=3
+        )
+    assert response.output_text == chat.choices[0].message.content
+    assert response.usage is not None and chat.usage is not None
+    assert response.usage.input_tokens == chat.usage.prompt_tokens
+
+
+@pytest.mark.parametrize("strategy", ["off", "pref_aligner"])
+def test_streamed_with_the_sdk_from_a_stored_profile(local_proxy, strategy):
+    put = httpx2.put(
+        f"{local_proxy.url}/perg/profiles/alice", json={"preferences": [STYLE]}, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    )
+    assert put.status_code == 200
+    kinds, deltas = [], []
+    with client(local_proxy, **{"X-Perg-Strategy": strategy, "X-Perg-User": "alice"}) as sdk:
+        with sdk.responses.stream(model=MODEL_ALIAS, input=QUESTION, **OPTIONS) as events:
+            for event in events:
+                kinds.append(event.type)
+                if event.type == "response.output_text.delta":
+                    deltas.append(event.delta)
+            final = events.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] in ("response.completed", "response.incomplete")
+    assert final.output_text.strip() and "".join(deltas) == final.output_text
+    if strategy == "pref_aligner":
+        assert (final.model_extra or {})["personalization"]["aligned"] in ALIGNED
+
+
+def test_a_tool_loop_turn_is_accepted(local_proxy):
+    """The second turn of an agent's tool loop (a function call and its output in `input`) goes
+    to llama_cpp.server as chat messages it accepts (no null content)."""
+    tool = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    history = [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "Sunny, 21 C."},
+    ]
+    with client(local_proxy, **{"X-Perg-Strategy": "off"}) as sdk:
+        response = sdk.responses.create(model=MODEL_ALIAS, input=history, tools=[tool], **OPTIONS)
+    assert response.status in ("completed", "incomplete")
+    assert response.output
+
+
+def test_stateful_fields_are_refused(local_proxy):
+    with client(local_proxy) as sdk, pytest.raises(openai.BadRequestError) as caught:
+        sdk.responses.create(model=MODEL_ALIAS, input=QUESTION, previous_response_id="resp_1")
+    assert caught.value.body["param"] == "previous_response_id"
