@@ -476,14 +476,34 @@ def test_bad_requests_are_openai_shaped_400s(start):
 
 
 @pytest.mark.parametrize("streamed", [False, True])
-def test_sampled_requests_reach_the_monitor(start, fake_upstream, streamed):
-    proxy = start("via_chat", "pref_aligner", monitor={"enabled": True, "sample_rate": 1.0})
-    body = {"model": "echo", "input": QUESTION, "stream": streamed}
+@pytest.mark.parametrize(("mode", "strategy"), [("native", "off"), ("via_chat", "pref_aligner"), ("native", "naive")])
+def test_sampled_requests_are_judged_as_chat_does(start, fake_upstream, streamed, mode, strategy):
+    proxy = start(mode, strategy, monitor={"enabled": True, "sample_rate": 1.0, "store_samples": True})
+    body = {"model": "echo", "input": QUESTION, "instructions": "Be brief.", "stream": streamed}
     response = post(proxy, body, prefs_header(STYLE))
     assert response.status_code == 200
-    assert wait_for(
-        lambda: proxy.metric(
-            "perg_monitor_judged_total", {"model": "echo", "strategy": "pref_aligner", "role": "served", "relevance": "relevant"}
-        )
-    )
-    assert fake_upstream.chat_bodies("judge_follow")
+    labels = {"model": "echo", "strategy": strategy, "role": "served", "relevance": "relevant"}
+    assert wait_for(lambda: proxy.metric("perg_monitor_judged_total", labels)) == 1
+    (follow,) = fake_upstream.chat_bodies("judge_follow")
+    served = "Personalized: " + QUESTION if strategy == "pref_aligner" else QUESTION
+    assert served in follow["messages"][1]["content"]  # the answer served, read from the response or its events
+    samples = httpx2.get(f"{proxy.url}/perg/monitor/samples", headers={"Authorization": "Bearer admin-secret"}).json()["data"]
+    assert len(samples) == 1 and samples[0]["request_id"] == response.headers["x-request-id"]
+
+
+def test_shadow_runs_the_other_strategy_on_the_chat_equivalent(start, fake_upstream):
+    proxy = start("native", "pref_aligner", monitor={"enabled": True, "sample_rate": 1.0, "shadow_rate": 1.0})
+    response = post(proxy, {"model": "echo", "input": QUESTION, "instructions": "OWN"}, prefs_header(STYLE))
+    assert output_texts(response.json()) == [f"Personalized: {QUESTION}"]
+    shadow = {"model": "echo", "strategy": "naive", "role": "shadow", "relevance": "relevant"}
+    assert wait_for(lambda: proxy.metric("perg_monitor_judged_total", shadow)) == 1
+    naive = [b for b in fake_upstream.chat_bodies("chat") if any(STYLE in str(m["content"]) for m in b["messages"])]
+    assert len(naive) == 1 and naive[0]["messages"][0] == {"role": "system", "content": "OWN"}
+
+
+def test_a_request_that_needs_stored_state_is_not_sampled(start, fake_upstream):
+    proxy = start("native", "naive", monitor={"enabled": True, "sample_rate": 1.0})
+    response = post(proxy, {"model": "echo", "input": QUESTION, "previous_response_id": "resp_1"}, prefs_header(STYLE))
+    assert response.status_code == 200
+    labels = {"model": "echo", "strategy": "naive", "role": "served", "relevance": "relevant"}
+    assert wait_for(lambda: proxy.metric("perg_monitor_judged_total", labels), timeout=0.5) == 0

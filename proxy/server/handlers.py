@@ -91,8 +91,8 @@ async def response_item(request: web.Request) -> web.StreamResponse:
     upstream = _route(request, body)
     if await responses_mode(upstream) == "via_chat":
         raise NotFound(
-            f"No stored response at {request.path}: upstream {upstream.name} serves the Responses API through chat completions "
-            "(responses_api: via_chat), and the proxy stores nothing (`store: true` is accepted, nothing is retrievable)."
+            f"{request.method} {request.path} is not available: upstream {upstream.name} serves the Responses API through chat "
+            "completions (responses_api: via_chat), and the proxy stores nothing (`store: true` is accepted, nothing is retrievable)."
         )
     return await passthrough(request)
 
