@@ -24,7 +24,7 @@ from ..errors import ProxyError, UpstreamProtocolError
 from ..turn import Reply, StreamReply, Turn
 from ..upstream.client import UpstreamClient
 from ..upstream.events import HEARTBEAT
-from ..upstream.responses_chat import from_chat, last_user_text, to_chat, wants_json
+from ..upstream.responses_chat import forces_tool, from_chat, last_user_text, to_chat, wants_json
 from ..upstream.responses_events import error_event, replay
 from .aligner import Outcome, RewritePlan, personalization_field, record, rewrite_choice
 from .chat import add_usage
@@ -58,9 +58,10 @@ async def stage1(turn: Turn, upstream: UpstreamClient, mode: str) -> tuple[dict[
 async def plan(turn: Turn, ctx: PipelineContext, upstream: UpstreamClient, mode: str) -> tuple[RewritePlan, dict[str, Any]]:
     """Stage 1 and, at the same time, the relevance gate (unless the answer is certain to be
     served unchanged)."""
-    query = last_user_text(turn.body or {})
+    body = turn.body or {}
+    query = last_user_text(body)
     gate = None
-    if ctx.settings.relevance_gate.mode == "llm" and not wants_json(turn.body or {}):
+    if ctx.settings.relevance_gate.mode == "llm" and not wants_json(body) and not forces_tool(body):
         gate = asyncio.create_task(relevant_preferences(turn, ctx, query))
     try:
         with turn.waiting():

@@ -122,6 +122,8 @@ def add_item(messages: list[dict[str, Any]], item: dict[str, Any], param: str) -
     elif kind == "function_call_output":
         output = item.get("output")
         content = output if isinstance(output, str) else chat_content(output, f"{param}.output", assistant=False)
+        if isinstance(content, list) and all(part["type"] == "text" for part in content):
+            content = "".join(part["text"] for part in content)  # a tool message's content is text on most servers
         messages.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": content})
     elif kind == "reasoning":
         return  # the model's own reasoning, replayed: chat completions have no place for it
@@ -188,6 +190,12 @@ def wants_json(body: dict[str, Any]) -> bool:
     """The request asks for JSON (`text.format` json_schema / json_object)."""
     format_ = obj(body.get("text")).get("format")
     return isinstance(format_, dict) and format_.get("type") in ("json_object", "json_schema")
+
+
+def forces_tool(body: dict[str, Any]) -> bool:
+    """`tool_choice` makes the model call a tool: `required`, or one named function."""
+    choice = body.get("tool_choice")
+    return bool(body.get("tools")) and (choice == "required" or (isinstance(choice, dict) and choice.get("type") == "function"))
 
 
 def last_user_text(body: dict[str, Any]) -> str:
