@@ -170,6 +170,18 @@ def test_function_calls_are_served_unchanged_under_pref_aligner(start, fake_upst
     assert fake_upstream.chat_bodies("aligner") == []  # nothing was rewritten
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_streamed_function_calls_under_pref_aligner_with_the_sdk(start, fake_upstream, mode):
+    proxy = start(mode, "pref_aligner")
+    with client(proxy, **prefs_header(STYLE)).responses.stream(model="tool-call", input="Weather?", tools=[WEATHER_TOOL]) as events:
+        kinds = [event.type for event in events]
+        final = events.get_final_response()
+    calls = [item for item in final.output if item.type == "function_call"]
+    assert calls[0].call_id == "call_1" and orjson.loads(calls[0].arguments) == {"city": "Paris"}
+    assert "response.function_call_arguments.done" in kinds and kinds[-1] == "response.completed"
+    assert fake_upstream.chat_bodies("aligner") == []
+
+
 def test_via_chat_translates_tools_and_the_tool_loop(start, fake_upstream):
     proxy = start("via_chat")
     sdk = client(proxy)
@@ -399,6 +411,24 @@ def test_stored_profiles_personalize(start, fake_upstream, source):
     response = post(proxy, body, headers)
     assert response.headers["x-perg-aligned"] == "true"
     assert output_texts(response.json()) == [f"Personalized: {QUESTION}"]
+
+
+def test_return_draft_gives_stage_ones_answer(start):
+    proxy = start("via_chat", "pref_aligner")
+    extension = {"preferences": [STYLE], "return_draft": True}
+    response = post(proxy, {"model": "echo", "input": QUESTION, "personalization": extension})
+    field = response.json()["personalization"]
+    assert field["draft"] == QUESTION and field["choices"][0]["outcome"] == "aligned"
+    assert output_texts(response.json()) == [f"Personalized: {QUESTION}"]
+
+
+def test_a_failing_rewrite_serves_stage_ones_answer(start, fake_upstream):
+    proxy = start("native", "pref_aligner", personalization={"aligner": {"model": "error-500"}})
+    response = post(proxy, {"model": "echo", "input": QUESTION}, prefs_header(STYLE))
+    assert response.status_code == 200
+    assert response.headers["x-perg-aligned"] == "fallback"
+    assert output_texts(response.json()) == [QUESTION]
+    assert proxy.metric("perg_aligner_fallbacks_total", {"reason": "upstream_http_500"}) == 1
 
 
 def test_without_preferences_pref_aligner_is_a_pass_through(start, fake_upstream):
