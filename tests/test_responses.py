@@ -280,6 +280,7 @@ def test_an_unset_mode_is_probed(start_proxy, fake_upstream, native, expected):
     upstream = proxy.server.app[SERVICES].upstreams.all[0]
     assert wait_for(lambda: upstream.responses_api) == expected
     assert [(probe.path, probe.body) for probe in fake_upstream.probes if probe.path == "/v1/responses"] == [("/v1/responses", b"{}")]
+    assert httpx2.get(f"{proxy.url}/readyz").json()["responses_api"] == {"main": expected}
     response = post(proxy, {"model": "echo", "input": QUESTION})
     assert output_texts(response.json()) == [QUESTION]
 

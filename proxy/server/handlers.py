@@ -262,7 +262,8 @@ async def readyz(request: web.Request) -> web.Response:
     store, upstreams = await services.readiness.check()
     ready = store == "ok" and all(state == "ok" for state in upstreams.values()) and not services.draining
     status = "draining" if services.draining else ("ready" if ready else "not_ready")
-    body = {"status": status, "store": store, "upstreams": upstreams, "structured_output": services.probes.report()}
+    modes = {upstream.name: upstream.responses_api or "pending" for upstream in services.upstreams.all}
+    body = {"status": status, "store": store, "upstreams": upstreams, "structured_output": services.probes.report(), "responses_api": modes}
     return json_response(body, 200 if ready else 503)
 
 
