@@ -24,8 +24,9 @@ from ..errors import ProxyError, UpstreamProtocolError
 from ..turn import Reply, StreamReply, Turn
 from ..upstream.client import UpstreamClient
 from ..upstream.events import HEARTBEAT
-from ..upstream.responses_chat import forces_tool, from_chat, last_user_text, to_chat, wants_json
+from ..upstream.responses_chat import forces_tool, last_user_text, to_chat, wants_json
 from ..upstream.responses_events import error_event, replay
+from ..upstream.responses_from_chat import from_chat
 from .aligner import Outcome, RewritePlan, personalization_field, record, rewrite_choice
 from .chat import add_usage
 from .context import PipelineContext

@@ -26,8 +26,9 @@ from ..turn import Reply, StreamReply, Turn
 from ..upstream.client import UpstreamClient
 from ..upstream.events import EventParser
 from ..upstream.headers import upstream_request_headers
-from ..upstream.responses_chat import ChatStreamTranslator, from_chat, to_chat
+from ..upstream.responses_chat import to_chat
 from ..upstream.responses_events import TERMINAL_EVENTS, error_event
+from ..upstream.responses_from_chat import ChatStreamTranslator, from_chat
 from ..upstream.responses_probe import responses_mode
 from .context import PipelineContext
 from .forward import forward

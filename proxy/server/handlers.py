@@ -26,7 +26,8 @@ from ..preferences.resolve import personalization_headers, resolve, take_extensi
 from ..turn import Reply, StreamReply, Turn
 from ..upstream.client import UpstreamClient
 from ..upstream.headers import upstream_request_headers
-from ..upstream.responses_chat import served_text, to_chat
+from ..upstream.responses_chat import to_chat
+from ..upstream.responses_from_chat import served_text
 from ..upstream.responses_probe import responses_mode
 from .middleware import TURN, read_body
 from .protocol import check_chat_request, check_responses_request

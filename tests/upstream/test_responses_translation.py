@@ -7,8 +7,9 @@ import pytest
 
 from proxy.errors import InvalidRequest
 from proxy.upstream.events import EventParser
-from proxy.upstream.responses_chat import ChatStreamTranslator, from_chat, output_text, served_text, to_chat
+from proxy.upstream.responses_chat import to_chat
 from proxy.upstream.responses_events import replay
+from proxy.upstream.responses_from_chat import ChatStreamTranslator, from_chat, output_text, served_text
 
 
 @pytest.mark.parametrize(
