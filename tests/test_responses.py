@@ -342,6 +342,33 @@ def test_pref_aligner_streams_the_rewritten_answer(start, fake_upstream, mode):
     assert all(body.get("stream") is not True for body in fake_upstream.response_bodies())  # stage 1 is read whole
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_with_the_guards_off_stage_two_streams_as_it_comes(start, fake_upstream, mode):
+    proxy = start(mode, "pref_aligner", personalization={"aligner": {"guards": False}})
+    with client(proxy, **prefs_header(STYLE)).responses.stream(model="echo", input=QUESTION) as events:
+        deltas = [event.delta for event in events if event.type == "response.output_text.delta"]
+        final = events.get_final_response()
+    assert len(deltas) > 1 and "".join(deltas) == final.output_text == f"Personalized: {QUESTION}"
+    assert (final.model_extra or {})["personalization"]["aligned"] == "true"
+    (stage2,) = fake_upstream.chat_bodies("aligner")
+    assert stage2["stream"] is True
+
+
+@pytest.mark.parametrize(
+    ("aligner", "last", "text"), [("error-500", "response.completed", QUESTION), ("stream-break", "response.failed", None)]
+)
+def test_with_the_guards_off_a_failing_stage_two(start, fake_upstream, aligner, last, text):
+    settings = {"aligner": {"guards": False, "model": aligner}, "relevance_gate": {"mode": "off"}}
+    proxy = start("native", "pref_aligner", personalization=settings)
+    _, events = stream(proxy, {"model": "echo", "input": QUESTION}, prefs_header(STYLE))
+    assert events[-1][0] == last
+    if text is not None:  # failed before any text: the draft is served
+        assert output_texts(events[-1][1]["response"]) == [text]
+        assert events[-1][1]["response"]["personalization"]["aligned"] == "fallback"
+    else:
+        assert events[-1][1]["response"]["status"] == "failed"
+
+
 def test_pref_aligner_stream_sends_heartbeats_while_stage_one_runs(start, fake_upstream):
     proxy = start("native", "pref_aligner", server={"heartbeat_seconds": 0.05})
     response = post(proxy, {"model": "slow-400", "input": QUESTION, "stream": True}, prefs_header(STYLE))

@@ -5,14 +5,13 @@ rewrites the text of its `message` items with the chat pipeline's rewrite, guard
 
 Served unchanged: a response with a function call (the turn is mid tool loop, as chat keeps a
 choice with tool calls), one asked to be JSON (`text.format`), refusals, reasoning and every
-other item. Streamed, the client gets SSE heartbeats while the stages run, then the response's
-events (`responses_events.replay`); a failure after the first heartbeat is an `error` event.
+other item. Streaming: `responses_aligner_stream.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from contextlib import suppress
 from typing import Any
 
@@ -20,12 +19,10 @@ import orjson
 import structlog
 from multidict import CIMultiDict
 
-from ..errors import ProxyError, UpstreamProtocolError
-from ..turn import Reply, StreamReply, Turn
+from ..errors import UpstreamProtocolError
+from ..turn import Reply, Turn
 from ..upstream.client import UpstreamClient
-from ..upstream.events import HEARTBEAT
 from ..upstream.responses_chat import forces_tool, last_user_text, to_chat, wants_json
-from ..upstream.responses_events import error_event, replay
 from ..upstream.responses_from_chat import from_chat
 from .aligner import Outcome, RewritePlan, personalization_field, record, rewrite_choice
 from .chat import add_usage
@@ -35,9 +32,8 @@ from .gate import relevant_preferences
 log = structlog.get_logger("perg.aligner")
 
 
-async def serve_responses_aligner(turn: Turn, ctx: PipelineContext, upstream: UpstreamClient, mode: str) -> Reply | StreamReply:
-    if turn.stream:
-        return await stream_aligned(turn, ctx, upstream, mode)
+async def serve_responses_aligner(turn: Turn, ctx: PipelineContext, upstream: UpstreamClient, mode: str) -> Reply:
+    """The non-streaming path; streaming lives in `responses_aligner_stream`."""
     response, headers = await aligned_response(turn, ctx, upstream, mode)
     return Reply(200, json_headers(headers), orjson.dumps(response))
 
@@ -127,60 +123,21 @@ async def aligned_response(
         if outcome.outcome == "aligned":
             output[index]["content"] = [{"type": "output_text", "text": outcome.text, "annotations": [], "logprobs": []}]
     served = {**response, "output": output, "personalization": personalization_field(turn, p, outcomes)}
-    if usage is not None:
-        given = response.get("usage")
-        served["usage"] = {
-            **(given if isinstance(given, dict) else {}),
-            "input_tokens": usage.get("prompt_tokens", 0),
-            "output_tokens": usage.get("completion_tokens", 0),
-            "total_tokens": usage.get("total_tokens", 0),
-        }
+    served["usage"] = served_usage(response.get("usage"), usage)
     turn.usage = usage
     return served, p.headers
 
 
-async def stream_aligned(turn: Turn, ctx: PipelineContext, upstream: UpstreamClient, mode: str) -> StreamReply:
-    events = aligned_events(turn, ctx, upstream, mode)
-    try:
-        first = await events.__anext__()
-    except BaseException:
-        await events.aclose()
-        raise
-    if first is HEARTBEAT:
-        turn.aligned = "pending"
-    return StreamReply(200, CIMultiDict({"Content-Type": "text/event-stream"}), prepend(first, events), events.aclose, expect_done=False)
-
-
-async def aligned_events(turn: Turn, ctx: PipelineContext, upstream: UpstreamClient, mode: str) -> AsyncGenerator[bytes, None]:
-    """Heartbeats every `heartbeat_seconds` while the stages run, then the response's events. A
-    failure before the first heartbeat raises (its HTTP status kept); after it, an `error` event."""
-    work = asyncio.create_task(aligned_response(turn, ctx, upstream, mode))
-    started = False
-    try:
-        while not work.done():
-            await asyncio.wait({work}, timeout=ctx.heartbeat_seconds)
-            if not work.done():
-                started = True
-                yield HEARTBEAT
-        pending = turn.aligned == "pending"
-        try:
-            response, _ = work.result()
-        except Exception as error:
-            if not started:
-                raise
-            if not isinstance(error, ProxyError):
-                log.exception("responses_aligner_failed", request_id=turn.request_id)
-            turn.error_code = getattr(error, "code", None) or "internal_error"
-            yield error_event(error, 0)
-            return
-        if pending:
-            turn.aligned = "pending"  # as the headers said; the response's `personalization` has the outcome
-        yield b"".join(replay(response))
-    finally:
-        if not work.done():
-            work.cancel()
-            with suppress(BaseException):
-                await work
+def served_usage(given: Any, usage: dict[str, int] | None) -> Any:
+    """Stage 1's `usage` (its details kept) with the counts of every call made for the request."""
+    if usage is None:
+        return given
+    return {
+        **(given if isinstance(given, dict) else {}),
+        "input_tokens": usage.get("prompt_tokens", 0),
+        "output_tokens": usage.get("completion_tokens", 0),
+        "total_tokens": usage.get("total_tokens", 0),
+    }
 
 
 def json_headers(upstream: CIMultiDict[str]) -> CIMultiDict[str]:

@@ -4,7 +4,7 @@
   is relayed as sent (a stream unbuffered, checked to end with a terminal event); a `via_chat`
   one gets the request as a chat completion and its answer comes back as a response.
 * `naive`: the preferences go into `instructions`, after the client's own; one call.
-* `pref_aligner`: `responses_aligner.py`.
+* `pref_aligner`: `responses_aligner.py`, streamed `responses_aligner_stream.py`.
 
 The proxy keeps no state: `store`, `previous_response_id` … go to a `native` upstream as sent; a
 `via_chat` upstream refuses what needs state with a 400 (`upstream/responses_chat.py`).
@@ -33,6 +33,7 @@ from ..upstream.responses_probe import responses_mode
 from .context import PipelineContext
 from .forward import forward
 from .responses_aligner import json_headers, prepend, serve_responses_aligner
+from .responses_aligner_stream import stream_aligned
 
 log = structlog.get_logger("perg.responses")
 PATH = "/responses"
@@ -55,6 +56,8 @@ async def serve_responses(turn: Turn, ctx: PipelineContext) -> Reply | StreamRep
         ctx.metrics.aligner_outcomes.labels("naive", "aligned").inc()
         telemetry.annotate(outcome="aligned")
         return await forward_responses(turn, upstream, mode, with_instructions(turn.body, ctx, turn.preferences))
+    if turn.stream:
+        return await stream_aligned(turn, ctx, upstream, mode)
     return await serve_responses_aligner(turn, ctx, upstream, mode)
 
 
