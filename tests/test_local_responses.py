@@ -104,3 +104,12 @@ def test_stateful_fields_are_refused(local_proxy):
     with client(local_proxy) as sdk, pytest.raises(openai.BadRequestError) as caught:
         sdk.responses.create(model=MODEL_ALIAS, input=QUESTION, previous_response_id="resp_1")
     assert caught.value.body["param"] == "previous_response_id"
+
+
+def test_input_text_parts_are_accepted(local_proxy):
+    """Content as a list of input_text parts (the AI SDK's form) reaches llama_cpp.server as the
+    string its chat template takes (a list there is a 500)."""
+    given = [{"role": "user", "content": [{"type": "input_text", "text": QUESTION}]}]
+    with client(local_proxy, **{"X-Perg-Strategy": "off"}) as sdk:
+        response = sdk.responses.create(model=MODEL_ALIAS, input=given, **OPTIONS)
+    assert response.output_text.strip()

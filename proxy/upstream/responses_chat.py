@@ -114,8 +114,6 @@ def add_item(messages: list[dict[str, Any]], item: dict[str, Any], param: str) -
     elif kind == "function_call_output":
         output = item.get("output")
         content = output if isinstance(output, str) else chat_content(output, f"{param}.output", assistant=False)
-        if isinstance(content, list) and all(part["type"] == "text" for part in content):
-            content = "".join(part["text"] for part in content)  # a tool message's content is text on most servers
         messages.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": content})
     elif kind == "reasoning":
         return  # the model's own reasoning, replayed: chat completions have no place for it
@@ -126,7 +124,7 @@ def add_item(messages: list[dict[str, Any]], item: dict[str, Any], param: str) -
 
 
 def chat_content(content: Any, param: str, *, assistant: bool) -> Any:
-    """A message's content as chat takes it: text parts joined for the assistant, parts mapped else."""
+    """A message's content as chat takes it: text parts joined into a string, other parts mapped."""
     if isinstance(content, str) or content is None:
         return content or ""
     if assistant:
@@ -136,7 +134,10 @@ def chat_content(content: Any, param: str, *, assistant: bool) -> Any:
         raise InvalidRequest(
             f"Invalid type for '{param}.content': a string or a list of parts is expected.", param=f"{param}.content", code="invalid_type"
         )
-    return [chat_part(obj(part), f"{param}.content[{index}]") for index, part in enumerate(content)]
+    parts = [chat_part(obj(part), f"{param}.content[{index}]") for index, part in enumerate(content)]
+    if all(part["type"] == "text" for part in parts):  # text only: one string, which every chat template takes
+        return "\n".join(part["text"] for part in parts)  # (llama_cpp's SmolLM2 template answers a list with a 500)
+    return parts
 
 
 def chat_part(part: dict[str, Any], param: str) -> dict[str, Any]:

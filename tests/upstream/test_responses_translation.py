@@ -45,6 +45,7 @@ def test_input_items_become_messages():
                     "role": "user",
                     "content": [{"type": "input_text", "text": "look"}, {"type": "input_image", "image_url": "https://x/i.png"}],
                 },
+                {"role": "user", "content": [{"type": "input_text", "text": "one"}, {"type": "input_text", "text": "two"}]},
                 {"id": "rs", "type": "reasoning", "summary": []},
                 {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Let me check."}]},
                 {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
@@ -56,6 +57,7 @@ def test_input_items_become_messages():
         {"role": "system", "content": "sys"},
         {"role": "developer", "content": "dev"},
         {"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "https://x/i.png"}}]},
+        {"role": "user", "content": "one\ntwo"},  # text parts only: one string (llama_cpp's templates take no list)
         {"role": "assistant", "content": "Let me check.", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "done"},
     ]  # fmt: skip
