@@ -54,7 +54,8 @@ ROUTES = {  # traced routes (the metrics' bounded route label) -> the span's rou
     "profiles": "/perg/profiles",
     "monitor": "/perg/monitor",
 }
-OPERATIONS = {"/chat/completions": "chat", "/completions": "text_completion", "/embeddings": "embeddings"}
+# the Responses API is a chat operation too in the GenAI conventions' OpenAI section
+OPERATIONS = {"/chat/completions": "chat", "/responses": "chat", "/completions": "text_completion", "/embeddings": "embeddings"}
 REQUEST_PARAMETERS = {"max_tokens": "max_tokens", "max_completion_tokens": "max_tokens", "temperature": "temperature"}
 REQUEST_PARAMETERS |= {"top_p": "top_p", "seed": "seed", "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty"}
 SCHEDULE_DELAY_MS = 1000

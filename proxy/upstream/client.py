@@ -251,7 +251,7 @@ class UpstreamClient:
         upstream's JSON object, untouched, and its response headers (as a client would get them).
         `timeout` bounds each attempt, body included; attempts follow the upstream's retry policy
         (or `retries`)."""
-        with telemetry.upstream_call(self.name, self.settings.base_url, stage, body) as traced, traced.current():
+        with telemetry.upstream_call(self.name, self.settings.base_url, stage, body, path=path) as traced, traced.current():
             attempt = self._post_attempt(orjson.dumps(body), request_id, path)
             with Timed(self, stage):
                 payload, headers = await with_retries(
