@@ -4,6 +4,7 @@ Responses client where the events' parsing matters, by raw HTTP where the bytes 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx2
@@ -140,6 +141,22 @@ def test_off_streams_proper_events_with_the_sdk(start, mode):
     for kind in ("response.output_item.added", "response.content_part.added", "response.output_text.delta",
                  "response.output_text.done", "response.content_part.done", "response.output_item.done"):  # fmt: skip
         assert kind in kinds
+
+
+def test_a_native_stream_is_relayed_as_it_comes(start):
+    proxy = start("native")
+    body = {"model": "drip-150", "input": QUESTION, "stream": True}
+    headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
+    started = time.monotonic()
+    with httpx2.stream("POST", f"{proxy.base_url}/responses", json=body, headers=headers, timeout=30) as response:
+        chunks = response.iter_bytes()
+        first = next(chunks)
+        first_at = time.monotonic() - started
+        rest = b"".join(chunks)
+    total = time.monotonic() - started
+    assert first.startswith(b"event: response.created")
+    assert total > 1.2 and first_at < total / 2  # 10 events 150 ms apart: the first is not held back
+    assert events_of(first + rest)[-1][0] == "response.completed"
 
 
 def test_via_chat_stream_events_are_numbered_and_consistent(start):
