@@ -21,7 +21,7 @@ Behaviour is chosen by the request's `model` (chat) or path:
                             message dict with `_finish` sets the finish_reason, e.g. "length")
 
 POST /v1/responses is a native Responses API, scripted by the same model names (echo, tool-call,
-error-<status>, slow-<ms>, drip-<ms>, stream-break, script:<name> whose callable returns a text, a list of
+error-<status>, slow-<ms>, drip-<ms>, data-only (no `event:` lines), stream-break, script:<name> whose callable returns a text, a list of
 output items or a whole response object) plus stream-no-end (events without a terminal one);
 `responses_native = False` makes it answer 404 as llama_cpp.server does (then the proxy must
 translate to chat completions).
@@ -132,8 +132,9 @@ class FakeUpstream:
         if model in ("stream-break", "stream-no-end"):
             events = events[:4]
         drip = int(model.split("-")[1]) / 1000 if model.startswith("drip-") else 0
-        for event in events:
-            await reply.write(b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n")
+        for event in events:  # `data-only`: without `event:` lines, as some compatible servers send them
+            name = b"" if model == "data-only" else b"event: " + event["type"].encode() + b"\n"
+            await reply.write(name + b"data: " + orjson.dumps(event) + b"\n\n")
             if drip:
                 await asyncio.sleep(drip)
         if model == "stream-break":

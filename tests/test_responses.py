@@ -501,6 +501,13 @@ def test_a_native_stream_that_breaks_ends_in_an_error_event(start, model):
             sdk_events.get_final_response()
 
 
+def test_a_stream_without_event_names_ends_where_its_data_says(start):
+    proxy = start("native")
+    _, events = stream(proxy, {"model": "data-only", "input": QUESTION})
+    assert [name for name, _ in events][-1] == "message" and events[-1][1]["type"] == "response.completed"
+    assert all(data["type"] != "error" for _, data in events)
+
+
 def test_a_via_chat_stream_that_breaks_ends_in_response_failed(start):
     proxy = start("via_chat")
     response, events = stream(proxy, {"model": "stream-break", "input": QUESTION})

@@ -27,7 +27,7 @@ from ..upstream.client import UpstreamClient
 from ..upstream.events import EventParser
 from ..upstream.headers import upstream_request_headers
 from ..upstream.responses_chat import to_chat
-from ..upstream.responses_events import TERMINAL_EVENTS, error_event
+from ..upstream.responses_events import error_event, is_terminal
 from ..upstream.responses_from_chat import ChatStreamTranslator, from_chat
 from ..upstream.responses_probe import responses_mode
 from .context import PipelineContext
@@ -113,7 +113,7 @@ async def to_the_end(chunks: AsyncIterator[bytes], upstream: str) -> AsyncIterat
                 continue
             seen += len(events)
             yield b"".join(event.raw for event in events)
-            if any(event.name in TERMINAL_EVENTS for event in events):
+            if any(is_terminal(event) for event in events):
                 return
         raise UpstreamProtocolError(f"upstream {upstream}'s response stream ended before its response was complete")
     except ProxyError as error:

@@ -15,8 +15,23 @@ from typing import Any
 import orjson
 
 from ..errors import ProxyError, error_payload
+from .events import ServerEvent
 
 TERMINAL_EVENTS = frozenset({b"response.completed", b"response.failed", b"response.incomplete", b"error"})
+
+
+def is_terminal(event: ServerEvent) -> bool:
+    """The event that ends a response's stream, by its SSE name (OpenAI names every event), else
+    by the `type` of its data (servers that send `data:` lines only)."""
+    if event.name != b"message":
+        return event.name in TERMINAL_EVENTS
+    if event.data is None or b'"type"' not in event.data:
+        return False
+    try:
+        data = orjson.loads(event.data)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and isinstance(data.get("type"), str) and data["type"].encode() in TERMINAL_EVENTS
 
 
 def event_bytes(kind: str, payload: dict[str, Any]) -> bytes:
