@@ -166,7 +166,8 @@ class Metrics:
         self.monitor_enqueued = self._counter("perg_monitor_enqueued", "Samples put on the monitor queue.", ("role",))
         self.monitor_dropped = self._counter(
             "perg_monitor_dropped",
-            "Samples dropped: queue full, abandoned at shutdown, or the Redis queue unavailable (redis_unavailable).",
+            "Samples dropped: queue full, abandoned at shutdown, the Redis queue unavailable (redis_unavailable), or a Responses "
+            "request that only means something with stored state (stateful).",
             ("reason",),
         )
         self.trace_spans_dropped = self._counter(

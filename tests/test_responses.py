@@ -589,3 +589,4 @@ def test_a_request_that_needs_stored_state_is_not_sampled(start, fake_upstream):
     assert response.status_code == 200
     labels = {"model": "echo", "strategy": "naive", "role": "served", "relevance": "relevant"}
     assert wait_for(lambda: proxy.metric("perg_monitor_judged_total", labels), timeout=0.5) == 0
+    assert proxy.metric("perg_monitor_dropped_total", {"reason": "stateful"}) == 1

@@ -157,8 +157,8 @@ def _submit_response(turn: Turn, reply: Reply | StreamReply, services: Services)
         if turn.answer is None:
             turn.answer = served_text(reply.body if isinstance(reply, Reply) else None, turn.captured)
         services.monitor.submit(job_of(turn, reply, body))
-    except InvalidRequest:
-        return
+    except InvalidRequest:  # previous_response_id, a hosted tool …: no chat request means the same
+        services.metrics.monitor_dropped.labels("stateful").inc()
     except Exception:  # monitoring never fails a request
         log.exception("monitor_submit_failed")
 
