@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx2
 import openai
 import orjson
+import pydantic
 import pytest
 
 from proxy.local_model import MODEL_ALIAS
@@ -15,16 +16,17 @@ from tests.conftest import ADMIN_KEY, CLIENT_KEY, wait_for
 pytestmark = pytest.mark.local_model
 QUESTION = "Name the capital of France in one word."
 STYLE = "Answer in one short sentence, like a pirate."
-# llama_cpp.server ignores max_completion_tokens (what max_output_tokens becomes): max_tokens,
-# an extra field, travels to it untouched and bounds the answer.
-OPTIONS = {"temperature": 0, "max_output_tokens": 32, "extra_body": {"max_tokens": 32, "seed": 3}}
+# max_output_tokens becomes max_completion_tokens, which llama_cpp.server ignores: the proxy sends
+# it as max_tokens (upstreams[].max_tokens_parameter, set for the embedded model).
+OPTIONS = {"temperature": 0, "max_output_tokens": 32, "extra_body": {"seed": 3}}
 ALIGNED = {"true", "skipped", "fallback"}
 
 
 @pytest.fixture
 def local_proxy(start_proxy, local_model):
     return start_proxy(
-        upstreams=[{"name": "local", "base_url": local_model.base_url}],  # responses_api unset: probed
+        # responses_api unset: probed; max_tokens_parameter as config.example.yaml sets it
+        upstreams=[{"name": "local", "base_url": local_model.base_url, "max_tokens_parameter": "max_tokens"}],
         personalization={"default_strategy": "pref_aligner"},
         auth={"client_keys": [CLIENT_KEY], "admin_key": ADMIN_KEY},
         server={"heartbeat_seconds": 300},
@@ -47,7 +49,7 @@ def test_each_strategy_answers(local_proxy, strategy):
     response = raw.parse()
     assert response.status in ("completed", "incomplete")
     assert response.output_text.strip()
-    assert response.usage is not None and response.usage.output_tokens > 0
+    assert response.usage is not None and 0 < response.usage.output_tokens
     assert raw.headers["x-perg-strategy"] == strategy
     expected = {"off": {"false"}, "naive": {"true"}}.get(strategy, ALIGNED)
     assert raw.headers["x-perg-aligned"] in expected
@@ -63,6 +65,7 @@ def test_off_equals_the_models_own_chat_answer(local_proxy, local_model):
     assert response.output_text == chat.choices[0].message.content
     assert response.usage is not None and chat.usage is not None
     assert response.usage.input_tokens == chat.usage.prompt_tokens
+    assert response.usage.output_tokens <= 32  # max_output_tokens held
 
 
 @pytest.mark.parametrize("strategy", ["off", "pref_aligner"])
@@ -113,3 +116,24 @@ def test_input_text_parts_are_accepted(local_proxy):
     with client(local_proxy, **{"X-Perg-Strategy": "off"}) as sdk:
         response = sdk.responses.create(model=MODEL_ALIAS, input=given, **OPTIONS)
     assert response.output_text.strip()
+
+
+class City(pydantic.BaseModel):
+    city: str
+
+
+@pytest.mark.parametrize("strategy", ["off", "pref_aligner"])
+def test_structured_output_parses(local_proxy, strategy):
+    """`responses.parse(text_format=...)` (the Agents SDK's `output_type` sends the same
+    `text.format` json_schema): constrained on the embedded model, served unchanged."""
+    with client(local_proxy, **{"X-Perg-Strategy": strategy, "X-Perg-Preferences": orjson.dumps([STYLE]).decode()}) as sdk:
+        raw = sdk.responses.with_raw_response.parse(
+            model=MODEL_ALIAS,
+            input="Which city is the capital of France? Answer in JSON.",
+            text_format=City,
+            temperature=0,
+            max_output_tokens=40,
+        )
+    parsed = raw.parse()
+    assert isinstance(parsed.output_parsed, City)
+    assert raw.headers["x-perg-aligned"] == "false"  # JSON is never rewritten

@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 
 from ..errors import UpstreamProtocolError
 from ..turn import Reply, Turn
+from ..upstream.adapt import adapt_chat_body
 from ..upstream.client import UpstreamClient
 from ..upstream.responses_chat import forces_tool, last_user_text, to_chat, wants_json
 from ..upstream.responses_from_chat import from_chat
@@ -43,7 +44,8 @@ async def stage1(turn: Turn, upstream: UpstreamClient, mode: str) -> tuple[dict[
     body = {key: value for key, value in (turn.body or {}).items() if key not in ("stream", "stream_options")}
     timeout = upstream.settings.timeouts.total
     if mode == "via_chat":
-        result = await upstream.chat(to_chat(body), request_id=turn.request_id, timeout=timeout, stage="stage1")
+        chat = adapt_chat_body(to_chat(body), upstream.dialect)
+        result = await upstream.chat(chat, request_id=turn.request_id, timeout=timeout, stage="stage1")
         return from_chat(result.data, body), result.headers
     result = await upstream.chat(body, request_id=turn.request_id, timeout=timeout, stage="stage1", path="/responses")
     output = result.data.get("output")

@@ -23,6 +23,7 @@ from .. import telemetry
 from ..errors import ProxyError, UpstreamProtocolError
 from ..prompts.loader import preference_lines
 from ..turn import Reply, StreamReply, Turn
+from ..upstream.adapt import adapt_chat_body
 from ..upstream.client import UpstreamClient
 from ..upstream.events import EventParser
 from ..upstream.headers import upstream_request_headers
@@ -121,7 +122,7 @@ async def to_the_end(chunks: AsyncIterator[bytes], upstream: str) -> AsyncIterat
 
 
 async def via_chat(turn: Turn, upstream: UpstreamClient, body: dict[str, Any]) -> Reply | StreamReply:
-    chat = to_chat(body)
+    chat = adapt_chat_body(to_chat(body), upstream.dialect)  # json_schema, max_completion_tokens: as the upstream takes them
     timeout = upstream.settings.timeouts.total
     if not turn.stream:
         with turn.waiting():
