@@ -476,6 +476,18 @@ def test_a_failing_rewrite_serves_stage_ones_answer(start, fake_upstream):
     assert proxy.metric("perg_aligner_fallbacks_total", {"reason": "upstream_http_500"}) == 1
 
 
+def test_a_chinese_preference_in_the_b64_header(start, fake_upstream):
+    import base64
+
+    chinese = "用中文回答"
+    encoded = base64.urlsafe_b64encode(orjson.dumps([chinese])).decode().rstrip("=")
+    proxy = start("via_chat", "naive")
+    response = post(proxy, {"model": "echo", "input": QUESTION}, {"X-Perg-Preferences-B64": encoded})
+    assert response.status_code == 200 and response.headers["x-perg-aligned"] == "true"
+    (sent,) = fake_upstream.chat_bodies()
+    assert chinese in sent["messages"][0]["content"]
+
+
 def test_without_preferences_pref_aligner_is_a_pass_through(start, fake_upstream):
     proxy = start("native", "pref_aligner")
     response = post(proxy, {"model": "echo", "input": QUESTION})
