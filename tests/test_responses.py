@@ -273,11 +273,14 @@ def test_via_chat_refuses_what_needs_state_naming_the_field(start, fake_upstream
     assert fake_upstream.chat_bodies() == []
 
 
-def test_via_chat_has_nothing_to_retrieve(start):
+def test_via_chat_has_nothing_to_retrieve(start, fake_upstream):
     proxy = start("via_chat")
-    with pytest.raises(openai.NotFoundError) as caught:
+    with pytest.raises(openai.BadRequestError) as caught:
         client(proxy).responses.retrieve("resp_123")
-    assert "stores nothing" in caught.value.message
+    assert "stores nothing" in caught.value.message and caught.value.body["param"] == "store"
+    with pytest.raises(openai.BadRequestError):
+        client(proxy).responses.delete("resp_123")
+    assert [item.path for item in fake_upstream.received] == []
 
 
 def test_native_retrieval_passes_through(start, fake_upstream):

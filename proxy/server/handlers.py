@@ -87,13 +87,17 @@ async def responses(request: web.Request) -> web.StreamResponse:
 
 async def response_item(request: web.Request) -> web.StreamResponse:
     """`/v1/responses/{id}…` (retrieve, delete, cancel, input items): passed through to a native
-    upstream; an upstream served `via_chat` has nothing stored, so nothing to find."""
+    upstream; on an upstream served `via_chat` nothing is stored, so these need what is not there:
+    a 400 naming `store`, as the other fields that need stored state are."""
     body = await read_body(request) if request.body_exists else None
     upstream = _route(request, body)
     if await responses_mode(upstream) == "via_chat":
-        raise NotFound(
-            f"{request.method} {request.path} is not available: upstream {upstream.name} serves the Responses API through chat "
-            "completions (responses_api: via_chat), and the proxy stores nothing (`store: true` is accepted, nothing is retrievable)."
+        raise InvalidRequest(
+            f"{request.method} {request.path} needs a stored response: upstream {upstream.name} serves the Responses API through "
+            "chat completions (responses_api: via_chat) and the proxy stores nothing (`store: true` is accepted on create, but "
+            "nothing is retrievable later).",
+            param="store",
+            code="unsupported_parameter",
         )
     return await passthrough(request)
 
