@@ -46,6 +46,7 @@ def run_node(
     preferences: list[str] | None = None,
     user: str | None = None,
     max_tokens: int | None = None,
+    schema: str | None = None,
     timeout: float = 120,
 ) -> dict[str, Any]:
     """Run one scenario and return what it printed; a client error comes back as {"error": …}."""
@@ -64,6 +65,8 @@ def run_node(
         env["PERG_USER"] = user
     if max_tokens is not None:
         env["PERG_MAX_TOKENS"] = str(max_tokens)
+    if schema is not None:
+        env["PERG_SCHEMA"] = schema
     done = subprocess.run(
         [node, str(SCRIPT), scenario], cwd=NODE_DIR, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )

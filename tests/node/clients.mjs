@@ -3,7 +3,8 @@
 //   node clients.mjs <scenario>
 //
 // Environment: PERG_BASE_URL (the proxy's /v1 URL), PERG_API_KEY, PERG_MODEL, PERG_PROMPT, and
-// optionally PERG_PREFERENCES (a JSON array of strings, sent as X-Perg-Preferences-B64: base64url
+// optionally PERG_MAX_TOKENS, PERG_SCHEMA (the Output.object schema: "city", the default, or
+// "verdict", an enum a small model cannot run past a token limit with), PERG_PREFERENCES (a JSON array of strings, sent as X-Perg-Preferences-B64: base64url
 // of its UTF-8 JSON, the header that carries any Unicode) and PERG_USER (sent as X-Perg-User).
 // Prints one JSON object on stdout: what the client library returned (text, parsed output, tool
 // steps, stream event types) and the x-perg-* response headers it saw. A client error is printed as
@@ -41,6 +42,8 @@ const provider = createOpenAI({ baseURL, apiKey, headers: preferenceHeaders() })
 const sdk = new OpenAI({ baseURL, apiKey, defaultHeaders: preferenceHeaders(), maxRetries: 0, timeout: 120_000 });
 
 const City = z.object({ city: z.string(), country: z.string() });
+const Verdict = z.object({ answer: z.enum(["yes", "no"]) });
+const schema = env.PERG_SCHEMA === "verdict" ? Verdict : City;
 
 const weather = tool({
   description: "The current weather in a city.",
@@ -72,12 +75,12 @@ const scenarios = {
   // Output.object on the Responses API (text.format json_schema) and on chat completions
   // (response_format json_schema).
   async "ai-object"() {
-    const result = await generateText({ model: provider(model), prompt, maxOutputTokens, maxRetries: 0, output: Output.object({ schema: City }) });
+    const result = await generateText({ model: provider(model), prompt, maxOutputTokens, maxRetries: 0, output: Output.object({ schema }) });
     return { output: result.output, text: result.text, headers: pergHeaders(result.response.headers) };
   },
 
   async "ai-chat-object"() {
-    const result = await generateText({ model: provider.chat(model), prompt, maxOutputTokens, maxRetries: 0, output: Output.object({ schema: City }) });
+    const result = await generateText({ model: provider.chat(model), prompt, maxOutputTokens, maxRetries: 0, output: Output.object({ schema }) });
     return { output: result.output, text: result.text, headers: pergHeaders(result.response.headers) };
   },
 
