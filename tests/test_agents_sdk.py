@@ -12,8 +12,9 @@ back as input items) and `output_type` (a json_schema text format), on both upst
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
@@ -21,7 +22,7 @@ import pytest
 from pydantic import BaseModel
 
 from tests.conftest import ADMIN_KEY, CLIENT_KEY, UPSTREAM_KEY
-from tests.fake_upstream import FakeUpstream, Received
+from tests.fake_upstream import FakeUpstream, Received, pipeline_role, scripted_reply
 
 agents = pytest.importorskip("agents", reason="openai-agents is not installed (pip install -e '.[dev]')")
 
@@ -38,18 +39,29 @@ class City(BaseModel):
 
 
 @pytest.fixture(autouse=True)
-def sdk_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """What the app's deployment sets: tracing off, and a fresh shared HTTP client per test (the
-    SDK keeps one per process, bound to the event loop that first used it)."""
+async def sdk_environment(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """What the app's deployment sets: tracing off. And the SDK's one shared HTTP client (made on
+    first use, bound to that event loop) made fresh for each test and closed after it."""
+    async with agents_sdk(monkeypatch):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def agents_sdk(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
     from agents.models import openai_provider
 
     monkeypatch.setenv("OPENAI_AGENTS_DISABLE_TRACING", "1")
     agents.set_tracing_disabled(True)  # the env is read once per process; this makes sure
     monkeypatch.setattr(openai_provider, "_http_client", None)
-    yield
+    try:
+        yield agents
+    finally:
+        if openai_provider._http_client is not None:
+            await openai_provider._http_client.aclose()
 
 
 def serve(start_proxy: Any, fake: FakeUpstream, mode: str, monkeypatch: pytest.MonkeyPatch, key: str = ALICE_KEY) -> Any:
+    fake.responses_native = mode == "native"  # via_chat: /v1/responses is a 404 there, as on llama_cpp.server
     proxy = start_proxy(
         upstreams=[{"name": "main", "base_url": fake.url, "api_key": UPSTREAM_KEY, "responses_api": mode}],  # type: ignore[attr-defined]
         personalization={"default_strategy": "pref_aligner"},
@@ -139,20 +151,39 @@ def weather(city: str) -> str:
     return json.dumps({"city": city, "forecast": "sunny", "celsius": 21})
 
 
-def weather_loop(body: dict[str, Any]) -> dict[str, Any]:
-    """Chat completions: call `weather` first, answer from its result once there is one."""
-    results = [m for m in body.get("messages", []) if m.get("role") == "tool"]
+def weather_loop(body: dict[str, Any]) -> Any:
+    """Call `weather` first, answer from its result once there is one: on chat completions (via_chat,
+    and the proxy's own gate and stage-2 calls on this model) and on the native Responses API."""
+    if "messages" in body:
+        if pipeline_role(body) != "chat":
+            return {"role": "assistant", "content": scripted_reply(body)}
+        results = [json.loads(m["content"]) for m in body["messages"] if m.get("role") == "tool"]
+        call = {"id": "call_w1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+        return {"role": "assistant", "content": None, "tool_calls": [call]} if not results else forecast_text(results[-1])
+    results = [json.loads(item["output"]) for item in body["input"] if item.get("type") == "function_call_output"]
     if results:
-        forecast = json.loads(results[-1]["content"])
-        return {"role": "assistant", "content": f"It is {forecast['forecast']} in {forecast['city']}, {forecast['celsius']} degrees."}
-    call = {"id": "call_w1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
-    return {"role": "assistant", "content": None, "tool_calls": [call]}
+        return forecast_text(results[-1])
+    return [
+        {
+            "id": "fc_w1",
+            "type": "function_call",
+            "status": "completed",
+            "call_id": "call_w1",
+            "name": "weather",
+            "arguments": '{"city": "Paris"}',
+        }
+    ]
 
 
+def forecast_text(forecast: dict[str, Any]) -> str:
+    return f"It is {forecast['forecast']} in {forecast['city']}, {forecast['celsius']} degrees."
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("stream", [False, True])
-async def test_a_tool_loop_completes_and_only_the_final_answer_is_rewritten(start_proxy, fake_upstream, stream, monkeypatch):
+async def test_a_tool_loop_completes_and_only_the_final_answer_is_rewritten(start_proxy, fake_upstream, mode, stream, monkeypatch):
     fake_upstream.scripts["weather"] = weather_loop
-    serve(start_proxy, fake_upstream, "via_chat", monkeypatch)
+    serve(start_proxy, fake_upstream, mode, monkeypatch)
     agent = agents.Agent(name="assistant", model="script:weather", tools=[weather])
     if stream:
         result: Any = agents.Runner.run_streamed(agent, "What is the weather in Paris?")
@@ -164,12 +195,19 @@ async def test_a_tool_loop_completes_and_only_the_final_answer_is_rewritten(star
     kinds = [item.type for item in result.new_items]
     assert kinds == ["tool_call_item", "tool_call_output_item", "message_output_item"]
     first, second = (item.json for item in stage1_calls(fake_upstream))
-    # the SDK sent the call and its output back as input items; upstream they are chat messages
-    assert [m["role"] for m in second["messages"]] == ["user", "assistant", "tool"]
-    assert second["messages"][1]["tool_calls"][0]["id"] == "call_w1"
-    assert second["messages"][2]["tool_call_id"] == "call_w1"
-    assert json.loads(second["messages"][2]["content"])["forecast"] == "sunny"
-    assert [t["function"]["name"] for t in first["tools"]] == ["weather"]
+    # the SDK sent the call and its output back as input items: forwarded as they are (native), or
+    # as an assistant message with the tool call and a tool message (via_chat)
+    if mode == "native":
+        assert [t["name"] for t in first["tools"]] == ["weather"]
+        call, output = (item for item in second["input"] if item.get("type") in ("function_call", "function_call_output"))
+        assert call["call_id"] == output["call_id"] == "call_w1"
+        assert json.loads(output["output"])["forecast"] == "sunny"
+    else:
+        assert [t["function"]["name"] for t in first["tools"]] == ["weather"]
+        assert [m["role"] for m in second["messages"]] == ["user", "assistant", "tool"]
+        assert second["messages"][1]["tool_calls"][0]["id"] == "call_w1"
+        assert second["messages"][2]["tool_call_id"] == "call_w1"
+        assert json.loads(second["messages"][2]["content"])["forecast"] == "sunny"
     assert_profile_reached_stage2(fake_upstream)  # once: the tool call itself was served unchanged
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import CLIENT_KEY, UPSTREAM_KEY
-from tests.fake_upstream import FakeUpstream, Received
+from tests.fake_upstream import FakeUpstream, Received, pipeline_role, scripted_reply
 from tests.node_clients import node_or_skip, run_node
 
 CHINESE = "请用中文回答，语气友好。"  # "Answer in Chinese, in a friendly tone."
@@ -50,6 +50,7 @@ def aligning_proxy(start_proxy: Any, fake: FakeUpstream, mode: str | None = None
     upstream = {"name": "main", "base_url": fake.url, "api_key": UPSTREAM_KEY}  # type: ignore[attr-defined]
     if mode is not None:
         upstream["responses_api"] = mode
+        fake.responses_native = mode == "native"  # via_chat: /v1/responses is a 404 there, as on llama_cpp.server
     return start_proxy(upstreams=[upstream], personalization={"default_strategy": "pref_aligner"})
 
 
@@ -108,7 +109,9 @@ def test_ai_sdk_output_object_is_served_unchanged_and_parsed(start_proxy, fake_u
 
 
 def weather_loop(body: dict[str, Any]) -> dict[str, Any]:
-    """A model that calls the `weather` tool first and answers from its result once it has one."""
+    """Chat completions: call `weather` first, answer from its result once there is one."""
+    if pipeline_role(body) != "chat":  # the proxy's own calls on this model: gate, stage 2
+        return {"role": "assistant", "content": scripted_reply(body)}
     results = [m for m in body.get("messages", []) if m.get("role") == "tool"]
     if results:
         forecast = json.loads(results[-1]["content"])
