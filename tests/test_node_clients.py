@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx2
 import pytest
 
-from tests.conftest import CLIENT_KEY, UPSTREAM_KEY
+from tests.conftest import ADMIN_KEY, CLIENT_KEY, UPSTREAM_KEY
 from tests.fake_upstream import FakeUpstream, Received, pipeline_role, scripted_reply
 from tests.node_clients import node_or_skip, run_node
 
@@ -76,6 +77,16 @@ def test_ai_sdk_generate_text_on_the_responses_api_serves_the_rewrite(start_prox
     assert result["finishReason"] == "stop"
     assert_chinese_preference_reached_stage2(fake_upstream)
     assert any(item.path == "/v1/responses" for item in fake_upstream.received) == (mode == "native")
+
+
+def test_ai_sdk_app_naming_its_user_gets_the_stored_profile(start_proxy, fake_upstream):
+    proxy = aligning_proxy(start_proxy, fake_upstream, "via_chat")
+    stored = httpx2.put(f"{proxy.url}/perg/profiles/li", json={"preferences": [CHINESE]}, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert stored.status_code == 200
+    result = node(proxy, "ai-generate", user="li")  # X-Perg-User: li
+    assert result["text"] == f"Personalized: {PROMPT}"
+    assert result["headers"]["x-perg-aligned"] == "true"
+    assert_chinese_preference_reached_stage2(fake_upstream)
 
 
 @pytest.mark.parametrize("mode", MODES)

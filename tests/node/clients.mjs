@@ -126,7 +126,12 @@ const scenarios = {
       if (event.type === "response.output_text.delta") text += event.delta;
       if (event.type === "response.completed") completed = event.response;
     }
-    return { text, events, completedText: completed?.output_text ?? null, completedStatus: completed?.status ?? null, headers: pergHeaders(response.headers) };
+    // the final response's own text: its message items' output_text parts
+    const completedText = (completed?.output ?? [])
+      .filter((item) => item.type === "message")
+      .flatMap((item) => item.content.filter((part) => part.type === "output_text").map((part) => part.text))
+      .join("");
+    return { text, events, completedText, completedStatus: completed?.status ?? null, headers: pergHeaders(response.headers) };
   },
 
   async "openai-chat"() {
