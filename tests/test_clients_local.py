@@ -12,7 +12,7 @@ what the answer says. Few calls, small token limits.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
 import httpx2
@@ -82,16 +82,18 @@ def assert_pref_aligner_ran(proxy: RunningProxy) -> None:
 
 
 @pytest.fixture
-def agents_app(make_run: RunningProxy, monkeypatch: pytest.MonkeyPatch) -> Any:
+async def agents_app(make_run: RunningProxy, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
     agents = pytest.importorskip("agents", reason="openai-agents is not installed (pip install -e '.[dev]')")
     from agents.models import openai_provider
 
     monkeypatch.setenv("OPENAI_AGENTS_DISABLE_TRACING", "1")
     agents.set_tracing_disabled(True)
-    monkeypatch.setattr(openai_provider, "_http_client", None)
+    monkeypatch.setattr(openai_provider, "_http_client", None)  # the SDK's shared client, made on this loop
     monkeypatch.setenv("OPENAI_BASE_URL", make_run.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", client_key(make_run))
-    return agents
+    yield agents
+    if openai_provider._http_client is not None:
+        await openai_provider._http_client.aclose()
 
 
 @pytest.mark.parametrize("stream", [False, True])
