@@ -47,6 +47,7 @@ def run_node(
     user: str | None = None,
     max_tokens: int | None = None,
     schema: str | None = None,
+    store: bool | None = None,
     timeout: float = 120,
 ) -> dict[str, Any]:
     """Run one scenario and return what it printed; a client error comes back as {"error": …}."""
@@ -67,6 +68,8 @@ def run_node(
         env["PERG_MAX_TOKENS"] = str(max_tokens)
     if schema is not None:
         env["PERG_SCHEMA"] = schema
+    if store is not None:
+        env["PERG_STORE"] = "true" if store else "false"
     done = subprocess.run(
         [node, str(SCRIPT), scenario], cwd=NODE_DIR, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )

@@ -22,7 +22,8 @@ import pytest
 from pydantic import BaseModel
 
 from tests.conftest import ADMIN_KEY, CLIENT_KEY, UPSTREAM_KEY
-from tests.fake_upstream import FakeUpstream, Received, pipeline_role, scripted_reply
+from tests.fake_upstream import FakeUpstream, Received
+from tests.scripted_tools import weather_loop
 
 agents = pytest.importorskip("agents", reason="openai-agents is not installed (pip install -e '.[dev]')")
 
@@ -149,34 +150,6 @@ async def test_the_user_named_by_the_app_selects_the_profile(start_proxy, fake_u
 def weather(city: str) -> str:
     """The current weather in a city."""
     return json.dumps({"city": city, "forecast": "sunny", "celsius": 21})
-
-
-def weather_loop(body: dict[str, Any]) -> Any:
-    """Call `weather` first, answer from its result once there is one: on chat completions (via_chat,
-    and the proxy's own gate and stage-2 calls on this model) and on the native Responses API."""
-    if "messages" in body:
-        if pipeline_role(body) != "chat":
-            return {"role": "assistant", "content": scripted_reply(body)}
-        results = [json.loads(m["content"]) for m in body["messages"] if m.get("role") == "tool"]
-        call = {"id": "call_w1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
-        return {"role": "assistant", "content": None, "tool_calls": [call]} if not results else forecast_text(results[-1])
-    results = [json.loads(item["output"]) for item in body["input"] if item.get("type") == "function_call_output"]
-    if results:
-        return forecast_text(results[-1])
-    return [
-        {
-            "id": "fc_w1",
-            "type": "function_call",
-            "status": "completed",
-            "call_id": "call_w1",
-            "name": "weather",
-            "arguments": '{"city": "Paris"}',
-        }
-    ]
-
-
-def forecast_text(forecast: dict[str, Any]) -> str:
-    return f"It is {forecast['forecast']} in {forecast['city']}, {forecast['celsius']} degrees."
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -17,8 +17,9 @@ import httpx2
 import pytest
 
 from tests.conftest import ADMIN_KEY, CLIENT_KEY, UPSTREAM_KEY
-from tests.fake_upstream import FakeUpstream, Received, pipeline_role, scripted_reply
+from tests.fake_upstream import FakeUpstream, Received
 from tests.node_clients import node_or_skip, run_node
+from tests.scripted_tools import weather_loop
 
 CHINESE = "请用中文回答，语气友好。"  # "Answer in Chinese, in a friendly tone."
 PROMPT = "What is the capital of France?"
@@ -119,19 +120,7 @@ def test_ai_sdk_output_object_is_served_unchanged_and_parsed(start_proxy, fake_u
         assert sent["response_format"]["type"] == "json_schema"
 
 
-def weather_loop(body: dict[str, Any]) -> dict[str, Any]:
-    """Chat completions: call `weather` first, answer from its result once there is one."""
-    if pipeline_role(body) != "chat":  # the proxy's own calls on this model: gate, stage 2
-        return {"role": "assistant", "content": scripted_reply(body)}
-    results = [m for m in body.get("messages", []) if m.get("role") == "tool"]
-    if results:
-        forecast = json.loads(results[-1]["content"])
-        return {"role": "assistant", "content": f"It is {forecast['forecast']} in {forecast['city']}, {forecast['celsius']} degrees."}
-    call = {"id": "call_w1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
-    return {"role": "assistant", "content": None, "tool_calls": [call]}
-
-
-def test_ai_sdk_tool_loop_completes_and_only_the_final_answer_is_rewritten(start_proxy, fake_upstream):
+def test_ai_sdk_tool_loop_on_chat_completions_rewrites_only_the_final_answer(start_proxy, fake_upstream):
     fake_upstream.scripts["weather"] = weather_loop
     proxy = aligning_proxy(start_proxy, fake_upstream)
     result = node(proxy, "ai-chat-tools", model="script:weather", prompt="What is the weather in Paris?", preferences=[CHINESE])
@@ -143,6 +132,37 @@ def test_ai_sdk_tool_loop_completes_and_only_the_final_answer_is_rewritten(start
     assert [m["role"] for m in second["messages"]] == ["user", "assistant", "tool"]
     assert second["messages"][1]["tool_calls"][0]["function"]["name"] == "weather"
     assert_chinese_preference_reached_stage2(fake_upstream)  # one rewrite: the tool call was served unchanged
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ai_sdk_tool_loop_on_the_responses_api(start_proxy, fake_upstream, mode):
+    """generateText's own loop sends the function call and its output back whole (no item_reference)."""
+    fake_upstream.scripts["weather"] = weather_loop
+    proxy = aligning_proxy(start_proxy, fake_upstream, mode)
+    result = node(proxy, "ai-tools", model="script:weather", prompt="What is the weather in Paris?", preferences=[CHINESE])
+    assert [step["toolCalls"] for step in result["steps"]] == [["weather"], []]
+    assert result["text"] == "Personalized: It is sunny in Paris, 21 degrees."
+    assert_chinese_preference_reached_stage2(fake_upstream)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ai_sdk_second_turn_of_a_conversation(start_proxy, fake_upstream, mode):
+    """The AI SDK sends an earlier answer as an item_reference unless `store: false`: a native
+    upstream resolves it; via_chat keeps no state, so it is a 400 naming the item, never dropped."""
+    proxy = aligning_proxy(start_proxy, fake_upstream, mode)
+    result = node(proxy, "ai-two-turns", model="echo")
+    if mode == "native":
+        assert result["texts"] == [PROMPT, "And again?"]
+        second = fake_upstream.response_bodies()[-1]
+        assert {"type": "item_reference", "id": "msg_fake"} in second["input"]
+    else:
+        error = json.loads(result["error"]["body"])["error"]
+        assert result["error"]["status"] == 400
+        assert error["code"] == "unsupported_parameter" and error["param"] == "input[1].type"
+        assert "item_reference" in error["message"]
+    fake_upstream.clear()
+    stateless = node(proxy, "ai-two-turns", model="echo", store=False)  # the SDK sends the answer itself
+    assert stateless["texts"] == [PROMPT, "And again?"]
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -103,6 +103,37 @@ const scenarios = {
     };
   },
 
+  // The same loop on the Responses API (the provider's default). With `store` left as it is the
+  // SDK sends its earlier output items back as item_reference (ids only the upstream can resolve);
+  // PERG_STORE=false makes it send them whole.
+  async "ai-tools"() {
+    const providerOptions = env.PERG_STORE === "false" ? { openai: { store: false } } : undefined;
+    const result = await generateText({
+      model: provider(model),
+      prompt,
+      tools: { weather },
+      stopWhen: stepCountIs(3),
+      maxOutputTokens,
+      maxRetries: 0,
+      providerOptions,
+    });
+    return {
+      text: result.text,
+      steps: result.steps.map((step) => ({ finishReason: step.finishReason, toolCalls: step.toolCalls.map((c) => c.toolName) })),
+      headers: pergHeaders(result.response.headers),
+    };
+  },
+
+  // Two turns of a conversation, the first turn's response messages kept as history (what a chat
+  // app does). With `store` as it is, the SDK sends the earlier answer as an item_reference.
+  async "ai-two-turns"() {
+    const providerOptions = env.PERG_STORE === "false" ? { openai: { store: false } } : undefined;
+    const first = await generateText({ model: provider(model), prompt, maxOutputTokens, maxRetries: 0, providerOptions });
+    const messages = [{ role: "user", content: prompt }, ...first.response.messages, { role: "user", content: "And again?" }];
+    const second = await generateText({ model: provider(model), messages, maxOutputTokens, maxRetries: 0, providerOptions });
+    return { texts: [first.text, second.text], headers: pergHeaders(second.response.headers) };
+  },
+
   async "ai-chat-generate"() {
     const result = await generateText({ model: provider.chat(model), prompt, maxOutputTokens, maxRetries: 0 });
     return { text: result.text, headers: pergHeaders(result.response.headers) };
