@@ -128,7 +128,7 @@ async def test_an_agents_sdk_output_type_parses_on_make_run(make_run, agents_app
     assert isinstance(result.final_output, Verdict)
 
 
-# --- the openai Python SDK: Responses, and chat completions parse() ---
+# --- the openai Python SDK's Responses client (chat parse() and LangChain: tests/test_local_adapt.py) ---
 
 
 def sdk(proxy: RunningProxy) -> openai.OpenAI:
@@ -155,38 +155,6 @@ def test_openai_responses_parse_on_make_run(make_run):
             model=MODEL_ALIAS, input=QUESTION, text_format=Verdict, max_output_tokens=MAX_TOKENS, temperature=0
         )
     assert isinstance(response.output_parsed, Verdict)
-
-
-def test_openai_chat_completions_parse_on_make_run(make_run):
-    with sdk(make_run) as client:
-        completion = client.chat.completions.parse(
-            model=MODEL_ALIAS,
-            messages=[{"role": "user", "content": QUESTION}],
-            response_format=Verdict,
-            max_tokens=MAX_TOKENS,
-            temperature=0,
-        )
-    assert isinstance(completion.choices[0].message.parsed, Verdict)
-
-
-# --- LangChain: with_structured_output's default (json_schema), max_tokens sent as max_completion_tokens ---
-
-
-def test_langchain_with_structured_output_on_make_run(make_run):
-    langchain_openai = pytest.importorskip("langchain_openai", reason="langchain-openai is not installed (pip install -e '.[dev]')")
-    model = langchain_openai.ChatOpenAI(
-        model=MODEL_ALIAS,
-        base_url=make_run.base_url,
-        api_key=client_key(make_run),
-        max_tokens=MAX_TOKENS,
-        temperature=0,
-        max_retries=0,
-        timeout=180,
-    )
-    result = model.with_structured_output(Verdict, include_raw=True).invoke(QUESTION)
-    assert result["parsing_error"] is None
-    assert isinstance(result["parsed"], Verdict)
-    assert result["raw"].usage_metadata["output_tokens"] <= MAX_TOKENS  # the limit was honoured upstream
 
 
 # --- Node: the Vercel AI SDK (Responses by default), a Chinese preference in X-Perg-Preferences-B64 ---
