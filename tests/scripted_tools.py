@@ -43,3 +43,13 @@ def weather_loop(body: dict[str, Any]) -> Any:
 def forecast_text(forecast: dict[str, Any]) -> str:
     """What the model answers from the tool's result: {"city", "forecast", "celsius"}."""
     return f"It is {forecast['forecast']} in {forecast['city']}, {forecast['celsius']} degrees."
+
+
+def requested_schema(body: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema an upstream request constrains its answer to: a Responses `text.format`, or a
+    chat `response_format` in either form the proxy may send (json_schema, or json_object with a
+    schema for upstreams such as llama_cpp.server)."""
+    if "text" in body:
+        return body["text"]["format"]["schema"]
+    constraint = body["response_format"]
+    return constraint["json_schema"]["schema"] if constraint["type"] == "json_schema" else constraint["schema"]
