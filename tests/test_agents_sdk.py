@@ -61,12 +61,13 @@ async def agents_sdk(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
             await openai_provider._http_client.aclose()
 
 
-def serve(start_proxy: Any, fake: FakeUpstream, mode: str, monkeypatch: pytest.MonkeyPatch, key: str = ALICE_KEY) -> Any:
+def serve(start_proxy: Any, fake: FakeUpstream, mode: str, monkeypatch: pytest.MonkeyPatch, key: str = ALICE_KEY, **sections: Any) -> Any:
     fake.responses_native = mode == "native"  # via_chat: /v1/responses is a 404 there, as on llama_cpp.server
     proxy = start_proxy(
         upstreams=[{"name": "main", "base_url": fake.url, "api_key": UPSTREAM_KEY, "responses_api": mode}],  # type: ignore[attr-defined]
         personalization={"default_strategy": "pref_aligner"},
         auth={"client_keys": [CLIENT_KEY, {"key": ALICE_KEY, "user_id": "alice"}], "admin_key": ADMIN_KEY},
+        **sections,
     )
     stored = httpx2.put(
         f"{proxy.url}/perg/profiles/alice", json={"preferences": [PREFERENCE]}, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -127,6 +128,16 @@ async def test_run_streamed_gets_the_stored_profile(start_proxy, fake_upstream, 
     assert "".join(deltas) == result.final_output
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
     assert "response.failed" not in kinds
+    assert_profile_reached_stage2(fake_upstream)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_run_streamed_reads_through_the_heartbeats_of_a_slow_stage_one(start_proxy, fake_upstream, mode, monkeypatch):
+    serve(start_proxy, fake_upstream, mode, monkeypatch, server={"heartbeat_seconds": 0.05})
+    result = agents.Runner.run_streamed(agents.Agent(name="assistant", model="slow-400"), PROMPT)
+    kinds = [event.data.type async for event in result.stream_events() if event.type == "raw_response_event"]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert result.final_output == f"Personalized: {PROMPT}"
     assert_profile_reached_stage2(fake_upstream)
 
 

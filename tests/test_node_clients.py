@@ -47,13 +47,13 @@ def client_calls(fake: FakeUpstream) -> list[Received]:
     return [item for item in fake.received if item.role == "chat" or item.path == "/v1/responses"]
 
 
-def aligning_proxy(start_proxy: Any, fake: FakeUpstream, mode: str | None = None) -> Any:
+def aligning_proxy(start_proxy: Any, fake: FakeUpstream, mode: str | None = None, **sections: Any) -> Any:
     """A proxy aligning by default; `mode` is the upstream's `responses_api` (chat-only tests leave it)."""
     upstream = {"name": "main", "base_url": fake.url, "api_key": UPSTREAM_KEY}  # type: ignore[attr-defined]
     if mode is not None:
         upstream["responses_api"] = mode
         fake.responses_native = mode == "native"  # via_chat: /v1/responses is a 404 there, as on llama_cpp.server
-    return start_proxy(upstreams=[upstream], personalization={"default_strategy": "pref_aligner"})
+    return start_proxy(upstreams=[upstream], personalization={"default_strategy": "pref_aligner"}, **sections)
 
 
 def node(proxy: Any, scenario: str, model: str = "echo", prompt: str = PROMPT, **options: Any) -> dict[str, Any]:
@@ -184,6 +184,18 @@ def test_openai_node_sdk_responses_stream_is_well_formed(start_proxy, fake_upstr
     assert "response.failed" not in events and "error" not in events
     assert result["text"] == f"Personalized: {PROMPT}"
     assert result["completedText"] == result["text"] and result["completedStatus"] == "completed"
+    assert_chinese_preference_reached_stage2(fake_upstream)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("scenario", ["ai-stream", "openai-responses-stream"])
+def test_node_streams_read_through_the_heartbeats_of_a_slow_stage_one(start_proxy, fake_upstream, mode, scenario):
+    """Stage 1 takes 400 ms, the proxy sends `: keep-alive` every 50 ms meanwhile: both Node SDKs
+    skip the comments, see `x-perg-aligned: pending` and get the rewrite."""
+    proxy = aligning_proxy(start_proxy, fake_upstream, mode, server={"heartbeat_seconds": 0.05})
+    result = node(proxy, scenario, model="slow-400", preferences=[CHINESE])
+    assert result["headers"]["x-perg-aligned"] == "pending"
+    assert result["text"] == f"Personalized: {PROMPT}"
     assert_chinese_preference_reached_stage2(fake_upstream)
 
 
