@@ -1,4 +1,6 @@
-"""Real clients end to end on the real local model, with the settings `make run` serves.
+"""The OpenAI Agents SDK and the Vercel AI SDK end to end on the real local model, with the
+settings `make run` serves (the openai SDK's Responses client: tests/test_local_responses.py; its
+chat `parse()` and LangChain: tests/test_local_adapt.py).
 
 The proxy runs config.example.yaml (its upstream section, `via_chat` Responses translation,
 structured-output style, strategy `pref_aligner`, heartbeats) pointed at the test's own SmolLM2
@@ -16,7 +18,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
 import httpx2
-import openai
 import pytest
 import yaml
 from pydantic import BaseModel
@@ -126,35 +127,6 @@ async def test_an_agents_sdk_output_type_parses_on_make_run(make_run, agents_app
     )
     result = await agents.Runner.run(agent, QUESTION)
     assert isinstance(result.final_output, Verdict)
-
-
-# --- the openai Python SDK's Responses client (chat parse() and LangChain: tests/test_local_adapt.py) ---
-
-
-def sdk(proxy: RunningProxy) -> openai.OpenAI:
-    return openai.OpenAI(base_url=proxy.base_url, api_key=client_key(proxy), max_retries=0, timeout=180)
-
-
-def test_openai_responses_create_with_a_stored_profile_on_make_run(make_run):
-    store_profile(make_run, "bob", [PREFERENCE])
-    with sdk(make_run) as client:
-        raw = client.responses.with_raw_response.create(
-            model=MODEL_ALIAS, input=PROMPT, user="bob", max_output_tokens=MAX_TOKENS, temperature=0
-        )
-    response = raw.parse()
-    assert response.status in ("completed", "incomplete")
-    assert response.output_text.strip()
-    assert raw.headers["x-perg-strategy"] == "pref_aligner"
-    assert raw.headers["x-perg-aligned"] in ALIGNED
-    assert_pref_aligner_ran(make_run)
-
-
-def test_openai_responses_parse_on_make_run(make_run):
-    with sdk(make_run) as client:
-        response = client.responses.parse(
-            model=MODEL_ALIAS, input=QUESTION, text_format=Verdict, max_output_tokens=MAX_TOKENS, temperature=0
-        )
-    assert isinstance(response.output_parsed, Verdict)
 
 
 # --- Node: the Vercel AI SDK (Responses by default), a Chinese preference in X-Perg-Preferences-B64 ---
