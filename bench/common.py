@@ -61,11 +61,10 @@ def start_fake() -> tuple[subprocess.Popen, int]:
     return start_module("tests.fake_upstream")
 
 
-def start_proxy(upstream_port: int, workdir: Path, extra_yaml: str = "", name: str = "proxy") -> tuple[subprocess.Popen, int]:
-    """`perg-proxy serve` pinned to CPU 0 on the fake upstream; `extra_yaml` adds top-level keys."""
-    port = free_port()
-    config = workdir / f"{name}.yaml"
-    config.write_text(
+def proxy_config(path: Path, port: int, upstream_port: int, extra_yaml: str = "") -> Path:
+    """A benchmark proxy's config at `path`: on `port`, the fake upstream, memory profiles, the
+    bench key; `extra_yaml` adds top-level keys."""
+    path.write_text(
         f"""
 server: {{host: 127.0.0.1, port: {port}}}
 upstreams: [{{name: fake, base_url: "http://127.0.0.1:{upstream_port}/v1", api_key: sk-up}}]
@@ -74,6 +73,13 @@ auth: {{client_keys: [{KEY}], admin_key: admin}}
 {extra_yaml}
 """
     )
+    return path
+
+
+def start_proxy(upstream_port: int, workdir: Path, extra_yaml: str = "", name: str = "proxy") -> tuple[subprocess.Popen, int]:
+    """`perg-proxy serve` pinned to CPU 0 on the fake upstream; `extra_yaml` adds top-level keys."""
+    port = free_port()
+    config = proxy_config(workdir / f"{name}.yaml", port, upstream_port, extra_yaml)
     log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
     process = subprocess.Popen(
         pinned(0, [sys.executable, "-m", "proxy", "serve", "--config", str(config)]), cwd=ROOT, stdout=log, stderr=log

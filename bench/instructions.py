@@ -29,26 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import upstream  # noqa: E402
-from bench.common import KEY, free_port, wait_port  # noqa: E402
+from bench.common import KEY, free_port, proxy_config, wait_port  # noqa: E402
 from bench.loadgen import Result, chat_request, run_load  # noqa: E402
 
 START_SECONDS = 600  # a Python process starts about 50x slower under valgrind
 WARMUP = 300
-
-
-def proxy_config(workdir: Path, port: int, upstream_port: int) -> Path:
-    config = workdir / "perg-off.yaml"
-    config.write_text(
-        f"""
-server: {{host: 127.0.0.1, port: {port}}}
-upstreams: [{{name: fake, base_url: "http://127.0.0.1:{upstream_port}/v1", api_key: sk-up}}]
-profiles: {{backend: memory}}
-auth: {{client_keys: [{KEY}], admin_key: admin}}
-personalization: {{default_strategy: "off"}}
-logging: {{level: warning}}
-"""
-    )
-    return config
+OFF = 'personalization: {default_strategy: "off"}\nlogging: {level: warning}'
 
 
 def total_instructions(dump: Path) -> int:
@@ -110,7 +96,14 @@ def run(args: argparse.Namespace) -> None:
             f"http://127.0.0.1:{upstream_port}",
         ]
         floor = measure("bare aiohttp forwarder", floor_argv, floor_port, "", args, workdir)
-        proxy_argv = [sys.executable, "-m", "proxy", "serve", "--config", str(proxy_config(workdir, proxy_port, upstream_port))]
+        proxy_argv = [
+            sys.executable,
+            "-m",
+            "proxy",
+            "serve",
+            "--config",
+            str(proxy_config(workdir / "perg-off.yaml", proxy_port, upstream_port, OFF)),
+        ]
         proxy = measure("perg-proxy off", proxy_argv, proxy_port, KEY, args, workdir)
     finally:
         fake.terminate()
