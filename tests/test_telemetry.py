@@ -200,7 +200,7 @@ def test_the_profile_lookup_is_a_search_memory_span(start_proxy, spans):
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     assert httpx2.put(f"{proxy.url}/perg/profiles/alice", json={"preferences": [STYLE]}, headers=admin).status_code == 200
     assert chat(proxy, prefs=(), user="alice").status_code == 200
-    found = finished(spans)
+    found = finished(spans, requests=2)  # the PUT has a request span too: wait for the chat's as well
     request = server_span(found)
     (memory,) = [s for s in children(found, request) if s.name.startswith("search_memory")]
     assert memory.attributes["gen_ai.operation.name"] == "search_memory"
