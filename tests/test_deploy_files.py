@@ -613,12 +613,14 @@ def test_compose_defaults_every_variable():
 
 
 def test_compose_services_builds_and_dependencies():
-    assert set(SERVICES) == {"proxy", "local-model", "postgres", "prometheus", "grafana"}
-    for name, target in (("proxy", "proxy"), ("local-model", "local-model")):
+    assert set(SERVICES) == {"proxy", "local-model", "postgres", "prometheus", "grafana", "monitor-worker", "redis"}
+    optional = {name for name, service in SERVICES.items() if "profiles" in service}
+    assert optional == {"monitor-worker", "redis"}, "`docker compose up` alone starts what it did before the judges"
+    for name, target in (("proxy", "proxy"), ("local-model", "local-model"), ("monitor-worker", "proxy")):
         build = SERVICES[name]["build"]
         assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
         assert (COMPOSE.parent / build["context"]).resolve() == ROOT and build["target"] == target
-    assert SERVICES["proxy"]["image"] == f"perg-proxy:{VERSION}"
+    assert SERVICES["proxy"]["image"] == SERVICES["monitor-worker"]["image"] == f"perg-proxy:{VERSION}"
     assert SERVICES["local-model"]["image"] == f"perg-proxy-local-model:{VERSION}"
     for name, service in SERVICES.items():
         assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
@@ -675,6 +677,51 @@ def test_compose_proxy_reaches_the_local_model_and_postgres():
     assert SERVICES["postgres"]["healthcheck"]["test"][1:] == ["pg_isready", "-U", postgres["POSTGRES_USER"], "-d", postgres["POSTGRES_DB"]]
 
 
+def compose_settings(service: str, env: dict[str, str]) -> Settings:
+    """The image configuration as `service` loads it, the compose file interpolated with `env`
+    (anything else unset) and then the service's environment applied."""
+    compose = expand_env(yaml.safe_load(COMPOSE_TEXT), env)
+    mounted = {target: source for source, target in bind_mounts(service)}
+    text = mounted[image_config_path()].read_text(encoding="utf-8")
+    return settings_from(text, {key: str(value) for key, value in compose["services"][service]["environment"].items()})
+
+
+def test_compose_judges_profile_runs_the_monitor_worker_on_the_proxys_queue(monkeypatch: pytest.MonkeyPatch):
+    """`--profile judges` adds Redis and `perg-proxy monitor-worker` (same image, configuration file
+    and secrets as the proxy); with PERG_MONITOR_QUEUE=redis the proxy publishes to that Redis and
+    judges nothing. Without it the proxy judges in-process, as before."""
+    worker, redis = SERVICES["monitor-worker"], SERVICES["redis"]
+    assert worker["profiles"] == redis["profiles"] == ["judges"]
+    assert worker["entrypoint"][0] == "perg-proxy"
+    parsed = capture_cli(worker["entrypoint"][1:], monkeypatch)
+    assert parsed.command == "monitor-worker" and parsed.config == image_config_path()
+    assert bind_mounts("monitor-worker") == bind_mounts("proxy")
+    text = IMAGE_CONFIG.read_text(encoding="utf-8")
+    environment = set(worker["environment"])
+    assert required_env(text) <= environment and environment <= set(env_references(yaml.safe_load(text)))
+    shared = environment - {"PERG_MONITOR_QUEUE"}
+    assert {k: SERVICES["proxy"]["environment"][k] for k in shared} == {k: worker["environment"][k] for k in shared}
+
+    assert compose_proxy_settings().monitor.queue == "memory" and compose_proxy_settings().monitor.judges_here
+    queued = {"PERG_MONITOR_QUEUE": "redis"}
+    proxy, judges = compose_settings("proxy", queued), compose_settings("monitor-worker", {})
+    assert proxy.monitor.queue == judges.monitor.queue == "redis" and not proxy.monitor.judges_here, "the proxy judges nothing"
+    assert proxy.monitor.redis_url == judges.monitor.redis_url
+    assert proxy.profiles.dsn == judges.profiles.dsn and judges.profiles.backend == "postgres", "verdicts where the proxy reads"
+    assert proxy.upstreams == judges.upstreams, "the judges call the proxy's upstream"
+    url = urlsplit(judges.monitor.redis_url or "")
+    assert (url.scheme, url.hostname, url.port) == ("redis", "redis", 6379) and redis["expose"] == [str(url.port)]
+    assert redis["healthcheck"]["test"][1:] == ["redis-cli", "ping"]
+
+    assert judges.monitor.worker.host == "0.0.0.0" and worker["expose"] == [str(judges.monitor.worker.port)]
+    probe = urlsplit(healthcheck_url("monitor-worker"))
+    assert probe.hostname == "127.0.0.1" and probe.port == judges.monitor.worker.port and probe.path == "/readyz"
+    assert worker["depends_on"] == {n: {"condition": "service_healthy"} for n in ("local-model", "postgres", "redis")}
+    assert seconds(worker["stop_grace_period"]) > judges.monitor.drain_seconds, "docker stop must outlast the drain"
+    for key in ("read_only", "tmpfs", "cap_drop", "security_opt"):
+        assert worker[key] == SERVICES["proxy"][key], key
+
+
 def prometheus_config_path() -> str:
     (flag,) = [f for f in SERVICES["prometheus"]["command"] if f.startswith("--config.file=")]
     return flag.split("=", 1)[1]
@@ -688,12 +735,17 @@ def test_compose_prometheus_scrapes_the_proxy_with_the_repository_rules(tmp_path
     assert config["global"] == original["global"] and config["rule_files"] == original["rule_files"]
     for name in config["rule_files"]:
         assert (config_file.parent / name).read_bytes() == (DEPLOY / "prometheus" / name).read_bytes(), name
-    (job,) = config["scrape_configs"]
+    job, judges = config["scrape_configs"]
     (base,) = original["scrape_configs"]
     assert {k: job[k] for k in ("job_name", "metrics_path", "scheme")} == {k: base[k] for k in ("job_name", "metrics_path", "scheme")}
     assert_get_route(job["metrics_path"])
     (discovery,) = job["dns_sd_configs"]
     assert discovery["names"] == ["proxy"] and discovery["port"] == compose_proxy_settings().server.port
+    # the judge workers of --profile judges, on their own port (their /metrics, not the proxy's routes)
+    assert judges["job_name"] == "perg-proxy-judges" and judges["metrics_path"] == "/metrics"
+    (discovery,) = judges["dns_sd_configs"]
+    worker_port = compose_settings("monitor-worker", {}).monitor.worker.port
+    assert discovery["names"] == ["monitor-worker"] and discovery["port"] == worker_port
     assert urlsplit(healthcheck_url("prometheus")).port == container_port("prometheus")
 
 
