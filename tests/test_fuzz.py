@@ -8,7 +8,9 @@ response: a documented status, an OpenAI error for every 4xx, never a 500, never
 from __future__ import annotations
 
 import gzip
+import re
 import socket
+import sys
 from importlib import resources
 
 import httpx2
@@ -107,6 +109,16 @@ def test_every_operation_answers_well_formed(case, target):
     undescribable = "X-Perg-Preferences-B64" in (case.headers or {})
     excluded = [positive_data_acceptance] if stateful or undescribable else []
     case.validate_response(response, excluded_checks=excluded)
+
+
+def test_the_schemas_not_blank_is_the_codes_strip():
+    """NotBlank (user ids, sample ids, preferences) spells out the whitespace of str.strip(), which
+    the code checks, as an explicit class: ECMA-262's \\s (what clients' validators use) is another set."""
+    pattern = SPEC["components"]["schemas"]["NotBlank"]["pattern"]
+    assert "\\s" not in pattern.lower(), "no \\s or \\S: its meaning differs between regex dialects"
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        assert bool(re.search(pattern, char)) == bool(char.strip()), hex(code)
 
 
 def post_raw(target, body: bytes, headers: dict[str, str] | None = None) -> httpx2.Response:

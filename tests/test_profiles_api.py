@@ -109,6 +109,22 @@ def test_bad_profile_bodies(profiles_proxy, method, body, param):
     assert response.json()["error"]["param"] == param
 
 
+@pytest.mark.parametrize("user", ["%0D", "%20%09", "%E3%80%80", "a%00b", "x" * 257])
+def test_invalid_user_ids_are_400_on_every_profile_route(profiles_proxy, user):
+    """Only whitespace, U+0000 or over 256 characters: not a user id (proxy/openapi.yaml's UserId),
+    on every backend and route alike, never a 404 or a store error."""
+    for method, body in (("GET", None), ("PUT", {"preferences": ["a"]}), ("PATCH", {"add": ["a"]}), ("DELETE", None)):
+        response = httpx2.request(method, url(profiles_proxy, user), json=body, headers=ADMIN)
+        assert response.status_code == 400, (method, response.text)
+        assert response.json()["error"]["param"] == "user_id" and response.json()["error"]["code"] == "invalid_user"
+
+
+def test_user_ids_keep_their_spaces_and_odd_characters(profiles_proxy):
+    for raw, user in (("%20a%20", " a "), ("%E2%80%8B", "\u200b"), ("%EF%BB%BF", "\ufeff"), ("x" * 256, "x" * 256)):
+        assert httpx2.put(url(profiles_proxy, raw), json={"preferences": ["a"]}, headers=ADMIN).status_code == 200, raw
+        assert httpx2.get(url(profiles_proxy, raw), headers=ADMIN).json()["user_id"] == user
+
+
 def test_patch_over_the_limit_adds_nothing(profiles_proxy):
     httpx2.put(url(profiles_proxy, "full"), json={"preferences": [f"p{i}" for i in range(31)]}, headers=ADMIN)
     response = httpx2.patch(url(profiles_proxy, "full"), json={"add": ["a", "b"]}, headers=ADMIN)

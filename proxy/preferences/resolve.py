@@ -94,9 +94,19 @@ def check_strategy(value: Any, param: str) -> str:
     return value
 
 
+MAX_USER_CHARS = 256
+
+
 def check_user(value: Any, param: str) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > 256:
-        raise InvalidRequest(f"'{param}' must be a non-empty string of at most 256 characters.", param=param, code="invalid_user")
+    """A user id, wherever it is given (`personalization.user_id`, `X-Perg-User`, the profile
+    routes' path): 1 to 256 characters, not only whitespace, without U+0000 (no store can keep
+    it). proxy/openapi.yaml's `UserId` schema says the same."""
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_USER_CHARS or "\x00" in value:
+        raise InvalidRequest(
+            f"'{param}' must be a string of 1 to {MAX_USER_CHARS} characters, not only whitespace and without U+0000.",
+            param=param,
+            code="invalid_user",
+        )
     return value
 
 

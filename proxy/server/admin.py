@@ -16,7 +16,7 @@ from aiohttp import web
 from ..errors import InvalidRequest, NotFound
 from ..monitor.figures import rate_intervals
 from ..preferences.models import Profile
-from ..preferences.resolve import check_preferences
+from ..preferences.resolve import check_preferences, check_user
 from .middleware import read_body
 from .protocol import parse_json_object
 from .services import SERVICES, Services
@@ -49,10 +49,8 @@ def page_limit(request: web.Request, default: int = 20) -> int:
 
 
 def user_of(request: web.Request) -> str:
-    user_id = request.match_info["user_id"]
-    if not user_id.strip() or len(user_id) > 256:
-        raise InvalidRequest("The user id must be 1 to 256 characters.", param="user_id", code="invalid_user")
-    return user_id
+    """The path's user id, checked as everywhere else a user is named."""
+    return check_user(request.match_info["user_id"], "user_id")
 
 
 def store_of(request: web.Request) -> Any:
