@@ -76,7 +76,8 @@ def test_series_buckets_counts_rates_and_wilson_intervals(start_proxy):
 
 @pytest.mark.parametrize(
     ("query", "param"),
-    [({"buckets": "0"}, "buckets"), ({"buckets": "201"}, "buckets"), ({"buckets": "x"}, "buckets"), ({"window_seconds": "-1"}, "window_seconds"), ({"what": "1"}, "what")],
+    [({"buckets": "0"}, "buckets"), ({"buckets": "201"}, "buckets"), ({"buckets": "x"}, "buckets"), ({"window_seconds": "-1"}, "window_seconds"), ({"what": "1"}, "what"),
+     ({"buckets": "\u00b2"}, "buckets"), ({"buckets": "\u0664"}, "buckets"), ({"buckets": "9" * 5000}, "buckets")],
 )  # fmt: skip
 def test_series_refuses_bad_parameters(proxy, query, param):
     response = get(proxy, "/perg/monitor/series", **query)

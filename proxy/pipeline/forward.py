@@ -69,7 +69,7 @@ async def forward(
 
 def _large_or_unknown(response: UpstreamResponse) -> bool:
     length = response.headers.get("Content-Length")
-    return length is None or not length.isdigit() or int(length) > BUFFER_LIMIT
+    return length is None or not (length.isascii() and length.isdigit()) or int(length) > BUFFER_LIMIT
 
 
 def _end(traced: telemetry.CallTrace, turn: Turn, response: UpstreamResponse, error: BaseException | None) -> None:

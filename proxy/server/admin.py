@@ -41,11 +41,20 @@ def only_query(request: web.Request, allowed: set[str]) -> None:
             raise InvalidRequest(f"Unknown query parameter: '{name}'.", param=name, code="unknown_parameter")
 
 
+def query_integer(raw: str, low: int, high: int) -> int | None:
+    """`raw` as an integer from `low` to `high`, or None. ASCII digits only: str.isdigit() also
+    takes '²' and other digits int() refuses, and int() refuses over 4300 digits."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
+        return None
+    value = int(raw)
+    return value if low <= value <= high else None
+
+
 def page_limit(request: web.Request, default: int = 20) -> int:
-    raw = request.query.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    limit = query_integer(request.query.get("limit", str(default)), 1, MAX_LIMIT)
+    if limit is None:
         raise InvalidRequest(f"'limit' must be an integer from 1 to {MAX_LIMIT}.", param="limit", code="invalid_value")
-    return int(raw)
+    return limit
 
 
 def user_of(request: web.Request) -> str:

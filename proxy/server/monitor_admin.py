@@ -20,7 +20,7 @@ from ..monitor.canary_history import CANARY_COUNTS
 from ..monitor.figures import canary_figures, canary_groups, process_figures, rate_intervals
 from ..preferences.models import JudgedSample, SampleCounts, SampleSeries, Verdict
 from ..preferences.store_errors import SampleNotFound, StoreError
-from .admin import json_response, only_query, ratios, store_of
+from .admin import json_response, only_query, query_integer, ratios, store_of
 from .middleware import read_body
 from .protocol import parse_json_object
 from .services import SERVICES, Services
@@ -45,10 +45,10 @@ def window_of(request: web.Request) -> float:
 
 
 def buckets_of(request: web.Request) -> int:
-    raw = request.query.get("buckets", str(DEFAULT_BUCKETS))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_BUCKETS:
+    buckets = query_integer(request.query.get("buckets", str(DEFAULT_BUCKETS)), 1, MAX_BUCKETS)
+    if buckets is None:
         raise InvalidRequest(f"'buckets' must be an integer from 1 to {MAX_BUCKETS}.", param="buckets", code="invalid_value")
-    return int(raw)
+    return buckets
 
 
 def figures_of(counts: SampleCounts) -> dict[str, Any]:
