@@ -49,8 +49,7 @@ async def serve(settings: Settings, with_local_model: bool = False, reuse_port: 
         # A young-generation collection walks every live young object, and at any moment most of
         # them belong to requests still in flight: collected every 700 net allocations (the default)
         # they are walked again and again. Every 7,000 cuts the collector's share of a pass-through
-        # request to almost nothing (bench/instructions.py: 1.051M -> 1.019M instructions, the same
-        # at 20,000); the cyclic garbage held meanwhile is a few MB at most.
+        # request to almost nothing (docs/benchmark.md); the cyclic garbage held meanwhile is a few MB.
         gc.set_threshold(7000, 10, 10)
         log.info(
             "listening",
