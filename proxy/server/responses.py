@@ -22,7 +22,6 @@ from ..turn import Reply, StreamReply, Turn
 from ..upstream.events import DONE, HEARTBEAT, EventFramer, error_event
 
 CAPTURE_LIMIT = 1024 * 1024
-HEADER_ROOM = 16 * 1024  # bytes allowed for a response's status line and headers
 
 log = structlog.get_logger("perg.sse")
 
@@ -42,6 +41,12 @@ def _fits(request: web.Request, size: int) -> bool:
     them returns without waiting for the client to read."""
     transport = request.transport
     return transport is not None and transport.get_write_buffer_size() + size <= transport.get_write_buffer_limits()[1]
+
+
+def _head_size(response: web.StreamResponse) -> int:
+    """The bytes of a response's status line and headers (an upstream's are relayed), with 1 KiB
+    of room for the ones aiohttp adds when it sends them."""
+    return 1024 + sum(len(name) + len(value.encode("utf-8", "surrogateescape")) + 4 for name, value in response.headers.items())
 
 
 async def write_within(request: web.Request, response: web.StreamResponse, data: bytes, timeout: float) -> None:
@@ -66,7 +71,7 @@ async def send_reply(request: web.Request, turn: Turn, reply: Reply, timeout: fl
     turn.status = reply.status
     apply_turn_headers(response, turn)
     try:
-        if _fits(request, len(reply.body) + HEADER_ROOM):  # the transport takes it all at once: no wait to bound
+        if _fits(request, len(reply.body) + _head_size(response)):  # the transport takes it all at once: no wait to bound
             await response.prepare(request)
             await response.write_eof()
         else:
