@@ -60,11 +60,14 @@ class UpstreamResponse:
         """The body as it arrives, chunk by chunk; an error mid-way raises `UpstreamStreamBroken`."""
         content = self.raw.content
         redactor = self._redactor
+        loop = asyncio.get_running_loop()
         while True:
             try:
-                chunk = content.read_nowait()  # what is in already: no wait, so no deadline to arm
+                chunk = content.read_nowait()  # what is in already: no wait, so no timer to arm
             except (aiohttp.ClientError, OSError) as error:
                 raise transport_error(error, self._upstream, "mid-stream", mid_body=True) from error
+            if chunk and loop.time() >= self._deadline:  # an upstream that never pauses is held to it too
+                raise UpstreamStreamBroken(f"upstream {self._upstream} timed out mid-stream")
             if not chunk and not content.is_eof():
                 chunk = await self._receive(content.readany(), UpstreamStreamBroken, "mid-stream")
             if not chunk:

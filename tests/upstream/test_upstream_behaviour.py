@@ -399,3 +399,35 @@ def test_the_base_urls_query_comes_before_the_clients():
     assert str(client.url("/files")) == "https://x.example/openai/deployments/d/files?api-version=1"
     plain = UpstreamClient(settings_for("http://127.0.0.1:1/v1"), private_metrics())
     assert str(plain.url("/models", "a=%2F")) == "http://127.0.0.1:1/v1/models?a=%2F"
+
+
+async def test_a_relayed_stream_that_never_pauses_is_cut_at_the_total_deadline():
+    """Bytes already in are relayed without waiting (no timer is armed for them), yet the total
+    deadline still holds: a reader that always finds more buffered is stopped once it passes."""
+    event = b'data: {"choices": [{"index": 0, "delta": {"content": "' + b"x" * 4000 + b'"}}]}\n\n'
+
+    async def script(request: Request, writer) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+        ends = time.monotonic() + 5
+        while time.monotonic() < ends:
+            writer.write(event * 16)
+            await writer.drain()
+        return False
+
+    server = await ScriptedServer(script).start()
+    client = UpstreamClient(settings_for(server.url, timeouts={"connect": 1, "first_byte": 2, "idle": 2, "total": 0.5}), private_metrics())
+    await client.start()
+    try:
+        response = await client.send("POST", "/chat/completions", headers={"Content-Type": "application/json"}, data=orjson.dumps(BODY))
+        started, relayed = time.monotonic(), 0
+        with pytest.raises(UpstreamStreamBroken, match="timed out"):
+            try:
+                async for chunk in response.chunks():
+                    relayed += len(chunk)
+                    await asyncio.sleep(0.005)  # a consumer that awaits (a client write): by its next read, more has arrived
+            finally:
+                response.close()
+        assert relayed > 0 and time.monotonic() - started < 2
+    finally:
+        await client.close()
+        await server.stop()
