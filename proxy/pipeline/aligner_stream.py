@@ -36,7 +36,12 @@ class StageTwoBroke(ProxyError):
 
 
 async def serve_pref_aligner_stream(turn: Turn, ctx: PipelineContext) -> StreamReply:
-    events = stream_events(turn, ctx)
+    return await started(turn, stream_events(turn, ctx))
+
+
+async def started(turn: Turn, events: AsyncGenerator[bytes, None], *, expect_done: bool = True) -> StreamReply:
+    """The event stream as a reply once its first event is in: a failure before it is raised (the
+    client gets its status), a heartbeat first means the answer is still pending."""
     try:
         first = await events.__anext__()
     except BaseException:
@@ -45,7 +50,7 @@ async def serve_pref_aligner_stream(turn: Turn, ctx: PipelineContext) -> StreamR
     if first is HEARTBEAT:
         turn.aligned = "pending"
     headers = CIMultiDict({"Content-Type": "text/event-stream"})
-    return StreamReply(200, headers, prepend(first, events), events.aclose)
+    return StreamReply(200, headers, prepend(first, events), events.aclose, expect_done=expect_done)
 
 
 async def prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -11,7 +11,6 @@ other item. Streaming: `responses_aligner_stream.py`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from contextlib import suppress
 from typing import Any
 
@@ -146,9 +145,3 @@ def json_headers(upstream: CIMultiDict[str]) -> CIMultiDict[str]:
     headers = CIMultiDict(upstream)
     headers["Content-Type"] = "application/json"
     return headers
-
-
-async def prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield first
-    async for item in rest:
-        yield item

@@ -17,7 +17,6 @@ from contextlib import suppress
 from typing import Any
 
 import structlog
-from multidict import CIMultiDict
 
 from ..errors import ProxyError
 from ..turn import StreamReply, Turn
@@ -26,10 +25,10 @@ from ..upstream.events import HEARTBEAT
 from ..upstream.responses_chat import listed, obj
 from ..upstream.responses_events import ResponseEvents, error_event, replay, replay_item
 from .aligner import Outcome, RewritePlan, aligner_body, personalization_field, preset, record
-from .aligner_stream import StageTwoBroke, stream_outcome
+from .aligner_stream import StageTwoBroke, started, stream_outcome
 from .chat import add_usage
 from .context import PipelineContext
-from .responses_aligner import aligned_response, message_text, plan, prepend, rewritable, served_usage
+from .responses_aligner import aligned_response, message_text, plan, rewritable, served_usage
 from .rewrite import RewriteFilter
 from .verify import wants_verify
 
@@ -37,15 +36,7 @@ log = structlog.get_logger("perg.aligner")
 
 
 async def stream_aligned(turn: Turn, ctx: PipelineContext, upstream: UpstreamClient, mode: str) -> StreamReply:
-    events = aligned_events(turn, ctx, upstream, mode)
-    try:
-        first = await events.__anext__()
-    except BaseException:
-        await events.aclose()
-        raise
-    if first is HEARTBEAT:
-        turn.aligned = "pending"
-    return StreamReply(200, CIMultiDict({"Content-Type": "text/event-stream"}), prepend(first, events), events.aclose, expect_done=False)
+    return await started(turn, aligned_events(turn, ctx, upstream, mode), expect_done=False)
 
 
 async def aligned_events(turn: Turn, ctx: PipelineContext, upstream: UpstreamClient, mode: str) -> AsyncGenerator[bytes, None]:

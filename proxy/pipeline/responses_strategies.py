@@ -17,7 +17,6 @@ from typing import Any
 
 import orjson
 import structlog
-from multidict import CIMultiDict
 
 from .. import telemetry
 from ..errors import ProxyError, UpstreamProtocolError
@@ -31,9 +30,10 @@ from ..upstream.responses_chat import to_chat
 from ..upstream.responses_events import error_event, is_terminal
 from ..upstream.responses_from_chat import ChatStreamTranslator, from_chat
 from ..upstream.responses_probe import responses_mode
+from .aligner_stream import started
 from .context import PipelineContext
 from .forward import forward
-from .responses_aligner import json_headers, prepend, serve_responses_aligner
+from .responses_aligner import json_headers, serve_responses_aligner
 from .responses_aligner_stream import stream_aligned
 
 log = structlog.get_logger("perg.responses")
@@ -129,13 +129,7 @@ async def via_chat(turn: Turn, upstream: UpstreamClient, body: dict[str, Any]) -
             result = await upstream.chat(chat, request_id=turn.request_id, timeout=timeout, stage="forward")
         turn.usage = result.data.get("usage") if isinstance(result.data.get("usage"), dict) else None
         return Reply(200, json_headers(result.headers), orjson.dumps(from_chat(result.data, body)))
-    events = chat_events(turn, upstream, chat, body)
-    try:
-        first = await events.__anext__()
-    except BaseException:
-        await events.aclose()
-        raise
-    return StreamReply(200, CIMultiDict({"Content-Type": "text/event-stream"}), prepend(first, events), events.aclose, expect_done=False)
+    return await started(turn, chat_events(turn, upstream, chat, body), expect_done=False)
 
 
 async def chat_events(turn: Turn, upstream: UpstreamClient, chat: dict[str, Any], body: dict[str, Any]) -> AsyncGenerator[bytes, None]:
