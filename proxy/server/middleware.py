@@ -7,6 +7,7 @@ layer costs a coroutine frame on the hot path.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 
@@ -152,15 +153,16 @@ def _record(path: str, turn: Turn, metrics: Metrics) -> None:
     strategy = turn.strategy or "none"
     status = turn.status or 499
     method = turn.method if turn.method in METHODS else "other"  # clients may send any token
-    metrics.child(metrics.requests, turn.route, method, str(status), strategy).inc()
-    metrics.child(metrics.request_duration, turn.route, strategy).observe(elapsed)
-    metrics.child(metrics.overhead, turn.route, strategy).observe(overhead)
+    requests, duration, proxy_time = metrics.request_children(turn.route, method, status, strategy)
+    requests.inc()
+    duration.observe(elapsed)
+    proxy_time.observe(overhead)
     if turn.first_token_at is not None:
         metrics.ttft.labels(strategy).observe(turn.first_token_at)
     if turn.error_code and status < 400:
         metrics.stream_errors.labels(turn.error_code).inc()
-    if turn.route in ("metrics", "healthz", "readyz", "openapi.json"):
-        return
+    if turn.route in ("metrics", "healthz", "readyz", "openapi.json") or not log.is_enabled_for(logging.INFO):
+        return  # the line's fields are not even computed when it would be dropped
     log.info(
         "request",
         method=turn.method,
