@@ -95,6 +95,7 @@ CASES: list[tuple[str, Sequence[str], str | None]] = [
 
 # Verbose answers written under a preference (forms met in published PERG results; texts written here)
 SHAPES = ("Circle", "Square", "Triangle", "Hexagon")
+LATE = ("Eating after 8pm causes obesity.", "You will gain weight.", "Eating after 8pm does not have any impact on weight gain.", "No.")
 VERBOSE: list[tuple[str, Sequence[str], str | None]] = [
     # the chosen option first, then a review of the others
     (
@@ -103,6 +104,13 @@ VERBOSE: list[tuple[str, Sequence[str], str | None]] = [
         "B",
     ),
     ("C. Triangle\n\nLet me go through the others:\nA. Circle has no corners.\nB. Square has four.", SHAPES, "C"),
+    # after the prompt's `Preference:` line repeated, and with the option's text spaced otherwise or cut off
+    ("Preference: I like short answers.\n\nB. Canberra. It was built as a compromise.", CITIES, "B"),
+    ("C. Eating after 8 pm has no impact on weight.\n\nOnly the total calories matter.", LATE, "C"),
+    ("Preference: I like real-life examples.\n\nResponse: C. Eating after 8pm does not", LATE, "C"),
+    # not a start too short to tell the options apart, nor one the reply does not stop in
+    ("Response: C. Eat", LATE, None),
+    ("Response: C. Eating after 8pm does not matter, the total counts.", LATE, None),
     # a copy of the option list, then the answer
     ("Here are the options:\nA. Sydney\nB. Canberra\nC. Melbourne\nD. Perth\n\nThe capital is Canberra, option B.", CITIES, "B"),
     ("Options:\nA. Circle\nB. Square\nC. Triangle\nD. Hexagon\n\nA shape with three sides is option C.", SHAPES, "C"),

@@ -19,8 +19,11 @@ answer by accident). Copies of the option list are removed first (`statements.st
 5. an affirmation: `I think it's B`, `I'd go with B`, `B is correct`;
 6. the reply opens with one lettered option, its text in full: `C. It rains all the time in …`,
    however the other options are reviewed after it (how answers written under a preference begin);
+   a repeat of the prompt's `Preference:` line before it is read over, and so are spacing and
+   punctuation in the text (`after 8 pm` for `after 8pm`); a text cut off where the reply stops
+   (the token limit) counts when it is the start of that option's, 12 letters or more;
 7. the first sentence after the reply's only `Answer:` / `Response:` label names one option (by
-   letter and full text, `(option C)` or its text): the label announces the answer and the answer
+   letter and full text as in 6, `(option C)` or its text): the label announces the answer and the answer
    opens with its choice; with several labels the reply answers several questions and this decides
    nothing;
 8. the last concluding sentence (`Therefore, …`, `In summary, …`) names options;
@@ -65,7 +68,6 @@ from .statements import (
     letter_at,
     matchable,
     strip_option_lists,
-    text_at,
 )
 
 Fallback = Callable[[str, Sequence[str]], Awaitable[str | None]]
@@ -109,6 +111,8 @@ _NEGATION = re.compile(
     r"(?:\bnot|n't|\bnever|\bnor|\brather than|\binstead of)\s+(?:the\s+|an?\s+)?"
     r"(?:[^.;:!?]{0,40}?(?:,|\bor|\bnor)\s+)?$"  # also the later items of `not X, Y or Z`
 )
+_ECHOED_PREFERENCE = re.compile(r"^\s*preference\s*:", re.IGNORECASE)  # the reply repeats the prompt's `Preference:` line
+_SQUEEZE = re.compile(r"[\W_]+")
 _MARKUP = re.compile(r"[*`]|__")
 _REJECTED = re.compile(
     r"""\s*(?:[,(]\s*["'“]?""" + r"(?:(?![.!?]\s)[^\n]){0,120}?" + r"""["'”)]?\s*,?\s*)?"""
@@ -222,7 +226,7 @@ def _review_paragraphs(text: str) -> list[str]:
 
 def _opening_option(text: str, letters: str, options: Sequence[str]) -> list[str]:
     """`C. <option C's text>` (or `[C, …]`) as the reply's first line (after a bare `Response:` label)."""
-    lines = [line for line in text.splitlines() if line.strip() and not _LABEL.match(line)]
+    lines = [line for line in text.splitlines() if line.strip() and not _LABEL.match(line) and not _ECHOED_PREFERENCE.match(line)]
     bracketed = _BRACKETED.match(lines[0]) if lines else None
     if bracketed is not None and bracketed.group(1) in letters:
         return [HEDGE if bracketed.group("several") else bracketed.group(1)]  # `[B, No, it is not]`; `[A, B]` is a hedge
@@ -230,7 +234,7 @@ def _opening_option(text: str, letters: str, options: Sequence[str]) -> list[str
     if match is None or match.group(1).upper() not in letters or (len(lines) > 1 and _LETTERED_LINE.match(lines[1])):
         return []  # not an opening line but the first of a list of the options
     letter = match.group(1).upper()
-    return [letter] if text_at(match.group(2), 0, [options[letters.index(letter)]], letter) else []
+    return [letter] if _gives_option(text, match.start(2), options[letters.index(letter)]) else []
 
 
 def _labelled_answer(text: str, letters: str, options: Sequence[str]) -> list[str]:
@@ -249,10 +253,20 @@ def _labelled_answer(text: str, letters: str, options: Sequence[str]) -> list[st
     cited = {
         match.group(1)
         for match in _INLINE_LETTER.finditer(sentence)
-        if match.group(1) in letters and text_at(sentence, match.end(), [options[letters.index(match.group(1))]], match.group(1))
+        if match.group(1) in letters and _gives_option(text, start + match.end(), options[letters.index(match.group(1))])
     }
     named = cited | set(_named_option(sentence, letters, options)) | set(_option_text(sentence, letters, options))
     return list(named) if len(named) == 1 else []
+
+
+def _gives_option(text: str, position: int, option: str) -> bool:
+    """Whether the text at `position` is `option`'s, read over spacing and punctuation (`after 8
+    pm` for `after 8pm`), or the start of it where the reply stops (`C. Just by touching them,`,
+    cut off by the token limit)."""
+    rest, target = _SQUEEZE.sub("", text[position : position + 400].casefold()), _SQUEEZE.sub("", option.casefold())
+    if not matchable(option) or not target:
+        return False
+    return rest.startswith(target) or (position + 400 >= len(text) and len(rest) >= 12 and target.startswith(rest))
 
 
 def _full_text_lines(text: str, letters: str, options: Sequence[str]) -> list[str]:
