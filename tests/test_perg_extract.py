@@ -214,6 +214,52 @@ VERBOSE: list[tuple[str, Sequence[str], str | None]] = [
 ]
 
 
+# the hedge policy `first`: a hedge reads as the first of its options the reply mentions; under `none` as no answer
+HEDGES: list[tuple[str, Sequence[str], str | None]] = [
+    ("The best answer to the question would be either C or B.", CITIES, "C"),  # by letter, in the order written
+    ("The correct answer is B and D.", CITIES, "B"),
+    ("Perth (option D) is large; in conclusion, the best answer is either option A or D.", CITIES, "D"),  # D is mentioned first
+    ("The correct answers are:\nB. Canberra\nD. Perth", CITIES, "B"),  # a list of choices
+    ("[C, A] Melbourne and Sydney are both large.", CITIES, "C"),
+    ("Both Melbourne and Sydney are large cities; either could be meant.", CITIES, "C"),  # by text: Melbourne comes first
+    # no option named at all, or every one rejected: still no answer
+    ("I cannot tell from the question.", CITIES, None),
+    ("Option A is incorrect. Option C is wrong too.", CITIES, None),
+    # what the rules read is unchanged
+    ("The answer is B.\n\nOption D is not the best answer.", CITIES, "B"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "expected"), HEDGES, ids=[repr(c[0])[:50] for c in HEDGES])
+def test_the_first_hedge_policy_reads_a_hedge_as_its_first_option(reply: str, options: Sequence[str], expected: str | None) -> None:
+    assert extract_letter(reply, options, hedges="first") == expected
+    assert extract_letter(reply, options) == (expected if expected is None or "answer is B." in reply else None)
+
+
+async def test_the_hedge_policy_comes_after_the_fallback() -> None:
+    asked: list[str] = []
+
+    async def fallback(text: str, options: Sequence[str]) -> str | None:
+        asked.append(text)
+        return "none" if "either" in text else "D"
+
+    hedge = "The answer is B or C."
+    assert (await extract_answer(hedge, CITIES, fallback, "rules", "first")) == Extraction(letter="B", method="hedge")
+    assert (await extract_answer(hedge, CITIES, fallback, "rules", "none")) == Extraction(letter=None, method="none")
+    assert asked == []
+    assert (await extract_answer("The answer is B or C, either way.", CITIES, fallback, "rules+llm", "first")) == Extraction(
+        letter="B", method="hedge"
+    )
+    assert (await extract_answer("The answer is B or C.", CITIES, fallback, "rules+llm", "first")) == Extraction(
+        letter="D", method="fallback"
+    )
+    assert (await extract_answer("The answer is B or C, either way.", CITIES, fallback, "llm", "first")) == Extraction(
+        letter=None, method="none"
+    )
+    assert (await extract_answer("Answer: A", CITIES, fallback, "rules+llm", "first")) == Extraction(letter="A", method="rule")
+    assert asked == ["The answer is B or C, either way.", "The answer is B or C.", "The answer is B or C, either way."]
+
+
 @pytest.mark.parametrize(("reply", "options", "expected"), CASES, ids=[repr(c[0])[:50] for c in CASES])
 def test_extract_letter(reply: str, options: Sequence[str], expected: str | None) -> None:
     assert extract_letter(reply, options) == expected

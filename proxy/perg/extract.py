@@ -4,6 +4,9 @@ Deterministic rules that describe how replies state a choice, strongest first. T
 that finds anything decides: one letter is the answer; different letters at the same strength make
 the reply ambiguous (None, weaker rules are not consulted, so a hedge is never turned into an
 answer by accident). Copies of the option list are removed first (`statements.strip_option_lists`).
+A hedge stays unreadable unless the caller asks for the hedge policy `first` (`hedges.py`, an
+explicit guess that mirrors the paper's reader): then it reads as the first of its options that
+the reply mentions; a reply that names no option stays unreadable either way.
 
 1. a final answer: `\\boxed{B}`, `<answer>B</answer>`, `Final answer: B` (the last one wins);
 2. an answer statement, the last one in the reply wins (so a self-correction counts): `Answer: B`,
@@ -57,11 +60,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from .cells import LETTERS, normalize_text
+from .hedges import HedgePolicy, first_named
 from .statements import (
     HEDGE,
     QUOTED,
     SENTENCE_END,
     VERB,
+    Hedge,
     answer_statement,
     cited_option,
     declined,
@@ -125,16 +130,18 @@ _SET_ASIDE = re.compile(  # `Other options like home (option A) … are not …`
 
 
 class Extraction(BaseModel):
-    """The letter a reply commits to and which path found it (`none`: counted as unextractable)."""
+    """The letter a reply commits to and which path found it (`hedge`: a hedge resolved by the
+    `first` policy, a guess; `none`: counted as unextractable)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     letter: str | None
-    method: Literal["rule", "fallback", "none"]
+    method: Literal["rule", "fallback", "hedge", "none"]
 
 
-def extract_letter(text: str | None, options: Sequence[str]) -> str | None:
-    """The option letter `text` commits to, or None (no answer, or an ambiguous one)."""
+def extract_letter(text: str | None, options: Sequence[str], hedges: HedgePolicy = "none") -> str | None:
+    """The option letter `text` commits to, or None (no answer, or an ambiguous one). With `hedges`
+    `first`, an ambiguous one is read as the first of its options it mentions (`hedges.py`)."""
     letters = LETTERS[: len(options)]
     if not text or not letters:
         return None
@@ -142,24 +149,42 @@ def extract_letter(text: str | None, options: Sequence[str]) -> str | None:
     for rule in _RULES:
         found = rule(clean, letters, options)
         if found:
-            return found[0] if len(set(found)) == 1 and found[0] != HEDGE else None
+            if len(set(found)) == 1 and found[0] != HEDGE:
+                return found[0]
+            return first_named(clean, found, letters, options) if hedges == "first" else None
     return None
 
 
+def read_by_rules(text: str | None, options: Sequence[str], hedges: HedgePolicy = "none") -> Extraction:
+    """The rules' letter (`rule`), else, under `hedges` `first`, the hedge's first option (`hedge`)."""
+    letter = extract_letter(text, options)
+    if letter is not None:
+        return Extraction(letter=letter, method="rule")
+    guessed = extract_letter(text, options, hedges) if hedges != "none" else None
+    return Extraction(letter=guessed, method="hedge" if guessed else "none")
+
+
 async def extract_answer(
-    text: str | None, options: Sequence[str], fallback: Fallback | None = None, mode: ExtractorMode = "rules+llm"
+    text: str | None,
+    options: Sequence[str],
+    fallback: Fallback | None = None,
+    mode: ExtractorMode = "rules+llm",
+    hedges: HedgePolicy = "none",
 ) -> Extraction:
     """The letter of a reply: by the rules (`rules`), by the fallback alone (`llm`, the paper's way),
-    or by the rules and then the fallback where they find no single letter (`rules+llm`)."""
-    if mode != "llm" or fallback is None:
-        letter = extract_letter(text, options)
+    or by the rules and then the fallback where they find no single letter (`rules+llm`). Where the
+    rules are used, the hedge policy comes last: after the fallback, for what it did not read."""
+    if mode == "llm" and fallback is not None:
+        letter = extract_letter(await fallback(text, tuple(options)), options) if text else None
+        return Extraction(letter=letter, method="fallback" if letter else "none")
+    read = read_by_rules(text, options)
+    if read.letter is not None or not text:
+        return read
+    if fallback is not None and mode == "rules+llm":
+        letter = extract_letter(await fallback(text, tuple(options)), options)
         if letter is not None:
-            return Extraction(letter=letter, method="rule")
-    if fallback is None or mode == "rules" or not text:
-        return Extraction(letter=None, method="none")
-    reply = await fallback(text, tuple(options))
-    letter = extract_letter(reply, options)
-    return Extraction(letter=letter, method="fallback" if letter else "none")
+            return Extraction(letter=letter, method="fallback")
+    return read_by_rules(text, options, hedges)
 
 
 def _anchored(pattern: re.Pattern[str], text: str, letters: str, options: Sequence[str]) -> list[str]:
@@ -229,7 +254,8 @@ def _opening_option(text: str, letters: str, options: Sequence[str]) -> list[str
     lines = [line for line in text.splitlines() if line.strip() and not _LABEL.match(line) and not _ECHOED_PREFERENCE.match(line)]
     bracketed = _BRACKETED.match(lines[0]) if lines else None
     if bracketed is not None and bracketed.group(1) in letters:
-        return [HEDGE if bracketed.group("several") else bracketed.group(1)]  # `[B, No, it is not]`; `[A, B]` is a hedge
+        several = bracketed.group("several")  # `[B, No, it is not]`; `[A, B]` is a hedge
+        return [Hedge((bracketed.group(1), *re.findall("[A-Z]", several))) if several else bracketed.group(1)]
     match = _LETTERED_TEXT.match(lines[0]) if lines else None
     if match is None or match.group(1).upper() not in letters or (len(lines) > 1 and _LETTERED_LINE.match(lines[1])):
         return []  # not an opening line but the first of a list of the options

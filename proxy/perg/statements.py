@@ -7,7 +7,8 @@ An answer statement is `Answer: B`, `the correct answer is (C).`, `The best answ
 answer is most likely B`, `the answer is Canberra` (an option's text), `the best place is a
 cupboard (B)`, or said the other way round: `Option B is the correct answer`, `option B, "…", is
 the most accurate answer`, `we can focus on option C as the most likely answer`. The last one in a
-reply wins; one naming two letters (`is B and D`, `A or C`) is a hedge (`HEDGE`).
+reply wins; one naming two letters (`is B and D`, `A or C`) is a hedge (a `Hedge`, equal to
+`HEDGE`, that keeps the letters it names).
 """
 
 from __future__ import annotations
@@ -20,9 +21,22 @@ from .cells import normalize_text
 HEDGE = "?"
 """What a statement naming two letters yields: an ambiguity, never an answer."""
 
+
+class Hedge(str):
+    """A `HEDGE` (equal to it) that keeps the letters it names, in the order written, for a hedge
+    policy that resolves a hedge rather than reading it as no answer (`hedges.first_named`)."""
+
+    letters: tuple[str, ...]
+
+    def __new__(cls, letters: Sequence[str]) -> Hedge:
+        hedge = super().__new__(cls, HEDGE)
+        hedge.letters = tuple(letters)
+        return hedge
+
+
 _TOKEN = re.compile(r"""\s*["'“‘]?\s*(?:[(\[]\s*(?P<enclosed>[A-Za-z])\s*[)\]]|(?P<bare>[A-Za-z])(?!\w)(?!['’]\w))""")
 _LOWER_END = re.compile(r"""\s*(?:$|[.,;:!?)\]”’]|["'](?!\w))""")  # not an opening quote: `is a "tall building"`
-_SECOND_LETTER = re.compile(r"""\s*(?:,|/|&|\band\b|\bor\b)\s*(?:option\s+|choice\s+)?[(\[]?[A-Z][)\]]?(?![\w'’])""")
+_SECOND_LETTER = re.compile(r"""\s*(?:,|/|&|\band\b|\bor\b)\s*(?:option\s+|choice\s+)?[(\[]?(?P<second>[A-Z])[)\]]?(?![\w'’])""")
 VERB = r"\s*(?:is|would be|should be|must be|will be|=|:|-|–)\s*:?\s*(?:option|choice|letter)?\s*:?"
 _ANSWER = re.compile(r"\b(?:answer|option|choice)" + VERB, re.IGNORECASE)
 _SAME_SENTENCE = r"(?:(?![.!?](?:\s|$))[^\n]){0,160}?"
@@ -117,7 +131,7 @@ def _chosen_run(lines: list[str], start: int, end: int, letters: str) -> bool:
 
 def letter_at(text: str, position: int, letters: str, options: Sequence[str] = ()) -> str | None:
     """The option letter written at `position` (after an anchor such as `answer:`), if any;
-    `HEDGE` when a second letter follows it (`B and D`, `A or C`)."""
+    a `Hedge` when a second letter follows it (`B and D`, `A or C`)."""
     match = _TOKEN.match(text, position)
     if match is None:
         return None
@@ -130,8 +144,11 @@ def letter_at(text: str, position: int, letters: str, options: Sequence[str] = (
     written = match.start("bare") if bare is not None else match.start("enclosed")
     line_start = text.rfind("\n", 0, written)
     on_own_line = line_start >= 0 and not text[line_start + 1 : written].strip(" \t([\"'“‘")
-    if _SECOND_LETTER.match(text, match.end()) or (on_own_line and _listed_with_others(text, match.end(), options)):
-        return HEDGE
+    second = _SECOND_LETTER.match(text, match.end())
+    if second is not None:
+        return Hedge((letter, second.group("second")))
+    if on_own_line and _listed_with_others(text, match.end(), options):
+        return Hedge((letter,))
     return letter
 
 
