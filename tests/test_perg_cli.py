@@ -76,6 +76,73 @@ def test_metrics_text(capsys) -> None:
     assert "| 6 | A | - | A | yes |" in out  # line 6: no letter without preferences
 
 
+READER_SYSTEM = "You read a reply to a multiple-choice question"
+RAW_ANSWERS = (
+    "question,options,gold_option,preference,no_pref_res,pref_res\n"
+    "Which city is the capital of Australia?,\"['Sydney', 'Canberra', 'Melbourne', 'Perth']\",B,Keep it short.,"
+    'The answer is B.,"The planned one, far inland."\n'
+    "Which is the largest city of Australia?,\"['Perth', 'Sydney', 'Darwin', 'Hobart']\",B,Keep it short.,"
+    "Answer: (B),The answer is B or D.\n"
+)
+
+
+def test_metrics_reads_raw_answers_with_the_llm_where_the_rules_cannot(tmp_path, capsys, fake_upstream) -> None:
+    """`eval metrics --answers raw --extractor rules+llm`: the rules read what they can, the model
+    of --base-url (through the judges' client) reads the rest, each answer asked once; the hedge
+    policy comes after it."""
+    results = tmp_path / "raw.csv"
+    results.write_text(RAW_ANSWERS, encoding="utf-8")
+    asked: list[str] = []
+
+    def reader(body: dict[str, Any]) -> str:
+        assert body["messages"][0]["content"].startswith(READER_SYSTEM)
+        assert body["response_format"]["json_schema"]["schema"]["properties"]["letter"]["enum"] == ["A", "B", "C", "D", "none"]
+        asked.append(last_user_text(body))
+        return '{"letter": "B"}' if "far inland" in asked[-1] else '{"letter": "none"}'
+
+    fake_upstream.scripts["reader"] = reader
+    server = ["--base-url", fake_upstream.url, "--model", "script:reader", "--structured-output", "json_schema", "--attempts", "1"]
+    metrics = ["eval", "metrics", "--results", str(results), "--answers", "raw", "--format", "json", "--per-row"]
+    assert main([*metrics, "--extractor", "rules+llm", "--hedges", "none", *server]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [(r["nopref"], r["pref"]) for r in result["rows"]] == [("B", "B"), ("B", None)]
+    assert len(asked) == 2 and "far inland" in asked[0] and "Which city is the capital of Australia?" in asked[0]
+    assert "B or D" in asked[1]  # a hedge is the LLM's to read first
+    assert result["extraction"] | {"failures": []} == {
+        "extractor": "rules+llm", "model": "script:reader", "hedges": "none", "failures": [], "answers_by": {"fallback": 1, "none": 1, "rule": 2},
+    }  # fmt: skip
+    assert (result["breakage_rate"], result["unreadable_pref"]) == (0.5, 0.5)
+    # the hedge the LLM did not read goes to its first option under --hedges first (the default)
+    asked.clear()
+    assert main([*metrics, "--extractor", "rules+llm", *server]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["pref"] for r in result["rows"]] == ["B", "B"] and result["extraction"]["answers_by"] == {
+        "fallback": 1,
+        "hedge": 1,
+        "rule": 2,
+    }
+    assert len(asked) == 2
+    # the rules alone ask nothing; the text report says who read what
+    asked.clear()
+    assert main(["eval", "metrics", "--results", str(results), "--answers", "raw", *server]) == 0
+    out = capsys.readouterr().out
+    assert "| raw answers read | rules, hedges first: 1 hedges resolved to their first option, 1 unreadable, 2 by the rules |" in out
+    assert asked == []
+    # an LLM reader that fails leaves the answer unreadable and says so
+    assert (
+        main(
+            [*metrics, "--extractor", "llm", "--hedges", "none", "--base-url", fake_upstream.url, "--model", "error-500", "--attempts", "1"]
+        )
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["extraction"]["answers_by"] == {"none": 4} and len(result["extraction"]["failures"]) == 4
+    # letter columns are never read by the LLM
+    letters = ["eval", "metrics", "--results", str(FIXTURES / "results_letters.csv"), "--extractor", "llm", *server]
+    assert main(letters) == 2
+    assert "add --answers raw" in capsys.readouterr().err
+
+
 def test_metrics_skips_bad_rows_with_a_summary_and_strict_refuses(capsys) -> None:
     assert main(["eval", "metrics", "--results", str(FIXTURES / "results_bad.csv")]) == 0
     out = capsys.readouterr().out

@@ -281,6 +281,29 @@ async def test_llm_extraction_fallback(tmp_path, fake_upstream):
     assert {r.pref_extraction for r in run.results} == {"none"}  # "The answer is B." is not asked of the rules
 
 
+async def test_the_hedge_policy_of_a_run(tmp_path, fake_upstream):
+    """`--hedges first` (the default) reads a hedge as its first option, `none` as no answer; the report says which."""
+    base = mcq_script()
+
+    def reply(body: dict[str, Any]) -> Any:
+        if pipeline_role(body) == "chat" and body["messages"][0]["role"] == "system":
+            return "The answer is either B or A."
+        return base(body)
+
+    fake_upstream.scripts["mcq"] = reply
+    opts = options(tmp_path, fake_upstream, settings=("relevant",), strategies=("naive",))
+    run = await run_benchmark(opts, progress=False)
+    assert {(r.pref_letter, r.pref_extraction) for r in run.results} == {("B", "hedge")}
+    assert (
+        "a hedge reads as the first of its options the answer mentions, as the paper's reader mostly does (3 resolved so)"
+        in (tmp_path / "out" / "report.md").read_text()
+    )
+    run = await run_benchmark(opts.model_copy(update={"hedges": "none", "out": tmp_path / "none"}), progress=False)
+    assert {(r.pref_letter, r.pref_extraction) for r in run.results} == {(None, "none")}
+    assert "a hedge (an answer naming several options) is unreadable" in (tmp_path / "none" / "report.md").read_text()
+    assert " --hedges none " in opts.model_copy(update={"hedges": "none"}).command_line() and "--hedges" not in opts.command_line()
+
+
 async def test_gate_variants(tmp_path, fake_upstream):
     fake_upstream.scripts["mcq"] = mcq_script()
     strategies = ("pref_aligner", "pref_aligner_gate_off")

@@ -140,7 +140,7 @@ def describe_run(
         + (f" ({protocol.rewrite_tokens} for a rewrite)" if protocol.rewrite_tokens != protocol.answer_tokens else ""),
         "prompt versions": "; ".join([*versions, f"protocol {protocol.version()}", f"follow judge {runner.judging.version('follow')}"]),
         "cases": f"{answered} of {len(results)} answered" + _failed(len(results) - answered),
-        "answer extraction": _extraction(o.extractor, stats.fallback_letters),
+        "answer extraction": _extraction(o.extractor, stats.fallback_letters) + _hedges(o.hedges, stats.hedge_letters),
         "follow verdicts missing": f"{unjudged} (a relevant case without a verdict is not followed, the paper's rule; "
         "counted here and in the `verdict missing` column)",
     }
@@ -168,6 +168,12 @@ def _extraction(mode: str, found: int) -> str:
     if mode == "llm":
         return f"the LLM on the judge's server for every answer, as in the paper ({letters})"
     return f"the rules, then the LLM on the judge's server where they found none ({letters})"
+
+
+def _hedges(policy: str, resolved: int) -> str:
+    if policy == "none":
+        return "; a hedge (an answer naming several options) is unreadable"
+    return f"; a hedge reads as the first of its options the answer mentions, as the paper's reader mostly does ({resolved} resolved so)"
 
 
 def _failed(count: int) -> str:

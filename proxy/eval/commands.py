@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from ..config import StructuredOutput
 from ..perg.datasets import SETTINGS, describe
 from ..perg.extract import EXTRACTOR_MODES
+from ..perg.hedges import HEDGE_POLICIES
 from .offline_commands import add_dataset, add_judge, add_metrics, configure, fail
 from .options import RunOptions
 from .protocols import PROTOCOLS
@@ -35,7 +36,7 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("eval", help="offline PERG benchmark", description="Offline PERG benchmark.")
     sub = parser.add_subparsers(dest="eval_command", required=True, metavar="{run,metrics,dataset,judge}")
     _add_run(sub)
-    add_metrics(sub)
+    add_metrics(sub, _add_server, _add_common)
     add_dataset(sub)
     add_judge(sub, _add_server, _add_common, _default("judge_max_tokens"))
 
@@ -118,6 +119,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "--extractor", choices=EXTRACTOR_MODES, default=_default("extractor"),
         help="how answer letters are read: the rules, the judge model (the paper's way), or the rules then the judge model "
         "where they find none (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--hedges", choices=HEDGE_POLICIES, default=_default("hedges"),
+        help="an answer naming several options: none (unreadable, counted as wrong) or first (the first of them it "
+        "mentions, as the paper's reader mostly does; a guess) (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
         "--resamples", type=int, default=_default("resamples"), help="bootstrap resamples of the intervals (default: %(default)s)"

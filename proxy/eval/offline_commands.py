@@ -18,9 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config import LoggingSettings
+from ..errors import describe_error
 from ..perg.datasets import SETTINGS, DatasetError, load_jsonl, load_pergdata_csv
+from ..perg.extract import EXTRACTOR_MODES
+from ..perg.hedges import DEFAULT_HEDGES, HEDGE_POLICIES
 
 RATE_KEYS = ("breakage_rate", "alignment_failure_rate", "robustness_error_rate", "performance_variation")
+_READ_BY = {"rule": "by the rules", "fallback": "by the LLM", "hedge": "hedges resolved to their first option", "none": "unreadable"}
 REFERENCE_LABELS = "the reference labels written for this project (proxy/perg/data/judge_labels.jsonl; not human annotations)"
 
 
@@ -35,7 +39,7 @@ def configure(args: argparse.Namespace) -> None:
     configure_logging(LoggingSettings(level=args.log_level, format="console"), stream=sys.stderr)
 
 
-def add_metrics(sub: argparse._SubParsersAction) -> None:
+def add_metrics(sub: argparse._SubParsersAction, add_server: Callable[..., None], add_common: Callable[..., None]) -> None:
     p = sub.add_parser(
         "metrics", help="PERG rates of a results CSV (every layout of the paper's files)", description="Re-score a results CSV."
     )
@@ -47,9 +51,21 @@ def add_metrics(sub: argparse._SubParsersAction) -> None:
         help="read the letter columns (strictly) or the raw answers with the extractor; auto: letters when there are (default: %(default)s)",
     )  # fmt: skip
     p.add_argument("--pref-column", help="the column of answers with preferences (default: aligner_answer, pref_ans, pref_answer …)")
+    p.add_argument(
+        "--extractor", choices=EXTRACTOR_MODES, default="rules",
+        help="how raw answers are read: the rules, the model of --base-url (the paper's way), or the rules then the model "
+        "where they find none (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--hedges", choices=HEDGE_POLICIES, default=DEFAULT_HEDGES,
+        help="an answer naming several options: none (unreadable, counted as wrong) or first (the first of them it "
+        "mentions, as the paper's reader mostly does; a guess) (default: %(default)s)",
+    )  # fmt: skip
     p.add_argument("--strict", action="store_true", help="refuse the file if any row cannot be used, instead of skipping it")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("--per-row", action="store_true", help="also list the letters used for each row")
+    add_server(p, "answer reader (--extractor llm or rules+llm)")
+    add_common(p)
     p.set_defaults(run_eval=metrics_command)
 
 
@@ -78,20 +94,71 @@ def add_judge(sub: argparse._SubParsersAction, add_server: Callable[..., None], 
 
 
 def metrics_command(args: argparse.Namespace) -> int:
-    from .rescore import rescore
+    from .rescore import find_columns, rescore
 
+    scoring = {
+        "setting": args.setting, "per_row": args.per_row, "threshold": args.follow_threshold, "answers": args.answers,
+        "pref_column": args.pref_column, "strict": args.strict, "hedges": args.hedges,
+    }  # fmt: skip
     try:
-        result = rescore(
-            args.results, setting=args.setting, per_row=args.per_row, threshold=args.follow_threshold,
-            answers=args.answers, pref_column=args.pref_column, strict=args.strict,
-        )  # fmt: skip
+        if args.extractor == "rules":
+            result = rescore(args.results, **scoring)
+            if "extraction" in result:
+                result["extraction"]["extractor"] = "rules"
+        elif find_columns(args.results, args.answers, args.pref_column).letters:
+            return fail(
+                "metrics",
+                f"--extractor {args.extractor} reads raw answers, and this file's letter columns are read as letters: add --answers raw",
+            )
+        else:
+            configure(args)
+            result = asyncio.run(_rescore_with_llm(args, scoring))
     except (OSError, ValueError) as error:  # DatasetError is a ValueError listing every bad line
         return fail("metrics", str(error))
+    except KeyboardInterrupt:
+        return fail("metrics", "interrupted", 130)
     if args.format == "json":
         print(json.dumps(result, indent=2))
     else:
         print(render_rates(result, args.results, args.setting))
     return 0
+
+
+async def _rescore_with_llm(args: argparse.Namespace, scoring: dict[str, Any]) -> dict[str, Any]:
+    """`rescore` with the raw answers read by the rules then the LLM (or the LLM alone), as `eval
+    run --extractor` reads them: one pass finds the answers, the LLM reads them (each distinct one
+    once, `--concurrency` at a time), a second pass scores them."""
+    from ..perg.extract import Extraction, extract_answer
+    from .judging import LetterExtractor
+    from .rescore import rescore
+
+    answers: dict[tuple[str, tuple[str, ...], str], Extraction] = {}
+    none = Extraction(letter=None, method="none")
+    rescore(args.results, **scoring, read_raw=lambda text, options, question: answers.setdefault((text, tuple(options), question), none))
+    extractor = LetterExtractor(
+        args.base_url.rstrip("/"), args.api_key, args.model, args.structured_output, timeout=args.timeout, attempts=args.attempts
+    )
+    gate = asyncio.Semaphore(args.concurrency)
+    failures: list[str] = []
+
+    async def read(key: tuple[str, tuple[str, ...], str]) -> None:
+        text, options, question = key
+        async with gate:
+            try:
+                answers[key] = await extract_answer(
+                    text, options, lambda reply, shown: extractor.letter(question, reply, shown), args.extractor, args.hedges
+                )
+            except Exception as error:  # noqa: BLE001 - a failed read leaves the answer unreadable, counted
+                failures.append(f"{question[:60]!r}: {describe_error(error)}")
+
+    await extractor.start()
+    try:
+        await asyncio.gather(*(read(key) for key in list(answers)))
+    finally:
+        await extractor.close()
+    result = rescore(args.results, **scoring, read_raw=lambda text, options, question: answers[(text, tuple(options), question)])
+    result["extraction"] |= {"extractor": args.extractor, "model": args.model, "failures": failures}
+    return result
 
 
 def render_rates(result: dict[str, Any], path: str, setting: str) -> str:
@@ -109,6 +176,10 @@ def render_rates(result: dict[str, Any], path: str, setting: str) -> str:
     rows = [[key, percent(result[key])] for key in RATE_KEYS if key in result]
     rows.append(["breakage_rate over readable answers", f"{percent(result['breakage_rate_readable'])} (Q* {result['n_q_star_readable']})"])
     rows.append(["unreadable without / with preferences", f"{percent(result['unreadable_nopref'])} / {percent(result['unreadable_pref'])}"])
+    if "extraction" in result:
+        read = result["extraction"]
+        counts = ", ".join(f"{n} {_READ_BY[method]}" for method, n in read["answers_by"].items())
+        rows.append(["raw answers read", f"{read['extractor']}, hedges {read['hedges']}: {counts}"])
     if columns["follow"]:
         rows.append(["follow verdict missing (counted as not followed)", str(result["n_follow_missing"])])
     lines += table(["metric", "value"], rows)

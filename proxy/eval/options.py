@@ -18,6 +18,7 @@ from ..config import Retries, StructuredOutput, Timeouts, UpstreamSettings
 from ..local_model import MODEL_ALIAS
 from ..perg.datasets import SETTINGS, Setting
 from ..perg.extract import ExtractorMode
+from ..perg.hedges import DEFAULT_HEDGES, HedgePolicy
 from .answering import parse_strategy
 from .protocols import ProtocolName
 
@@ -52,6 +53,7 @@ class RunOptions(BaseModel):
     judge_max_tokens: int = Field(200, ge=1)
     follow_threshold: int = Field(3, ge=1, le=5)
     extractor: ExtractorMode = "rules"
+    hedges: HedgePolicy = DEFAULT_HEDGES
     attempts: int = Field(3, ge=1, le=10)
     backoff_seconds: float = Field(1.0, ge=0)
     timeout: float = Field(120.0, gt=0)

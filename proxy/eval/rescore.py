@@ -14,7 +14,9 @@ Options are a Python list literal or a numpy array repr; `gold_option` is read b
 Letter columns are read strictly (`read_letter_cell`): a letter of an existing option is that
 letter; `-1`, empty, `None`, free text or an out-of-range letter is invalid, counted as wrong (the
 paper's rule), and never goes through the free-text extractor. Without letter columns (or with
-`answers="raw"`) the raw answers are read with `extract_letter`.
+`answers="raw"`) the raw answers are read by the rules under a hedge policy (`read_by_rules`,
+`hedges`), or by a `read_raw` given (`eval metrics --extractor rules+llm`: the rules, then an
+LLM); `extraction` then counts the answers each path read.
 
 A relevant case with no follow verdict (an empty rating) is not followed, the paper's rule, and
 counted in `n_follow_missing`. A row that cannot be used (no options, gold letter out of range)
@@ -32,7 +34,8 @@ from __future__ import annotations
 import csv
 import math
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -40,7 +43,8 @@ from pydantic import BaseModel, ConfigDict
 
 from ..perg.cells import parse_gold, parse_options, read_letter_cell
 from ..perg.datasets import DatasetError, LoadSummary, Rows, Setting, note_repeats, parse_csv
-from ..perg.extract import extract_letter
+from ..perg.extract import Extraction, read_by_rules
+from ..perg.hedges import HedgePolicy
 from ..perg.rates import Record, point_rates, readable_breakage
 
 QUESTION_COLUMNS = ("question", "options", "gold_option")
@@ -51,6 +55,8 @@ PREF_RAW = ("aligner_res", "pref_res")
 FOLLOW_COLUMNS = ("pref_eval_rating", "followed_pref")
 RATE_KEYS = ("breakage_rate", "alignment_failure_rate", "robustness_error_rate", "performance_variation")
 Answers = Literal["auto", "letters", "raw"]
+RawReader = Callable[[str, Sequence[str], str], Extraction]
+"""How a raw answer is read: (answer, options, question) to the letter and the path that found it."""
 _PROFILE = re.compile(r"^profile_(\d+)_(answer|res)$")
 _TRUE = {"true", "yes", "1", "1.0"}
 _FALSE = {"false", "no", "0", "0.0"}
@@ -88,17 +94,25 @@ def rescore(
     answers: Answers = "auto",
     pref_column: str | None = None,
     strict: bool = False,
+    hedges: HedgePolicy = "none",
+    read_raw: RawReader | None = None,
 ) -> dict[str, Any]:
-    """The PERG rates of a results CSV; `per_row` adds `rows`, the letters used, in input order."""
+    """The PERG rates of a results CSV; `per_row` adds `rows`, the letters used, in input order.
+    Raw answers are read by the rules under `hedges`, or by `read_raw` (the rules then an LLM)."""
     if not 1 <= threshold <= 5:
         raise ValueError("threshold must be between 1 and 5")
     columns = find_columns(path, answers, pref_column)
     required = [*QUESTION_COLUMNS, columns.nopref, *(c for _, c in columns.pref)]
     collected: Rows[list[ScoredRow]] = Rows(str(path))
-    loaded = parse_csv(path, required, _row_parser(columns, threshold, collected), strict=strict, rows=collected)
+    methods: Counter[str] = Counter()
+    reader = read_raw or (lambda text, options, question: read_by_rules(text, options, hedges))
+    parser = _row_parser(columns, threshold, collected, _counting(reader, methods))
+    loaded = parse_csv(path, required, parser, strict=strict, rows=collected)
     rows = [case for cases in loaded.entries for case in cases]
     result = _rates(rows, setting, columns.follow is not None)
     result.update(_counts(rows, setting, columns, loaded.summary))
+    if not columns.letters:
+        result["extraction"] = {"hedges": hedges, "answers_by": dict(sorted(methods.items()))}
     profiles = sorted({row.profile for row in rows}, key=lambda p: int(p) if p.isdigit() else 0)
     if len(profiles) > 1:
         result["profiles"] = {p: _rates([r for r in rows if r.profile == p], setting, columns.follow is not None) for p in profiles}
@@ -138,14 +152,28 @@ def _profiles(header: Sequence[str], kind: str) -> tuple[tuple[str, str], ...]:
     return tuple((str(k), name) for k, name in found if k > 0)
 
 
-def _row_parser(columns: Columns, threshold: int, rows: Rows[list[ScoredRow]]) -> Any:
+def _counting(reader: RawReader, methods: Counter[str]) -> RawReader:
+    def read(text: str, options: Sequence[str], question: str) -> Extraction:
+        extraction = reader(text, options, question)
+        methods[extraction.method] += 1
+        return extraction
+
+    return read
+
+
+def _row_parser(columns: Columns, threshold: int, rows: Rows[list[ScoredRow]], read_raw: RawReader) -> Any:
     def parse(line: int, row: dict[str, str]) -> list[ScoredRow]:
         options = parse_options(row["options"])
         if not options:
             raise ValueError("no options")
         note_repeats(rows, line, options)
         gold = parse_gold(row["gold_option"], options)
-        read = (lambda cell: read_letter_cell(cell, len(options))) if columns.letters else (lambda cell: extract_letter(cell, options))
+        question = row["question"]
+        read = (
+            (lambda cell: read_letter_cell(cell, len(options)))
+            if columns.letters
+            else (lambda cell: read_raw(cell, options, question).letter)
+        )
         followed = _followed(row[columns.follow], columns.follow, threshold) if columns.follow else None
         nopref = read(row[columns.nopref])
         return [ScoredRow(line=line, profile=p, gold=gold, nopref=nopref, pref=read(row[c]), followed=followed) for p, c in columns.pref]

@@ -52,6 +52,7 @@ class RunStats:
     answers_cached: int = 0
     answers_failed: int = 0
     fallback_letters: int = 0
+    hedge_letters: int = 0
     drafts_compared: int = 0
     drafts_differ: int = 0
     seconds: dict[str, list[float]] = field(default_factory=dict)
@@ -194,11 +195,12 @@ class Runner:
         """The letter an answer commits to: the rules, the LLM, or the rules then the LLM (`--extractor`)."""
         fallback = partial(self._fallback_letter, item, setting, strategy, errors, label) if self.extractor else None
         try:
-            extraction = await extract_answer(text, item.options, fallback, self.options.extractor)
+            extraction = await extract_answer(text, item.options, fallback, self.options.extractor, self.options.hedges)
         except Exception as error:  # noqa: BLE001 - a failed fallback leaves the answer unextractable
             errors[label] = describe_error(error)
             return Extraction(letter=None, method="none")
         self.stats.fallback_letters += extraction.method == "fallback"
+        self.stats.hedge_letters += extraction.method == "hedge"
         return extraction
 
     async def _fallback_letter(
