@@ -110,6 +110,7 @@ VERBOSE: list[tuple[str, Sequence[str], str | None]] = [
     ("Preference: I like real-life examples.\n\nResponse: C. Eating after 8pm does not", LATE, "C"),
     # not a start too short to tell the options apart, nor one the reply does not stop in
     ("Response: C. Eat", LATE, None),
+    ("Response: D. Nothing is certain here.", LATE, None),  # `No.` is not the start of `Nothing`
     ("Response: C. Eating after 8pm does not matter, the total counts.", LATE, None),
     # a copy of the option list, then the answer
     ("Here are the options:\nA. Sydney\nB. Canberra\nC. Melbourne\nD. Perth\n\nThe capital is Canberra, option B.", CITIES, "B"),

@@ -289,10 +289,14 @@ def _gives_option(text: str, position: int, option: str) -> bool:
     """Whether the text at `position` is `option`'s, read over spacing and punctuation (`after 8
     pm` for `after 8pm`), or the start of it where the reply stops (`C. Just by touching them,`,
     cut off by the token limit)."""
-    rest, target = _SQUEEZE.sub("", text[position : position + 400].casefold()), _SQUEEZE.sub("", option.casefold())
+    window = text[position : position + 400].casefold()
+    rest, target = _SQUEEZE.sub("", window), _SQUEEZE.sub("", option.casefold())
     if not matchable(option) or not target:
         return False
-    return rest.startswith(target) or (position + 400 >= len(text) and len(rest) >= 12 and target.startswith(rest))
+    if rest.startswith(target):  # and the option's last word ends there: `No` is not the start of `Nothing`
+        ends = [match.end() for match in re.finditer(r"[^\W_]", window)]
+        return len(ends) == len(target) or not window[ends[len(target) - 1]].isalnum()
+    return position + 400 >= len(text) and len(rest) >= 12 and target.startswith(rest)
 
 
 def _full_text_lines(text: str, letters: str, options: Sequence[str]) -> list[str]:
