@@ -16,6 +16,7 @@ from proxy.eval.rescore import rescore
 from proxy.perg.cells import parse_options
 from proxy.perg.datasets import load_pergdata_csv
 from proxy.perg.extract import extract_letter
+from proxy.perg.hedges import HEDGE_POLICIES, HedgePolicy
 from tests.conftest import shared_file
 
 CHUNKS = ("mixtral-icl-relevant-full-chunk0.csv", "mixtral-icl-relevant-full-chunk3.csv")
@@ -65,9 +66,9 @@ TUNED_ON = "mixtral-icl-relevant-full-chunk0.csv"
 two (MMLU rows, and a small Mistral-7B run) were held out: docs/eval.md gives both figures."""
 
 
-def extraction_agreement(names: tuple[str, ...] = FILES) -> dict[str, tuple[int, int, int]]:
+def extraction_agreement(names: tuple[str, ...] = FILES, hedges: HedgePolicy = "none") -> dict[str, tuple[int, int, int]]:
     """(rows, agreeing, unreadable) per side over the shared files `names`, on rows whose paper
-    letter is A–D and an option of the row."""
+    letter is A–D and an option of the row, under the hedge policy `hedges`."""
     counts = {"without": [0, 0, 0], "with": [0, 0, 0]}
     for name in names:
         with shared_file("paper", name).open(encoding="utf-8", newline="") as handle:
@@ -76,15 +77,16 @@ def extraction_agreement(names: tuple[str, ...] = FILES) -> dict[str, tuple[int,
                 for side, raw, letter in (("without", "no_pref_res", "no_pref_ans"), ("with", "pref_res", "pref_ans")):
                     if not row[letter] or row[letter] not in "ABCD" or row[letter] not in string.ascii_uppercase[: len(options)]:
                         continue
-                    read = extract_letter(row[raw], options)
+                    read = extract_letter(row[raw], options, hedges)
                     tally = counts[side]
                     tally[0], tally[1], tally[2] = tally[0] + 1, tally[1] + (read == row[letter]), tally[2] + (read is None)
     return {side: (n, agree, unread) for side, (n, agree, unread) in counts.items()}
 
 
-def agreement_figures(label: str, names: tuple[str, ...]) -> tuple[float, float, float]:
+def agreement_figures(label: str, names: tuple[str, ...], hedges: HedgePolicy) -> tuple[float, float, float]:
     """Prints and returns the agreement without and with preferences, and the unreadable ratio."""
-    counts = extraction_agreement(names)
+    counts = extraction_agreement(names, hedges)
+    label = f"{label}, hedges {hedges}"
     rates = {side: (agree / n, unread / n) for side, (n, agree, unread) in counts.items()}
     for side, (n, agree, unread) in counts.items():
         print(
@@ -95,13 +97,20 @@ def agreement_figures(label: str, names: tuple[str, ...]) -> tuple[float, float,
     return rates["without"][0], rates["with"][0], ratio
 
 
-def test_the_extractor_reads_the_papers_raw_answers() -> None:
-    without, with_preferences, ratio = agreement_figures("all shared files", FILES)
-    tuned = agreement_figures(f"tuned on ({TUNED_ON})", (TUNED_ON,))
-    held = agreement_figures("held out (the other files)", tuple(name for name in FILES if name != TUNED_ON))
-    # Floors at the figures reached (issue 10 asks 95% on both sides and at most 1.5x; docs/eval.md says
-    # what the misses are: mostly answers that name several options or state none, where the paper's
-    # reader still gave a letter). Any rule change that loses agreement anywhere fails here.
-    assert without >= 0.951 and with_preferences >= 0.891 and ratio <= 1.80
-    assert tuned[0] >= 0.932 and tuned[1] >= 0.885 and tuned[2] <= 1.18
-    assert held[0] >= 0.965 and held[1] >= 0.896 and held[2] <= 2.98
+@pytest.mark.parametrize("hedges", HEDGE_POLICIES)
+def test_the_extractor_reads_the_papers_raw_answers(hedges: HedgePolicy) -> None:
+    """Floors at the figures reached, under each hedge policy (docs/eval.md, "Reading the paper's raw
+    answers", gives them and what the misses are). Issue 10 asks 95% on both sides and at most 1.5x:
+    `none` (the rules alone) reaches 95% without preferences only; `first` (a hedge read as its first
+    option, the default of `eval`) reaches 95% without preferences and the ratio over all the files,
+    not 95% with preferences (the paper's reader reads answers that name no option, or another one,
+    by their meaning). Any rule change that loses agreement anywhere fails here."""
+    everything = agreement_figures("all shared files", FILES, hedges)
+    tuned = agreement_figures(f"tuned on ({TUNED_ON})", (TUNED_ON,), hedges)
+    held = agreement_figures("held out (the other files)", tuple(name for name in FILES if name != TUNED_ON), hedges)
+    floors = {  # (without, with preferences, at most this unreadable ratio) for all, tuned on, held out
+        "none": ((0.951, 0.892, 1.79), (0.932, 0.887, 1.16), (0.965, 0.896, 2.98)),
+        "first": ((0.974, 0.925, 1.39), (0.977, 0.920, 1.98), (0.971, 0.928, 1.15)),
+    }[hedges]
+    for (without, with_preferences, ratio), (least_without, least_with, most_ratio) in zip((everything, tuned, held), floors, strict=True):
+        assert without >= least_without and with_preferences >= least_with and ratio <= most_ratio
