@@ -61,12 +61,12 @@ from pydantic import BaseModel, ConfigDict
 
 from .cells import LETTERS, normalize_text
 from .hedges import HedgePolicy, first_named
+from .line_rules import bare_last_line, full_text_lines, gives_option, lettered_lines, opening_option, reviewed_options
 from .statements import (
     HEDGE,
     QUOTED,
     SENTENCE_END,
     VERB,
-    Hedge,
     answer_statement,
     cited_option,
     declined,
@@ -83,17 +83,9 @@ ExtractorMode = Literal["rules", "llm", "rules+llm"]
 EXTRACTOR_MODES: tuple[ExtractorMode, ...] = ("rules", "llm", "rules+llm")
 
 _FINAL = re.compile(r"\\boxed\{|<answer>|\bfinal answer" + VERB, re.IGNORECASE)
-_BRACKETED = re.compile(r"^\s*\[([A-Z])\s*(?P<several>,\s*(?:or\s+)?[A-Z]\s*[,\].])?")  # `[B, No, …]`; `[A, B]` names two
 _CONCLUSION = re.compile(
     r"(?:^|(?<=[.!?]\s)|(?<=\n))\s*(?:therefore|thus|hence|so|in summary|in conclusion|to summarize|to sum up|overall|"
     r"in short|ultimately|based on (?:this|the|these|our|my)[^,\n]{0,60})\b,?",
-    re.IGNORECASE,
-)
-_REVIEW_HEAD = re.compile(r"^\s*(?:option\s+)?[(\[]?([A-Z])\s*[)\].:\-–]", re.IGNORECASE)
-_REVIEW_VERDICT = re.compile(
-    r"\b(?:this|that|it)\s+(?:option|answer|statement|choice)?\s*(?:is|seems|appears)\s+(?:to be\s+)?(?:the\s+)?(?:most\s+)?"
-    r"(?:(?:factually|historically|scientifically|generally|clearly|definitely|absolutely|entirely|completely|certainly)\s+)?"
-    r"(?P<verdict>correct|true|accurate|right|valid|best|likely|plausible|not|incorrect|false|wrong|inaccurate|partially|also|less|too)\b",
     re.IGNORECASE,
 )
 _AFFIRM = re.compile(
@@ -105,10 +97,6 @@ _CORRECT = re.compile(
     r"(?:\b(?i:option|choice)\s+|(?<![A-Za-z]\s)(?<![\w(\[]))[(\[]?([A-Z])[)\]]?"
     r"\s+is\s+(?:the\s+)?(?i:correct|right|true|best)\b"
 )
-_BARE_LINE = re.compile(r"^[(\[]?\s*([A-Za-z])\s*[)\]]?\s*[.):]?$")
-_LETTERED_LINE = re.compile(r"^\s*[(\[]?([A-Z])\s*[)\].:\-–](?:\s|$)", re.MULTILINE)
-_LETTERED_TEXT = re.compile(r"""^\s*(?:option\s+)?[(\[]?([A-Z])\s*[)\].:\-–]\s+["'“]?(.*)$""", re.MULTILINE | re.IGNORECASE)
-_LABEL = re.compile(r"^\s*(?:response|answer|reply)\s*:\s*$", re.IGNORECASE)
 _LABELLED = re.compile(r"^[ \t]*(?:response|answer|reply)[ \t]*:[ \t]*(?=\S)", re.IGNORECASE | re.MULTILINE)
 _INLINE_LETTER = re.compile(r"(?<![\w'’])[(\[]?([A-Z])[)\].]\s+")
 _NAMED = re.compile(r"\b(?i:option|choice)\s+[(\[]?([A-Z])[)\]]?(?!\w)|\(([A-Z])\)")
@@ -116,8 +104,6 @@ _NEGATION = re.compile(
     r"(?:\bnot|n't|\bnever|\bnor|\brather than|\binstead of)\s+(?:the\s+|an?\s+)?"
     r"(?:[^.;:!?]{0,40}?(?:,|\bor|\bnor)\s+)?$"  # also the later items of `not X, Y or Z`
 )
-_ECHOED_PREFERENCE = re.compile(r"^\s*preference\s*:", re.IGNORECASE)  # the reply repeats the prompt's `Preference:` line
-_SQUEEZE = re.compile(r"[\W_]+")
 _MARKUP = re.compile(r"[*`]|__")
 _REJECTED = re.compile(
     r"""\s*(?:[,(]\s*["'“]?""" + r"(?:(?![.!?]\s)[^\n]){0,120}?" + r"""["'”)]?\s*,?\s*)?"""
@@ -196,13 +182,6 @@ def _final_answer(text: str, letters: str, options: Sequence[str]) -> list[str]:
     return _anchored(_FINAL, text, letters, options)[-1:]
 
 
-def _bare_last_line(text: str, letters: str, options: Sequence[str]) -> list[str]:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    match = _BARE_LINE.match(lines[-1]) if lines else None
-    letter = match.group(1).upper() if match else None
-    return [letter] if letter and letter in letters else []
-
-
 def _affirmation(text: str, letters: str, options: Sequence[str]) -> list[str]:
     stated = [m.group(1) for m in _CORRECT.finditer(text) if m.group(1) in letters]
     return [letter for letter in _anchored(_AFFIRM, text, letters, options) + stated if letter != HEDGE]
@@ -221,48 +200,6 @@ def _conclusion(text: str, letters: str, options: Sequence[str]) -> list[str]:
     return _named_option(sentence, letters, options) or _option_text(sentence, letters, options)
 
 
-def _reviewed_options(text: str, letters: str, options: Sequence[str]) -> list[str]:
-    """The one option a review accepts: paragraphs that open with an option (`C. …` or `Option C:`)
-    and whose first verdict is `This option is correct` (or true, accurate, the best, …)."""
-    accepted: set[str] = set()
-    rejected: set[str] = set()
-    for paragraph in _review_paragraphs(text):
-        head = _REVIEW_HEAD.match(paragraph)
-        verdict = _REVIEW_VERDICT.search(paragraph[:600]) if head else None
-        if head is None or verdict is None or head.group(1).upper() not in letters:
-            continue
-        positive = verdict.group("verdict").lower() in ("correct", "true", "accurate", "right", "valid", "best", "likely", "plausible")
-        (accepted if positive else rejected).add(head.group(1).upper())
-    return sorted(accepted - rejected) if accepted - rejected else []
-
-
-def _review_paragraphs(text: str) -> list[str]:
-    """The paragraphs of a reply; a paragraph that is one lettered line alone (`Option D: <its
-    text>`) is joined to the next one, the comment it introduces (`This answer is the most accurate.`)."""
-    paragraphs = re.split(r"\n\s*\n", text)
-    joined: list[str] = []
-    for paragraph in paragraphs:
-        if joined and "\n" not in joined[-1].strip() and _REVIEW_HEAD.match(joined[-1]) and not _REVIEW_HEAD.match(paragraph):
-            joined[-1] += "\n\n" + paragraph
-        else:
-            joined.append(paragraph)
-    return joined
-
-
-def _opening_option(text: str, letters: str, options: Sequence[str]) -> list[str]:
-    """`C. <option C's text>` (or `[C, …]`) as the reply's first line (after a bare `Response:` label)."""
-    lines = [line for line in text.splitlines() if line.strip() and not _LABEL.match(line) and not _ECHOED_PREFERENCE.match(line)]
-    bracketed = _BRACKETED.match(lines[0]) if lines else None
-    if bracketed is not None and bracketed.group(1) in letters:
-        several = bracketed.group("several")  # `[B, No, it is not]`; `[A, B]` is a hedge
-        return [Hedge((bracketed.group(1), *re.findall("[A-Z]", several))) if several else bracketed.group(1)]
-    match = _LETTERED_TEXT.match(lines[0]) if lines else None
-    if match is None or match.group(1).upper() not in letters or (len(lines) > 1 and _LETTERED_LINE.match(lines[1])):
-        return []  # not an opening line but the first of a list of the options
-    letter = match.group(1).upper()
-    return [letter] if _gives_option(text, match.start(2), options[letters.index(letter)]) else []
-
-
 def _labelled_answer(text: str, letters: str, options: Sequence[str]) -> list[str]:
     """The one option named in the first sentence after the reply's only `Answer:` / `Response:`
     label with text on its line: by its letter and full text (`… responsible for D. life on
@@ -279,38 +216,10 @@ def _labelled_answer(text: str, letters: str, options: Sequence[str]) -> list[st
     cited = {
         match.group(1)
         for match in _INLINE_LETTER.finditer(sentence)
-        if match.group(1) in letters and _gives_option(text, start + match.end(), options[letters.index(match.group(1))])
+        if match.group(1) in letters and gives_option(text, start + match.end(), options[letters.index(match.group(1))])
     }
     named = cited | set(_named_option(sentence, letters, options)) | set(_option_text(sentence, letters, options))
     return list(named) if len(named) == 1 else []
-
-
-def _gives_option(text: str, position: int, option: str) -> bool:
-    """Whether the text at `position` is `option`'s, read over spacing and punctuation (`after 8
-    pm` for `after 8pm`), or the start of it where the reply stops (`C. Just by touching them,`,
-    cut off by the token limit)."""
-    window = text[position : position + 400].casefold()
-    rest, target = _SQUEEZE.sub("", window), _SQUEEZE.sub("", option.casefold())
-    if not matchable(option) or not target:
-        return False
-    if rest.startswith(target):  # and the option's last word ends there: `No` is not the start of `Nothing`
-        ends = [match.end() for match in re.finditer(r"[^\W_]", window)]
-        return len(ends) == len(target) or not window[ends[len(target) - 1]].isalnum()
-    return position + 400 >= len(text) and len(rest) >= 12 and target.startswith(rest)
-
-
-def _full_text_lines(text: str, letters: str, options: Sequence[str]) -> list[str]:
-    """Lettered lines that give their option's text in full; a list of every option is no answer."""
-    found = []
-    for match in _LETTERED_TEXT.finditer(text):
-        letter = match.group(1).upper()
-        if letter in letters and normalize_text(match.group(2).strip("\"'“”")) == normalize_text(options[letters.index(letter)]):
-            found.append(letter)
-    return found
-
-
-def _lettered_lines(text: str, letters: str, options: Sequence[str]) -> list[str]:
-    return [letter for letter in _LETTERED_LINE.findall(text) if letter in letters]
 
 
 def _named_option(text: str, letters: str, options: Sequence[str]) -> list[str]:
@@ -344,14 +253,14 @@ _RULES = (
     _final_answer,
     answer_statement,
     cited_option,
-    _bare_last_line,
+    bare_last_line,
     _affirmation,
-    _opening_option,
+    opening_option,
     _labelled_answer,
     _conclusion,
-    _reviewed_options,
-    _full_text_lines,
-    _lettered_lines,
+    reviewed_options,
+    full_text_lines,
+    lettered_lines,
     _named_option,
     _option_text,
     declined,

@@ -1,6 +1,6 @@
 """Where a reply states its answer in running text: answer statements and the pieces every rule
 reads (the letter or option text written at a position, copies of the option list). The order of
-the rules, and the rules that read whole lines, are in `extract`.
+the rules is in `extract`, the rules that read whole lines in `line_rules`.
 
 An answer statement is `Answer: B`, `the correct answer is (C).`, `The best answer to the question
 "…" is E. White House` (a quoted span is read over, the window ends at the sentence's end), `the
