@@ -137,6 +137,8 @@ def test_metrics_reads_raw_answers_with_the_llm_where_the_rules_cannot(tmp_path,
     )
     result = json.loads(capsys.readouterr().out)
     assert result["extraction"]["answers_by"] == {"none": 4} and len(result["extraction"]["failures"]) == 4
+    assert main([*metrics, "--extractor", "llm", *server, "--concurrency", "0"]) == 2
+    assert "--concurrency and --attempts must be at least 1" in capsys.readouterr().err
     # letter columns are never read by the LLM
     letters = ["eval", "metrics", "--results", str(FIXTURES / "results_letters.csv"), "--extractor", "llm", *server]
     assert main(letters) == 2

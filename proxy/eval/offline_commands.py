@@ -64,7 +64,7 @@ def add_metrics(sub: argparse._SubParsersAction, add_server: Callable[..., None]
     p.add_argument("--strict", action="store_true", help="refuse the file if any row cannot be used, instead of skipping it")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("--per-row", action="store_true", help="also list the letters used for each row")
-    add_server(p, "answer reader (--extractor llm or rules+llm)")
+    add_server(p, "LLM reader (--extractor llm or rules+llm)")
     add_common(p)
     p.set_defaults(run_eval=metrics_command)
 
@@ -110,6 +110,8 @@ def metrics_command(args: argparse.Namespace) -> int:
                 "metrics",
                 f"--extractor {args.extractor} reads raw answers, and this file's letter columns are read as letters: add --answers raw",
             )
+        elif args.concurrency < 1 or args.attempts < 1 or args.timeout <= 0:
+            return fail("metrics", "--concurrency and --attempts must be at least 1, --timeout positive")
         else:
             configure(args)
             result = asyncio.run(_rescore_with_llm(args, scoring))
