@@ -159,3 +159,22 @@ def test_the_parser_reads_events_as_the_standard_does_however_the_stream_is_cut(
         read += parser.feed(stream[start:end])
     assert [(event.name, event.data) for event in read] == reference_events(stream)
     assert b"".join(event.raw for event in read) + parser.pending == stream
+
+
+@pytest.mark.parametrize(
+    ("chunks", "relayed", "done"),
+    [
+        ([b'data: {"a": 1}\n\ndata: [DONE]\n\n'], b'data: {"a": 1}\n\ndata: [DONE]\n\n', True),
+        ([b"data: [DONE]\n\n"], b"data: [DONE]\n\n", True),
+        ([b"data: x\n\n", b"data: [DONE]\n\n", b"data: after\n\n"], b"data: x\n\ndata: [DONE]\n\n", True),
+        # [DONE] as the second data line of an event is not the end of the stream
+        ([b"data: x\ndata: [DONE]\n\n"], b"data: x\ndata: [DONE]\n\n", False),
+        # two [DONE] events in one chunk: the stream ends at the first
+        ([b"data: [DONE]\n\ndata: [DONE]\n\n"], b"data: [DONE]\n\n", True),
+        ([b"data: x\r\n\r\ndata: [DONE]\n\n"], b"data: x\r\n\r\ndata: [DONE]\n\n", True),
+    ],
+)
+def test_a_chunk_that_ends_with_the_done_event_is_relayed_whole_and_ends_the_stream(chunks, relayed, done):
+    framer = EventFramer()
+    assert b"".join(framer.feed(chunk) for chunk in chunks) == relayed
+    assert framer.saw_done is done

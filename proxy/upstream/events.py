@@ -134,8 +134,13 @@ class EventFramer:
     def feed(self, chunk: bytes) -> bytes:
         if self.saw_done:
             return b""
-        if self._parser.idle and chunk.endswith(b"\n\n") and DONE_DATA not in chunk:
-            return chunk  # whole events (it ends with a blank line after a line break), none of them [DONE]
+        if self._parser.idle and chunk.endswith(b"\n\n"):  # whole events: it ends with a blank line after a line break
+            at = chunk.find(DONE_DATA)
+            if at == -1:
+                return chunk  # none of them [DONE]
+            if at == len(chunk) - 8 and (chunk == DONE or chunk.endswith(LAST_DONE)):
+                self.saw_done = True  # the only [DONE] is the data of the last event, alone after a blank line
+                return chunk
         events = self._parser.feed(chunk)
         if not events:
             return b""
@@ -153,6 +158,7 @@ class EventFramer:
 
 LINE_END = re.compile(rb"\r\n|\r|\n")
 DONE_DATA = b"[DONE]"
+LAST_DONE = b"\n\n" + DONE  # a [DONE] event after the blank line that ended the one before it
 
 
 class UpstreamEventError(ProxyError):
