@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import orjson
 import structlog
@@ -15,6 +15,21 @@ from structlog.typing import EventDict, Processor
 from .config import LoggingSettings
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class _CurrentStderr:
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def current_stderr() -> TextIO:
+    """`sys.stderr` as it is when a line is written, not when logging was configured: a caller
+    that swaps it (`contextlib.redirect_stderr`, a test's capture) and closes the old one leaves
+    no logger writing to a closed file. Text only (the console format)."""
+    return cast(TextIO, _CurrentStderr())
 
 
 def configure_logging(settings: LoggingSettings, stream: TextIO | None = None) -> None:

@@ -188,3 +188,28 @@ def test_makefile_and_ci_call_the_documented_commands():
     readme = (ROOT / "README.md").read_text()
     assert "make run" in readme and "make test" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_eval_logging_writes_to_the_stderr_of_the_moment(monkeypatch) -> None:
+    """`eval` logs to stderr as it is when a line is written: a caller that swapped it and closed
+    the old one (a redirect, a test's capture) leaves no logger writing to a closed file."""
+    import io
+
+    import structlog
+
+    from proxy.config import LoggingSettings
+    from proxy.logs import configure_logging, current_stderr
+
+    first, second = io.StringIO(), io.StringIO()
+    saved = structlog.get_config()
+    monkeypatch.setattr(sys, "stderr", first)
+    try:
+        configure_logging(LoggingSettings(level="info", format="console"), stream=current_stderr())
+        logger = structlog.get_logger("perg.test")
+        logger.info("one")
+        first.close()
+        monkeypatch.setattr(sys, "stderr", second)
+        logger.info("two")  # the same (cached) logger
+    finally:
+        structlog.configure(**saved)
+    assert "two" in second.getvalue()

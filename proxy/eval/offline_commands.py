@@ -34,9 +34,9 @@ def fail(command: str, message: str, code: int = 2) -> int:
 
 
 def configure(args: argparse.Namespace) -> None:
-    from ..logs import configure_logging
+    from ..logs import configure_logging, current_stderr
 
-    configure_logging(LoggingSettings(level=args.log_level, format="console"), stream=sys.stderr)
+    configure_logging(LoggingSettings(level=args.log_level, format="console"), stream=current_stderr())
 
 
 def add_metrics(sub: argparse._SubParsersAction, add_server: Callable[..., None], add_common: Callable[..., None]) -> None:
