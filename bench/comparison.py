@@ -156,6 +156,25 @@ def latency_target(rows: list[dict], subject: str = PERG) -> tuple[bool, list[st
     return met, lines
 
 
+def concurrency_32_target(rows: list[dict]) -> tuple[bool | None, list[str]]:
+    """At concurrency 32, perg-proxy `off`'s req/s against 20x LiteLLM's and 2x Portkey's (the
+    upstream-layer issue's targets); None when a peer or the row was not measured."""
+    factors = {"LiteLLM": 20.0, "Portkey": 2.0}
+    met, lines = True, []
+    for (stream, concurrency), paths in sorted(_rows_by(rows).items()):
+        if concurrency != 32 or PERG not in paths:
+            continue
+        if not all(paths.get(name, {}).get("rps") for name in factors):
+            return None, []
+        ratios = {name: paths[PERG]["rps"] / paths[name]["rps"] for name in factors}
+        met &= all(ratios[name] >= factor for name, factor in factors.items())
+        lines.append(
+            f"stream={stream!s:5} c=32  {paths[PERG]['rps']:.0f} req/s = "
+            + ", ".join(f"{ratios[name]:.2f}x {name} (need {factor:.0f}x)" for name, factor in factors.items())
+        )
+    return (met if lines else None), lines
+
+
 def throughput_target(rows: list[dict]) -> tuple[bool, bool, list[str]]:
     """perg-proxy's req/s against 10x LiteLLM's and 2x Portkey's: per row, and at each one's best."""
     factors = {"LiteLLM": 10.0, "Portkey": 2.0}
@@ -258,6 +277,10 @@ def targets_section(rows: list[dict], soak: dict | None) -> list[str]:
         "",
     ]
     out += ["   ```", *(f"   {line}" for line in throughput_lines), "   ```", ""]
+    c32_met, c32_lines = concurrency_32_target(rows)
+    if c32_met is not None:
+        out += [f"   At concurrency 32, at least 20x LiteLLM's and 2x Portkey's requests/s: {yes(c32_met)}", ""]
+        out += ["   ```", *(f"   {line}" for line in c32_lines), "   ```", ""]
     if error_lines:
         out += [f"3. No errors at 256 concurrent streams: {yes(errors_met)}", ""]
         out += ["   ```", *(f"   {line}" for line in error_lines), "   ```", ""]
