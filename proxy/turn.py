@@ -6,12 +6,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from multidict import CIMultiDict
 
 from .config import ClientKey
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -60,6 +62,17 @@ class Turn:
         still under way included (a stream's headers go out while stage 1 is running)."""
         ongoing = time.perf_counter() - self._wait_since if self._waits else 0.0
         return max(0.0, self.elapsed() - self.upstream_wait - ongoing - self.client_wait)
+
+    async def waited(self, pieces: AsyncIterator[T]) -> AsyncIterator[T]:
+        """The items of `pieces`, the wait for each counted as upstream wait (`waiting`). The
+        caller still closes `pieces`."""
+        while True:
+            with self.waiting():
+                try:
+                    piece = await anext(pieces)
+                except StopAsyncIteration:
+                    return
+            yield piece
 
     @contextmanager
     def waiting(self) -> Iterator[None]:

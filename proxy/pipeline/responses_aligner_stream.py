@@ -121,11 +121,7 @@ async def stream_item(
     item_id = str(item.get("id") or "msg_perg")
     pieces = upstream.stream_chat(body, request_id=turn.request_id, timeout=ctx.settings.aligner.timeout_seconds, stage="stage2")
     try:
-        while True:
-            with turn.waiting():
-                piece = await anext(pieces, None)
-            if piece is None:
-                break
+        async for piece in turn.waited(pieces):
             state["usage"] = piece.get("usage") or state["usage"]
             for part in listed(piece.get("choices")):
                 state["finish"] = obj(part).get("finish_reason") or state["finish"]

@@ -138,11 +138,7 @@ async def chat_events(turn: Turn, upstream: UpstreamClient, chat: dict[str, Any]
     translator = ChatStreamTranslator(body)
     pieces = upstream.stream_chat(chat, request_id=turn.request_id, timeout=upstream.settings.timeouts.total, stage="forward")
     try:
-        while True:
-            with turn.waiting():
-                piece = await anext(pieces, None)
-            if piece is None:
-                break
+        async for piece in turn.waited(pieces):
             if piece.get("usage"):
                 turn.usage = piece["usage"]
             if out := translator.feed(piece):
