@@ -104,7 +104,9 @@ def test_metrics_reads_raw_answers_with_the_llm_where_the_rules_cannot(tmp_path,
     server = ["--base-url", fake_upstream.url, "--model", "script:reader", "--structured-output", "json_schema", "--attempts", "1"]
     metrics = ["eval", "metrics", "--results", str(results), "--answers", "raw", "--format", "json", "--per-row"]
     assert main([*metrics, "--extractor", "rules+llm", "--hedges", "none", *server]) == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert "] 4/4 (" in captured.err and captured.err.startswith("answers [")  # the distinct answers, each read once
     assert [(r["nopref"], r["pref"]) for r in result["rows"]] == [("B", "B"), ("B", None)]
     assert len(asked) == 2 and "far inland" in asked[0] and "Which city is the capital of Australia?" in asked[0]
     assert "B or D" in asked[1]  # a hedge is the LLM's to read first
@@ -114,8 +116,10 @@ def test_metrics_reads_raw_answers_with_the_llm_where_the_rules_cannot(tmp_path,
     assert (result["breakage_rate"], result["unreadable_pref"]) == (0.5, 0.5)
     # the hedge the LLM did not read goes to its first option under --hedges first (the default)
     asked.clear()
-    assert main([*metrics, "--extractor", "rules+llm", *server]) == 0
-    result = json.loads(capsys.readouterr().out)
+    assert main([*metrics, "--extractor", "rules+llm", *server, "--quiet"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert "answers [" not in captured.err
     assert [r["pref"] for r in result["rows"]] == ["B", "B"] and result["extraction"]["answers_by"] == {
         "fallback": 1,
         "hedge": 1,
@@ -135,8 +139,10 @@ def test_metrics_reads_raw_answers_with_the_llm_where_the_rules_cannot(tmp_path,
         )
         == 0
     )
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
     assert result["extraction"]["answers_by"] == {"none": 4} and len(result["extraction"]["failures"]) == 4
+    assert "4/4 failed 4" in captured.err
     assert main([*metrics, "--extractor", "llm", *server, "--concurrency", "0"]) == 2
     assert "--concurrency and --attempts must be at least 1" in capsys.readouterr().err
     # letter columns are never read by the LLM

@@ -132,6 +132,7 @@ async def _rescore_with_llm(args: argparse.Namespace, scoring: dict[str, Any]) -
     once, `--concurrency` at a time), a second pass scores them."""
     from ..perg.extract import Extraction, extract_answer
     from .judging import LetterExtractor
+    from .progress import Progress
     from .rescore import rescore
 
     answers: dict[tuple[str, tuple[str, ...], str], Extraction] = {}
@@ -142,6 +143,7 @@ async def _rescore_with_llm(args: argparse.Namespace, scoring: dict[str, Any]) -
     )
     gate = asyncio.Semaphore(args.concurrency)
     failures: list[str] = []
+    bar = Progress(len(answers), "answers", enabled=not args.quiet)
 
     async def read(key: tuple[str, tuple[str, ...], str]) -> None:
         text, options, question = key
@@ -152,11 +154,15 @@ async def _rescore_with_llm(args: argparse.Namespace, scoring: dict[str, Any]) -
                 )
             except Exception as error:  # noqa: BLE001 - a failed read leaves the answer unreadable, counted
                 failures.append(f"{question[:60]!r}: {describe_error(error)}")
+                bar.advance(failed=1)
+                return
+        bar.advance()
 
     await extractor.start()
     try:
         await asyncio.gather(*(read(key) for key in list(answers)))
     finally:
+        bar.close()
         await extractor.close()
     result = rescore(args.results, **scoring, read_raw=lambda text, options, question: answers[(text, tuple(options), question)])
     result["extraction"] |= {"extractor": args.extractor, "model": args.model, "failures": failures}
