@@ -107,7 +107,11 @@ def test_every_operation_answers_well_formed(case, target):
     # base64 header whose decoded JSON no schema can describe: random bytes are rightly a 400.
     stateful = case.method == "PATCH" or (case.path == "/perg/monitor/samples" and "after" in (case.query or {}))
     undescribable = "X-Perg-Preferences-B64" in (case.headers or {})
-    excluded = [positive_data_acceptance] if stateful or undescribable else []
+    # This upstream has no Responses API: what chat completions cannot express (a hosted tool, a
+    # tool choice that is not a function) is a 400 naming the field, by design, on via_chat only.
+    body = case.body if isinstance(case.body, dict) else {}
+    via_chat_only = case.path == "/v1/responses" and (bool(body.get("tools")) or isinstance(body.get("tool_choice"), dict))
+    excluded = [positive_data_acceptance] if stateful or undescribable or via_chat_only else []
     case.validate_response(response, excluded_checks=excluded)
 
 
