@@ -125,29 +125,30 @@ class Extraction(BaseModel):
     method: Literal["rule", "fallback", "hedge", "none"]
 
 
+_NO_LETTER = Extraction(letter=None, method="none")
+
+
 def extract_letter(text: str | None, options: Sequence[str], hedges: HedgePolicy = "none") -> str | None:
     """The option letter `text` commits to, or None (no answer, or an ambiguous one). With `hedges`
     `first`, an ambiguous one is read as the first of its options it mentions (`hedges.py`)."""
+    return read_by_rules(text, options, hedges).letter
+
+
+def read_by_rules(text: str | None, options: Sequence[str], hedges: HedgePolicy = "none") -> Extraction:
+    """The rules' letter (`rule`), else, under `hedges` `first`, the hedge's first option (`hedge`):
+    one pass of the rules either way."""
     letters = LETTERS[: len(options)]
     if not text or not letters:
-        return None
+        return _NO_LETTER
     clean = strip_option_lists(_MARKUP.sub("", text).replace("’", "'").strip(), letters)
     for rule in _RULES:
         found = rule(clean, letters, options)
         if found:
             if len(set(found)) == 1 and found[0] != HEDGE:
-                return found[0]
-            return first_named(clean, found, letters, options) if hedges == "first" else None
-    return None
-
-
-def read_by_rules(text: str | None, options: Sequence[str], hedges: HedgePolicy = "none") -> Extraction:
-    """The rules' letter (`rule`), else, under `hedges` `first`, the hedge's first option (`hedge`)."""
-    letter = extract_letter(text, options)
-    if letter is not None:
-        return Extraction(letter=letter, method="rule")
-    guessed = extract_letter(text, options, hedges) if hedges != "none" else None
-    return Extraction(letter=guessed, method="hedge" if guessed else "none")
+                return Extraction(letter=found[0], method="rule")
+            guessed = first_named(clean, found, letters, options) if hedges == "first" else None
+            return Extraction(letter=guessed, method="hedge") if guessed else _NO_LETTER
+    return _NO_LETTER
 
 
 async def extract_answer(
@@ -163,14 +164,14 @@ async def extract_answer(
     if mode == "llm" and fallback is not None:
         letter = extract_letter(await fallback(text, tuple(options)), options) if text else None
         return Extraction(letter=letter, method="fallback" if letter else "none")
-    read = read_by_rules(text, options)
-    if read.letter is not None or not text:
+    read = read_by_rules(text, options, hedges)
+    if read.method == "rule" or not text:
         return read
     if fallback is not None and mode == "rules+llm":
         letter = extract_letter(await fallback(text, tuple(options)), options)
         if letter is not None:
             return Extraction(letter=letter, method="fallback")
-    return read_by_rules(text, options, hedges)
+    return read  # the hedge policy's guess, or no letter
 
 
 def _anchored(pattern: re.Pattern[str], text: str, letters: str, options: Sequence[str]) -> list[str]:
