@@ -104,6 +104,8 @@ VERBOSE: list[tuple[str, Sequence[str], str | None]] = [
         "B",
     ),
     ("C. Triangle\n\nLet me go through the others:\nA. Circle has no corners.\nB. Square has four.", SHAPES, "C"),
+    # a copy of the options, in any order, is no answer
+    ("D. Hexagon\nA. Circle\nB. Square\nC. Triangle\n\nThe answer would be:\nC. Triangle", SHAPES, "C"),
     # after the prompt's `Preference:` line repeated, and with the option's text spaced otherwise or cut off
     ("Preference: I like short answers.\n\nB. Canberra. It was built as a compromise.", CITIES, "B"),
     ("C. Eating after 8 pm has no impact on weight.\n\nOnly the total calories matter.", LATE, "C"),

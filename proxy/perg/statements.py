@@ -100,7 +100,7 @@ _ECHO_LINE = re.compile(r"^\s*[(\[]?([A-Z])\s*[)\].:\-–]\s+(?:(?![.!?]\s)[^\n]
 
 def strip_option_lists(text: str, letters: str = "") -> str:
     """The reply without its copies of the option list: runs of two or more consecutive lines that
-    each give one option, letters in increasing order (`A. Sydney` / `B. Canberra` …). A copy of
+    each give another option (`A. Sydney` / `B. Canberra` …, in any order). A copy of
     the options is no answer, and must not hide the answer written after it. A run that a line
     ending in `:` introduces as the answer (`The correct answers are:`) is a choice of several
     options, not a copy, unless it gives every one of `letters`: it stays, and reads as a hedge."""
@@ -113,7 +113,7 @@ def strip_option_lists(text: str, letters: str = "") -> str:
             end < len(lines)
             and (match := _ECHO_LINE.match(lines[end]))
             and (
-                end == start or match.group(1) > _ECHO_LINE.match(lines[end - 1]).group(1)  # type: ignore[union-attr]
+                end == start or match.group(1) not in {_ECHO_LINE.match(line).group(1) for line in lines[start:end]}  # type: ignore[union-attr]
             )
         ):
             end += 1
