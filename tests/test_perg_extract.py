@@ -150,6 +150,7 @@ VERBOSE: list[tuple[str, Sequence[str], str | None]] = [
         "B",
     ),
     ("[B, Canberra] is the answer.", CITIES, "B"),
+    ("[B, U.S. cities aside] Canberra is the answer.", CITIES, "B"),  # `U.` is no second letter
     # a review whose option stands on a line of its own, its verdict in the next paragraph
     (
         "Let us look at each.\n\nOption A: Circle.\n\nThis answer is not accurate, it has no sides.\n\n"

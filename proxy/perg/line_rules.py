@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from .cells import normalize_text
 from .statements import Hedge, matchable
 
-_BRACKETED = re.compile(r"^\s*\[([A-Z])\s*(?P<several>,\s*(?:or\s+)?[A-Z]\s*[,\].])?")  # `[B, No, …]`; `[A, B]` names two
+_BRACKETED = re.compile(r"^\s*\[([A-Z])\s*(?P<several>,\s*(?:or\s+)?[A-Z]\s*(?:[,\]]|\.(?![^\W\d_])))?")  # `[B, No, …]`; `[A, B]` names two
 _REVIEW_HEAD = re.compile(r"^\s*(?:option\s+)?[(\[]?([A-Z])\s*[)\].:\-–]", re.IGNORECASE)
 _REVIEW_VERDICT = re.compile(
     r"\b(?:this|that|it)\s+(?:option|answer|statement|choice)?\s*(?:is|seems|appears)\s+(?:to be\s+)?(?:the\s+)?(?:most\s+)?"
