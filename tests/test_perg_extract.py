@@ -104,6 +104,10 @@ VERBOSE: list[tuple[str, Sequence[str], str | None]] = [
         "B",
     ),
     ("C. Triangle\n\nLet me go through the others:\nA. Circle has no corners.\nB. Square has four.", SHAPES, "C"),
+    # the opening choice has answered; a later verdict does not undo it
+    ("C. Triangle\n\nA triangle has three corners. So option A is the most accurate answer for a round shape.", SHAPES, "C"),
+    # an opening that names several is no opening answer: the other rules decide
+    ("[B, D]. Both are large. In the end, option B is the most plausible.", CITIES, "B"),
     # a copy of the options, in any order, is no answer
     ("D. Hexagon\nA. Circle\nB. Square\nC. Triangle\n\nThe answer would be:\nC. Triangle", SHAPES, "C"),
     # after the prompt's `Preference:` line repeated, and with the option's text spaced otherwise or cut off
