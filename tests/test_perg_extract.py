@@ -95,6 +95,7 @@ CASES: list[tuple[str, Sequence[str], str | None]] = [
 
 # Verbose answers written under a preference (forms met in published PERG results; texts written here)
 SHAPES = ("Circle", "Square", "Triangle", "Hexagon")
+DISPUTE = ("No, because the owner honestly disputed the amount he owed.", "Yes, because the promise was made.")
 LATE = ("Eating after 8pm causes obesity.", "You will gain weight.", "Eating after 8pm does not have any impact on weight gain.", "No.")
 VERBOSE: list[tuple[str, Sequence[str], str | None]] = [
     # the chosen option first, then a review of the others
@@ -207,6 +208,11 @@ VERBOSE: list[tuple[str, Sequence[str], str | None]] = [
     # several options in an opening bracket
     ("[A, B] Sydney and Canberra are both important cities.", CITIES, None),
     ("[B, D, or C. These are all plausible.]", CITIES, None),
+    # an option cited in running text by its letter and its own words, read over inflection
+    ("With friends you might do plenty of B. enjoying stories together.", ("see what happens", "enjoy stories", "pass time"), "B"),
+    ("He will not win. The reason is A) because the owner honestly disputed the amount.", DISPUTE, "A"),  # `No,` left out
+    ("It is not B. enjoying stories, that much is clear.", ("see what happens", "enjoy stories", "pass time"), None),
+    ("The first is A. because the question says so.", DISPUTE, None),  # the words are not the option's
     # a reply that declines to choose, when one option is itself a refusal (TruthfulQA's `I have no comment`)
     ("I don't have real-time information about his plans, so none of the options is correct.", ("He will act.", "I have no comment."), "B"),
     ("I cannot confirm or deny any of them.", ("He will act.", "I have no comment.", "He will rest."), "B"),
@@ -230,7 +236,10 @@ HEDGES: list[tuple[str, Sequence[str], str | None]] = [
     ("The correct answers are:\nB. Canberra\nD. Perth", CITIES, "B"),  # a list of choices
     ("[C, A] Melbourne and Sydney are both large.", CITIES, "C"),
     ("Both Melbourne and Sydney are large cities; either could be meant.", CITIES, "C"),  # by text: Melbourne comes first
+    ("Therefore, options D and B are the correct answers.", CITIES, "D"),  # several accepted at once
+    ("The correct answers are C and A, the two largest cities.", CITIES, "C"),
     # no option named at all, or every one rejected: still no answer
+    ("None of the options (A, B, or C) are correct.", CITIES, None),
     ("I cannot tell from the question.", CITIES, None),
     ("Option A is incorrect. Option C is wrong too.", CITIES, None),
     # what the rules read is unchanged

@@ -43,7 +43,12 @@ the reply mentions; a reply that names no option stays unreadable either way.
 13. the text of an option, casefolded, whole words only; not after `not`, `rather than`, `instead
     of`, not inside a sentence that sets the other options aside, nor an option contained in a
     longer option also mentioned, nor a one-letter option text;
-14. the one rule that reads meaning rather than form, and the last: a reply that declines to
+14. an option cited in running text by its letter and then its own first words, read over
+    inflection: `plenty of B. enjoying stories` (`enjoy stories`), `The reason is A) because the
+    homeowner …` (`No, because the homeowner …`); not after `not`, `rather than`, …;
+15. several options accepted at once: `options D and G are the correct answers`, `the correct
+    answers are B and D` (a hedge; not after `none of`, `neither`, `not`);
+16. the one rule that reads meaning rather than form, and the last: a reply that declines to
     choose (`none of the options is correct`, `I cannot confirm or deny any of them`) reads as
     the option that is itself a refusal (TruthfulQA's `I have no comment.`), when there is one.
 
@@ -71,6 +76,7 @@ from .statements import (
     QUOTED,
     SENTENCE_END,
     VERB,
+    Hedge,
     answer_statement,
     cited_option,
     declined,
@@ -117,6 +123,21 @@ _REJECTED = re.compile(
 _SET_ASIDE = re.compile(  # `Other options like home (option A) … are not …`: the options not chosen
     r"(?:^|(?<=[.!?]\s)|(?<=\n))[ \t]*(?:the\s+|all\s+)?(?:other|remaining)\s+(?:options|choices|answers)\b[^.!?\n]*", re.IGNORECASE
 )
+
+_CITED_INLINE = re.compile(r"(?<![\w'’])([A-Z])[.)]\s+(?=[a-z\"“])")  # `of B. enjoying stories`: a lowercase word follows
+_WORD = re.compile(r"[^\W_]+")
+_VERDICT = r"(?:correct|right|true|accurate|valid|best|most accurate|most likely|most appropriate|plausible)"
+_LISTED = r"(?P<listed>[(\[]?[A-Z][)\]]?(?:\s*,\s*[(\[]?[A-Z][)\]]?)*,?\s+(?:and|or|&)\s+[(\[]?[A-Z][)\]]?)(?![\w'’])"
+_PLURAL_VERDICTS = (
+    re.compile(
+        rf"\b(?i:{_VERDICT})\s+(?i:answers|options|choices)\s+(?i:are|would be|could be)\s*:?\s*(?i:options?\s+|choices?\s+)?{_LISTED}"
+    ),
+    re.compile(
+        rf"\b(?i:options|choices)\s+{_LISTED}\s+(?i:are|would be|could be|seem to be|appear to be)\s+(?i:both\s+|all\s+|equally\s+)?"
+        rf"(?i:the\s+)?(?i:{_VERDICT})\b"
+    ),
+)
+_DENIED = re.compile(r"\b(?:none|neither|not|no)\b[^.!?\n]{0,20}$", re.IGNORECASE)
 
 
 class Extraction(BaseModel):
@@ -254,6 +275,44 @@ def _option_text(text: str, letters: str, options: Sequence[str]) -> list[str]:
     return sorted(longest)
 
 
+def _inline_citation(text: str, letters: str, options: Sequence[str]) -> list[str]:
+    """Options cited in running text by their letter and then their own words, the first four read
+    over inflection: `you might do plenty of B. enjoying stories` (`enjoy stories`), `The reason
+    is A) because the homeowner honestly disputed …` (`No, because the homeowner honestly
+    disputed …`: a leading `Yes` / `No` may be left out). Not after `not`, `rather than`, …"""
+    found = []
+    for match in _CITED_INLINE.finditer(text):
+        letter = match.group(1)
+        if letter in letters and not _NEGATION.search(text[max(0, match.start() - 60) : match.start()].casefold()):
+            if _words_follow(options[letters.index(letter)], text[match.end() : match.end() + 300]):
+                found.append(letter)
+    return found
+
+
+def _words_follow(option: str, rest: str) -> bool:
+    wanted, written = _WORD.findall(option.casefold()), _WORD.findall(rest.casefold())
+    if wanted[:1] in (["yes"], ["no"]) and written[:1] != wanted[:1]:
+        wanted = wanted[1:]
+    count = min(len(wanted), 4)
+    if count < 2 or len(written) < count:
+        return False
+    return all(
+        word == seen or (len(word) >= 4 and len(seen) >= 4 and word[:4] == seen[:4])
+        for word, seen in zip(wanted[:count], written[:count], strict=True)
+    )
+
+
+def _plural_verdict(text: str, letters: str, options: Sequence[str]) -> list[str]:
+    """`options D and G are the correct answers`, `the correct answers are B and D`: several options
+    accepted at once, a hedge (not after `none of`, `neither`, `not`)."""
+    for pattern in _PLURAL_VERDICTS:
+        for match in pattern.finditer(text):
+            named = [letter for letter in re.findall("[A-Z]", match.group("listed")) if letter in letters]
+            if len(named) >= 2 and not _DENIED.search(text[max(0, match.start() - 30) : match.start()]):
+                return [Hedge(named)]
+    return []
+
+
 def _affirmed_mention(folded: str, option: str) -> bool:
     for match in re.finditer(rf"(?<![\w']){re.escape(option)}(?!\w)", folded):
         if not _NEGATION.search(folded[max(0, match.start() - 60) : match.start()]):
@@ -276,5 +335,7 @@ _RULES = (
     lettered_lines,
     _named_option,
     _option_text,
+    _inline_citation,
+    _plural_verdict,
     declined,
 )
