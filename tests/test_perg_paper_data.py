@@ -121,3 +121,20 @@ def test_the_extractor_reads_the_papers_raw_answers(hedges: HedgePolicy) -> None
         assert without >= least_without and with_preferences >= least_with and ratio <= most_ratio and together >= least_together
     if hedges == "first":  # the issue's targets, over all the files
         assert everything[3] >= 0.95 and everything[2] <= 1.5
+
+
+def test_eval_metrics_prints_the_agreement_with_the_papers_letters() -> None:
+    """`eval metrics --answers raw` compares the letters it reads with the file's own, over every
+    answer whose paper letter is valid (A–D or further): over the three files, 95% or more."""
+    agree = answers = 0
+    for name in FILES:
+        result = rescore(shared_file("paper", name), answers="raw", hedges="first")
+        agreement = result["agreement_with_letters"]
+        assert agreement["columns"] == {"without": "no_pref_ans", "with": ["pref_ans"]}
+        print(
+            f"\n{name}: agreement with the paper's letters {agreement['without']:.4f} / {agreement['with']:.4f}, both {agreement['both']:.4f}"
+        )
+        agree += round(agreement["without"] * agreement["answers"]["without"] + agreement["with"] * agreement["answers"]["with"])
+        answers += agreement["answers"]["without"] + agreement["answers"]["with"]
+    print(f"all shared files: {agree} of {answers} answers read as the paper's letter ({agree / answers:.4f})")
+    assert agree / answers >= 0.951

@@ -105,6 +105,12 @@ def test_letters_or_raw_answers_on_request() -> None:
     # q3's raw answer with preferences says C, its letter D; q4's raw answer is "no idea"
     assert (letters["rows"][2]["pref"], raw["rows"][2]["pref"]) == ("D", "C")
     assert raw["rows"][3]["pref"] is None
+    # read as raw answers, the letters are compared with the file's own (q4's empty letter is not counted)
+    agreement = raw["agreement_with_letters"]
+    assert agreement["columns"] == {"without": "no_pref_ans", "with": ["pref_ans"]}
+    assert agreement["answers"] == {"without": 8, "with": 7}
+    assert (agreement["without"], agreement["with"], agreement["both"]) == (1.0, pytest.approx(6 / 7), pytest.approx(14 / 15))
+    assert "agreement_with_letters" not in letters
 
 
 # results_nofollow.csv: q1 A A A | q2 B B C | q3 C D C | q4 D D D; Q* = {q1, q2, q4}

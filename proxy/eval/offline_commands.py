@@ -188,6 +188,14 @@ def render_rates(result: dict[str, Any], path: str, setting: str) -> str:
         read = result["extraction"]
         counts = ", ".join(f"{n} {_READ_BY[method]}" for method, n in read["answers_by"].items())
         rows.append(["raw answers read", f"{read['extractor']}, hedges {read['hedges']}: {counts}"])
+    if "agreement_with_letters" in result:
+        agreed = result["agreement_with_letters"]
+        named = f"{agreed['columns']['without']} / {', '.join(agreed['columns']['with'])}"
+        rows.append([
+            f"agreement with the file's letters ({named})",
+            f"{percent(agreed['without'])} / {percent(agreed['with'])}, both {percent(agreed['both'])}"
+            f" ({agreed['answers']['without']} / {agreed['answers']['with']} answers with a valid letter)",
+        ])  # fmt: skip
     if columns["follow"]:
         rows.append(["follow verdict missing (counted as not followed)", str(result["n_follow_missing"])])
     lines += table(["metric", "value"], rows)

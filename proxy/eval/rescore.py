@@ -16,7 +16,10 @@ letter; `-1`, empty, `None`, free text or an out-of-range letter is invalid, cou
 paper's rule), and never goes through the free-text extractor. Without letter columns (or with
 `answers="raw"`) the raw answers are read by the rules under a hedge policy (`read_by_rules`,
 `hedges`), or by a `read_raw` given (`eval metrics --extractor rules+llm`: the rules, then an
-LLM); `extraction` then counts the answers each path read.
+LLM); `extraction` then counts the answers each path read. When the file also holds letter columns
+for the same answers (the paper's chunks: `no_pref_ans` beside `no_pref_res`), the letters read are
+compared with them: `agreement_with_letters` gives, per side and for both together, the share of
+the answers whose file letter is valid that were read as that letter.
 
 A relevant case with no follow verdict (an empty rating) is not followed, the paper's rule, and
 counted in `n_follow_missing`. A row that cannot be used (no options, gold letter out of range)
@@ -106,13 +109,17 @@ def rescore(
     collected: Rows[list[ScoredRow]] = Rows(str(path))
     methods: Counter[str] = Counter()
     reader = read_raw or (lambda text, options, question: read_by_rules(text, options, hedges))
-    parser = _row_parser(columns, threshold, collected, _counting(reader, methods))
+    stated = None if columns.letters else _letters_beside(path, columns, pref_column)
+    agreement: Counter[str] = Counter()
+    parser = _row_parser(columns, threshold, collected, _counting(reader, methods), stated, agreement)
     loaded = parse_csv(path, required, parser, strict=strict, rows=collected)
     rows = [case for cases in loaded.entries for case in cases]
     result = _rates(rows, setting, columns.follow is not None)
     result.update(_counts(rows, setting, columns, loaded.summary))
     if not columns.letters:
         result["extraction"] = {"hedges": hedges, "answers_by": dict(sorted(methods.items()))}
+    if stated is not None:
+        result["agreement_with_letters"] = _agreement(stated, agreement)
     profiles = sorted({row.profile for row in rows}, key=lambda p: int(p) if p.isdigit() else 0)
     if len(profiles) > 1:
         result["profiles"] = {p: _rates([r for r in rows if r.profile == p], setting, columns.follow is not None) for p in profiles}
@@ -147,6 +154,30 @@ def find_columns(path: str | Path, answers: Answers = "auto", pref_column: str |
     raise DatasetError(str(path), [(1, message)])
 
 
+def _letters_beside(path: str | Path, columns: Columns, pref_column: str | None) -> Columns | None:
+    """The file's letter columns for the raw answers being read (the same profiles), if it has them."""
+    if pref_column is not None:
+        return None
+    try:
+        letters = find_columns(path, "letters")
+    except DatasetError:
+        return None
+    same = [profile for profile, _ in letters.pref] == [profile for profile, _ in columns.pref]
+    return letters if same else None
+
+
+def _agreement(stated: Columns, counts: Counter[str]) -> dict[str, Any]:
+    """How often the letters read agree with the file's own letters, over answers whose letter is valid."""
+    sides = {side: (counts[f"{side} agree"], counts[f"{side} answers"]) for side in ("without", "with")}
+    agree, answers = sum(a for a, _ in sides.values()), sum(n for _, n in sides.values())
+    return {
+        "columns": {"without": stated.nopref, "with": [column for _, column in stated.pref]},
+        "answers": {side: n for side, (_, n) in sides.items()},
+        **{side: a / n if n else None for side, (a, n) in sides.items()},
+        "both": agree / answers if answers else None,
+    }
+
+
 def _profiles(header: Sequence[str], kind: str) -> tuple[tuple[str, str], ...]:
     found = sorted((int(m.group(1)), name) for name in header if (m := _PROFILE.match(name)) and m.group(2) == kind)
     return tuple((str(k), name) for k, name in found if k > 0)
@@ -161,7 +192,15 @@ def _counting(reader: RawReader, methods: Counter[str]) -> RawReader:
     return read
 
 
-def _row_parser(columns: Columns, threshold: int, rows: Rows[list[ScoredRow]], read_raw: RawReader) -> Any:
+def _row_parser(
+    columns: Columns, threshold: int, rows: Rows[list[ScoredRow]], read_raw: RawReader, stated: Columns | None, agreement: Counter[str]
+) -> Any:
+    def compare(side: str, read: str | None, cell: str, options: Sequence[str]) -> None:
+        letter = read_letter_cell(cell, len(options))
+        if letter is not None:
+            agreement[f"{side} answers"] += 1
+            agreement[f"{side} agree"] += read == letter
+
     def parse(line: int, row: dict[str, str]) -> list[ScoredRow]:
         options = parse_options(row["options"])
         if not options:
@@ -176,7 +215,12 @@ def _row_parser(columns: Columns, threshold: int, rows: Rows[list[ScoredRow]], r
         )
         followed = _followed(row[columns.follow], columns.follow, threshold) if columns.follow else None
         nopref = read(row[columns.nopref])
-        return [ScoredRow(line=line, profile=p, gold=gold, nopref=nopref, pref=read(row[c]), followed=followed) for p, c in columns.pref]
+        cases = [ScoredRow(line=line, profile=p, gold=gold, nopref=nopref, pref=read(row[c]), followed=followed) for p, c in columns.pref]
+        if stated is not None:
+            compare("without", nopref, row.get(stated.nopref, ""), options)
+            for case, (_, column) in zip(cases, stated.pref, strict=True):
+                compare("with", case.pref, row.get(column, ""), options)
+        return cases
 
     return parse
 
