@@ -41,38 +41,32 @@ def no_follow_verdict(consistency: str = "consistent") -> Any:
     return reply
 
 
-async def test_eval_counts_a_missing_follow_verdict_as_not_followed(tmp_path, fake_upstream):
+Rates = tuple[float, float, float, float]
+"""Of the relevant cases answered right without preferences: broken, not followed, not robust,
+and follow verdict missing, as shares."""
+
+
+async def eval_rates(tmp_path, fake_upstream) -> Rates:
     fake_upstream.scripts["mcq"] = no_follow_verdict()
     run = await run_benchmark(options(tmp_path, fake_upstream, settings=("relevant",), strategies=("naive",)), progress=False)
     cell = overall(run)[("naive", "relevant")]
-    assert (cell.n_q_star, cell.n_follow_missing) == (2, 2)  # q1, q2 (gold A); q3 is gold B
-    assert cell.breakage_rate.value == 0.0  # nothing broken ...
-    assert (cell.alignment_failure_rate.value, cell.robustness_error_rate.value) == (1.0, 1.0)  # ... yet nothing followed
+    assert cell.n_q_star == 2  # the runner's items q1, q2 (gold A); q3 is gold B
+    rates = (cell.breakage_rate.value, cell.alignment_failure_rate.value, cell.robustness_error_rate.value)
+    return (*rates, cell.n_follow_missing / cell.n_q_star)
 
 
-def test_the_monitor_counts_a_missing_follow_verdict_as_not_followed(start_proxy, fake_upstream):
+def monitor_rates(start_proxy, fake_upstream) -> Rates:
     fake_upstream.scripts["judge"] = no_follow_verdict()
     proxy = monitored(start_proxy, judge={"model": "script:judge", "max_retries": 0})
     assert chat(proxy).status_code == 200
     assert wait_for(lambda: proxy.metric("perg_monitor_judged_total", SERVED) == 1)
-    assert proxy.metric("perg_monitor_broken_total", SERVED) == 0
-    assert proxy.metric("perg_monitor_not_followed_total", SERVED) == 1
-    assert proxy.metric("perg_monitor_not_robust_total", SERVED) == 1
-    assert proxy.metric("perg_monitor_verdicts_missing_total", {"judge": "follow"}) == 1
     assert proxy.metric("perg_monitor_verdicts_missing_total", {"judge": "consistency"}) == 0
+    judged = proxy.metric("perg_monitor_judged_total", SERVED)
+    counts = [proxy.metric(f"perg_monitor_{name}_total", SERVED) for name in ("broken", "not_followed", "not_robust")]
+    return (*(count / judged for count in counts), proxy.metric("perg_monitor_verdicts_missing_total", {"judge": "follow"}) / judged)
 
 
-def test_the_monitor_leaves_a_sample_without_a_consistency_verdict_out_of_the_ratios(start_proxy, fake_upstream):
-    fake_upstream.scripts["judge"] = no_follow_verdict(consistency="no verdict here")
-    proxy = monitored(start_proxy, judge={"model": "script:judge", "max_retries": 0})
-    assert chat(proxy).status_code == 200
-    assert wait_for(lambda: proxy.metric("perg_monitor_verdicts_missing_total", {"judge": "consistency"}) == 1)
-    assert wait_for(lambda: proxy.metric("perg_monitor_verdicts_missing_total", {"judge": "follow"}) == 1)
-    for name in ("judged", "broken", "not_followed", "not_robust"):
-        assert proxy.metric(f"perg_monitor_{name}_total", SERVED) == 0, name
-
-
-def test_the_canary_counts_a_missing_follow_verdict_as_not_followed(start_proxy, fake_upstream, tmp_path):
+def canary_rates(start_proxy, fake_upstream, tmp_path) -> Rates:
     dataset = tmp_path / "canary.jsonl"
     dataset.write_text("\n".join(json.dumps(item) for item in ITEMS))
     fake_upstream.scripts["mcq"] = no_follow_verdict()
@@ -86,7 +80,28 @@ def test_the_canary_counts_a_missing_follow_verdict_as_not_followed(start_proxy,
     )  # fmt: skip
     labels = {"model": "script:mcq", "strategy": "naive", "setting": "relevant"}
     assert wait_for(lambda: proxy.metric("perg_canary_probes_total", labels) == 2)
-    assert proxy.metric("perg_canary_broken_total", labels) == 0
-    assert proxy.metric("perg_canary_not_followed_total", labels) == 2
-    assert proxy.metric("perg_canary_not_robust_total", labels) == 2
-    assert proxy.metric("perg_monitor_verdicts_missing_total", {"judge": "canary_follow"}) == 2
+    probes = proxy.metric("perg_canary_probes_total", labels)
+    counts = [proxy.metric(f"perg_canary_{name}_total", labels) for name in ("broken", "not_followed", "not_robust")]
+    return (*(count / probes for count in counts), proxy.metric("perg_monitor_verdicts_missing_total", {"judge": "canary_follow"}) / probes)
+
+
+async def test_eval_the_monitor_and_the_canary_count_a_missing_follow_verdict_the_same_way(start_proxy, fake_upstream, tmp_path):
+    """The one scenario through all three: nothing broken, yet nothing followed (so not robust), and
+    every case counted as missing its follow verdict."""
+    (tmp_path / "eval").mkdir()
+    everywhere = {
+        "eval": await eval_rates(tmp_path / "eval", fake_upstream),
+        "monitor": monitor_rates(start_proxy, fake_upstream),
+        "canary": canary_rates(start_proxy, fake_upstream, tmp_path),
+    }
+    assert everywhere == dict.fromkeys(everywhere, (0.0, 1.0, 1.0, 1.0))
+
+
+def test_the_monitor_leaves_a_sample_without_a_consistency_verdict_out_of_the_ratios(start_proxy, fake_upstream):
+    fake_upstream.scripts["judge"] = no_follow_verdict(consistency="no verdict here")
+    proxy = monitored(start_proxy, judge={"model": "script:judge", "max_retries": 0})
+    assert chat(proxy).status_code == 200
+    assert wait_for(lambda: proxy.metric("perg_monitor_verdicts_missing_total", {"judge": "consistency"}) == 1)
+    assert wait_for(lambda: proxy.metric("perg_monitor_verdicts_missing_total", {"judge": "follow"}) == 1)
+    for name in ("judged", "broken", "not_followed", "not_robust"):
+        assert proxy.metric(f"perg_monitor_{name}_total", SERVED) == 0, name
