@@ -46,9 +46,19 @@ Rates = tuple[float, float, float, float]
 and follow verdict missing, as shares."""
 
 
+def shares(proxy, family: str, labels: dict[str, str], total: float, judge: str) -> Rates:
+    """A proxy's `perg_{family}_*` counts and its missing verdicts of `judge`, as shares of `total`."""
+    broken, not_followed, not_robust = (
+        proxy.metric(f"perg_{family}_{name}_total", labels) for name in ("broken", "not_followed", "not_robust")
+    )
+    missing = proxy.metric("perg_monitor_verdicts_missing_total", {"judge": judge})
+    return broken / total, not_followed / total, not_robust / total, missing / total
+
+
 async def eval_rates(tmp_path, fake_upstream) -> Rates:
     fake_upstream.scripts["mcq"] = no_follow_verdict()
-    run = await run_benchmark(options(tmp_path, fake_upstream, settings=("relevant",), strategies=("naive",)), progress=False)
+    (tmp_path / "eval").mkdir()
+    run = await run_benchmark(options(tmp_path / "eval", fake_upstream, settings=("relevant",), strategies=("naive",)), progress=False)
     cell = overall(run)[("naive", "relevant")]
     assert cell.n_q_star == 2  # the runner's items q1, q2 (gold A); q3 is gold B
     rates = (cell.breakage_rate.value, cell.alignment_failure_rate.value, cell.robustness_error_rate.value)
@@ -61,9 +71,7 @@ def monitor_rates(start_proxy, fake_upstream) -> Rates:
     assert chat(proxy).status_code == 200
     assert wait_for(lambda: proxy.metric("perg_monitor_judged_total", SERVED) == 1)
     assert proxy.metric("perg_monitor_verdicts_missing_total", {"judge": "consistency"}) == 0
-    judged = proxy.metric("perg_monitor_judged_total", SERVED)
-    counts = [proxy.metric(f"perg_monitor_{name}_total", SERVED) for name in ("broken", "not_followed", "not_robust")]
-    return (*(count / judged for count in counts), proxy.metric("perg_monitor_verdicts_missing_total", {"judge": "follow"}) / judged)
+    return shares(proxy, "monitor", SERVED, proxy.metric("perg_monitor_judged_total", SERVED), judge="follow")
 
 
 def canary_rates(start_proxy, fake_upstream, tmp_path) -> Rates:
@@ -80,17 +88,14 @@ def canary_rates(start_proxy, fake_upstream, tmp_path) -> Rates:
     )  # fmt: skip
     labels = {"model": "script:mcq", "strategy": "naive", "setting": "relevant"}
     assert wait_for(lambda: proxy.metric("perg_canary_probes_total", labels) == 2)
-    probes = proxy.metric("perg_canary_probes_total", labels)
-    counts = [proxy.metric(f"perg_canary_{name}_total", labels) for name in ("broken", "not_followed", "not_robust")]
-    return (*(count / probes for count in counts), proxy.metric("perg_monitor_verdicts_missing_total", {"judge": "canary_follow"}) / probes)
+    return shares(proxy, "canary", labels, proxy.metric("perg_canary_probes_total", labels), judge="canary_follow")
 
 
 async def test_eval_the_monitor_and_the_canary_count_a_missing_follow_verdict_the_same_way(start_proxy, fake_upstream, tmp_path):
     """The one scenario through all three: nothing broken, yet nothing followed (so not robust), and
     every case counted as missing its follow verdict."""
-    (tmp_path / "eval").mkdir()
     everywhere = {
-        "eval": await eval_rates(tmp_path / "eval", fake_upstream),
+        "eval": await eval_rates(tmp_path, fake_upstream),
         "monitor": monitor_rates(start_proxy, fake_upstream),
         "canary": canary_rates(start_proxy, fake_upstream, tmp_path),
     }
